@@ -1,0 +1,70 @@
+"""edm_samplers: the design space of EDM (Karras et al. 2022) in one small, fast, tested package.
+
+The public API is exactly what this module exports; everything in ``_``-prefixed modules is private.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ._types import Callback as Callback
+from ._types import Denoiser as Denoiser
+from ._types import NoiseSource as NoiseSource
+from ._types import StepInfo as StepInfo
+from .analytic import GaussianMixture as GaussianMixture
+from .analytic import PointMass as PointMass
+from .analytic import empirical_denoiser as empirical_denoiser
+from .analytic import gaussian_ode_solution as gaussian_ode_solution
+from .noise import GlobalNoise as GlobalNoise
+from .noise import PerSampleNoise as PerSampleNoise
+from .noise import PrecomputedNoise as PrecomputedNoise
+from .schedules import append_zero as append_zero
+from .schedules import clamp_sigmas as clamp_sigmas
+from .schedules import iddpm_grid as iddpm_grid
+from .schedules import iddpm_sigmas as iddpm_sigmas
+from .schedules import karras_sigmas as karras_sigmas
+from .schedules import loglinear_sigmas as loglinear_sigmas
+from .schedules import ve_sigmas as ve_sigmas
+from .schedules import vp_sigma as vp_sigma
+from .schedules import vp_sigma_inv as vp_sigma_inv
+from .schedules import vp_sigmas as vp_sigmas
+from .solvers import count_nfe as count_nfe
+from .solvers import euler_sample as euler_sample
+from .solvers import generate as generate
+from .solvers import heun_sample as heun_sample
+from .solvers import initial_x as initial_x
+from .solvers import stochastic_sample as stochastic_sample
+
+try:
+    __version__ = version("edm-samplers")
+except PackageNotFoundError:  # running from a source tree without installation
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "Callback",
+    "Denoiser",
+    "GaussianMixture",
+    "GlobalNoise",
+    "NoiseSource",
+    "PerSampleNoise",
+    "PointMass",
+    "PrecomputedNoise",
+    "StepInfo",
+    "__version__",
+    "append_zero",
+    "clamp_sigmas",
+    "count_nfe",
+    "empirical_denoiser",
+    "euler_sample",
+    "gaussian_ode_solution",
+    "generate",
+    "heun_sample",
+    "iddpm_grid",
+    "iddpm_sigmas",
+    "initial_x",
+    "karras_sigmas",
+    "loglinear_sigmas",
+    "stochastic_sample",
+    "ve_sigmas",
+    "vp_sigma",
+    "vp_sigma_inv",
+    "vp_sigmas",
+]

@@ -1,0 +1,335 @@
+"""Sampling loops: thin drivers over the pure steps of :mod:`.steps`.
+
+All samplers share one signature and one contract::
+
+    <name>_sample(denoiser, x, sigmas, *, <method knobs>, cond=None, noise=None, callback=None,
+                  dtype=None, progress=False, check_finite=True) -> Tensor
+
+- ``x`` is already at noise level ``sigmas[0]`` (use :func:`initial_x` to scale unit latents).
+- ``sigmas`` is any non-increasing schedule; the step to a final 0 is always an Euler step (it
+  returns D exactly).
+- The state integrates in x's dtype promoted to at least float32 (``dtype=`` overrides; float64
+  reproduces the paper's reference numerics). The result is returned in that dtype.
+- Randomness only through ``noise`` (a NoiseSource, a ``torch.Generator`` or None for torch's global
+  RNG). Deterministic samplers draw nothing; stochastic ones draw once per step, whatever the churn.
+- Gradient mode is the caller's: nothing here disables autograd.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from .._types import Callback, Denoiser, NoiseSource, StepInfo
+from .._validate import (
+    check_cond,
+    check_denoised,
+    check_float,
+    check_int,
+    check_sigmas,
+    check_x,
+    state_dtype,
+)
+from ..noise import PerSampleNoise, as_noise_source
+from .steps import StepCoeffs, churn, churn_gammas, euler_step, heun_step, step_table, unstack
+
+__all__ = [
+    "count_nfe",
+    "euler_sample",
+    "generate",
+    "heun_sample",
+    "initial_x",
+    "stochastic_sample",
+]
+
+
+def initial_x(latents: Tensor, sigmas: Tensor) -> Tensor:
+    """Scale unit-variance latents to the first noise level: x_0 = latents * sigmas[0].
+
+    The multiplication runs in float64 when ``latents`` is float64; otherwise in the promoted dtype.
+    """
+    check_x(latents, "latents")
+    s = check_sigmas(sigmas)
+    dt = torch.promote_types(latents.dtype, torch.float32)
+    return latents.to(dt) * float(s[0])
+
+
+def count_nfe(sigmas: Tensor | Sequence[float], method: Literal["euler", "heun"]) -> int:
+    """Network evaluations of one sampling run: N for Euler, 2N - (1 if sigmas ends in 0) for Heun."""
+    s = check_sigmas(sigmas)
+    n = s.numel() - 1
+    if method == "euler":
+        return n
+    if method == "heun":
+        return 2 * n - int(s[-1] == 0)
+    raise ValueError(f"method must be 'euler' or 'heun', got {method!r}")
+
+
+class _Checked:
+    """Wraps the user's denoiser: static shape check and dtype cast of its output (no device sync)."""
+
+    __slots__ = ("dtype", "fn")
+
+    def __init__(self, fn: Denoiser, dtype: torch.dtype) -> None:
+        self.fn = fn
+        self.dtype = dtype
+
+    def __call__(self, x: Tensor, sigma: Tensor, /, **cond: Any) -> Tensor:
+        out = check_denoised(self.fn(x, sigma, **cond), x)
+        return out if out.dtype == self.dtype else out.to(self.dtype)
+
+
+def _progress(n: int, enabled: bool, desc: str) -> Iterable[int]:
+    if not enabled:
+        return range(n)
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        raise ImportError("progress=True needs tqdm: pip install 'edm-samplers[cli]' (or pip install tqdm)") from None
+    bar: Iterable[int] = tqdm(range(n), desc=desc, leave=False)
+    return bar
+
+
+def _finite_or_raise(x: Tensor, name: str) -> None:
+    bad = ~torch.isfinite(x.detach()).flatten(1).all(dim=1)
+    if bool(bad.any()):  # one sync, after the loop
+        rows = torch.nonzero(bad).flatten().tolist()
+        raise FloatingPointError(
+            f"{name}: the result has non-finite values (NaN/Inf) in {len(rows)} of {x.shape[0]} samples "
+            f"(rows {rows[:10]}{' ...' if len(rows) > 10 else ''}); the denoiser returned or produced "
+            "non-finite values. Check the network and the schedule's range; pass check_finite=False "
+            "to get the raw result anyway."
+        )
+
+
+def _run(
+    name: str,
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor | Sequence[float],
+    *,
+    method: Literal["euler", "heun"],
+    stochastic: bool,
+    s_churn: float,
+    s_tmin: float,
+    s_tmax: float,
+    s_noise: float,
+    round_sigma: Callable[[Tensor], Tensor] | None,
+    cond: Mapping[str, Any] | None,
+    noise: NoiseSource | torch.Generator | None,
+    callback: Callback | None,
+    dtype: torch.dtype | None,
+    progress: bool,
+    check_finite: bool,
+) -> Tensor:
+    # ---- validation: once, before the loop ---------------------------------------------------
+    if not callable(denoiser):
+        raise TypeError(f"denoiser must be callable as denoiser(x, sigma, **cond), got {type(denoiser).__name__}")
+    x = check_x(x)
+    s = check_sigmas(sigmas)
+    cond_d = check_cond(cond)
+    sdt = state_dtype(x, dtype)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable as callback(info), got {type(callback).__name__}")
+    if round_sigma is not None and not callable(round_sigma):
+        raise TypeError("round_sigma must be a callable mapping a tensor of sigmas to supported sigmas")
+    src = as_noise_source(noise) if stochastic else None
+    if noise is not None and not stochastic:
+        as_noise_source(noise)  # still type-check it; deterministic samplers draw nothing
+    gammas = None
+    if stochastic:
+        s_churn = check_float(s_churn, "s_churn", nonnegative=True)
+        s_tmin = check_float(s_tmin, "s_tmin", nonnegative=True)
+        s_tmax = check_float(s_tmax, "s_tmax", nonnegative=True, allow_inf=True)
+        s_noise = check_float(s_noise, "s_noise", nonnegative=True)
+        if s_tmin > s_tmax:
+            raise ValueError(f"s_tmin must be <= s_tmax, got s_tmin={s_tmin}, s_tmax={s_tmax}")
+        gammas = churn_gammas(s, s_churn, s_tmin, s_tmax)
+
+    n = s.numel() - 1
+    batch = x.shape[0]
+    device = x.device
+    table = unstack(
+        step_table(s, batch=batch, dtype=sdt, device=device, gammas=gammas, s_noise=s_noise, round_sigma=round_sigma)
+    )
+    host = s.tolist()
+    host_hat = host[:-1] if gammas is None else (s[:-1] + gammas * s[:-1]).tolist()
+    if round_sigma is not None:
+        host_hat = [float(v) for v in round_sigma(torch.tensor(host_hat, dtype=torch.float64)).tolist()]
+    den = _Checked(denoiser, sdt)
+    x = x.to(sdt)
+
+    # ---- the loop: no syncs; the step choice is made on host floats ----------------------------
+    for i in _progress(n, progress, name):
+        c: StepCoeffs = table[i]
+        if src is not None:
+            eps = src.randn(x.shape, dtype=sdt, device=device)
+            x_hat = churn(x, eps, c.noise_scale)
+        else:
+            x_hat = x
+        if method == "heun" and host[i + 1] > 0:
+            x_next, denoised = heun_step(den, x_hat, c, cond_d)
+        else:
+            x_next, denoised = euler_step(den, x_hat, c, cond_d)
+        if callback is not None:
+            callback(StepInfo(i, host[i], host_hat[i], host[i + 1], x_hat, denoised, x_next))
+        x = x_next
+
+    if check_finite:
+        _finite_or_raise(x, name)
+    return x
+
+
+def euler_sample(
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor | Sequence[float],
+    *,
+    cond: Mapping[str, Any] | None = None,
+    noise: NoiseSource | torch.Generator | None = None,
+    callback: Callback | None = None,
+    dtype: torch.dtype | None = None,
+    progress: bool = False,
+    check_finite: bool = True,
+) -> Tensor:
+    """Deterministic Euler sampler of the probability-flow ODE (order 1, 1 NFE per step, N NFE).
+
+    Args:
+        denoiser: D(x, sigma, **cond) with sigma of shape ``[batch]``.
+        x: initial state at noise level ``sigmas[0]``, any shape ``[batch, ...]``.
+        sigmas: non-increasing schedule, e.g. :func:`~edm_samplers.karras_sigmas`; zero only at the end.
+        cond: keyword arguments passed to every denoiser call (class labels, ...).
+        noise: accepted for a uniform signature; deterministic samplers draw nothing.
+        callback: called with a :class:`~edm_samplers.StepInfo` after each step.
+        dtype: integration dtype (default: x's dtype promoted to at least float32).
+        progress: show a tqdm progress bar.
+        check_finite: raise ``FloatingPointError`` if the result holds NaN/Inf (one sync at the end).
+
+    Returns:
+        The final state (at ``sigmas[-1]``; the clean sample when it is 0), in the integration dtype.
+
+    Raises:
+        TypeError / ValueError: on invalid arguments, or a denoiser output of the wrong shape.
+        FloatingPointError: if ``check_finite`` and the result is not finite.
+    """
+    return _run(
+        "euler_sample", denoiser, x, sigmas, method="euler", stochastic=False,
+        s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0, round_sigma=None,
+        cond=cond, noise=noise, callback=callback, dtype=dtype, progress=progress, check_finite=check_finite,
+    )  # fmt: skip
+
+
+def heun_sample(
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor | Sequence[float],
+    *,
+    cond: Mapping[str, Any] | None = None,
+    noise: NoiseSource | torch.Generator | None = None,
+    callback: Callback | None = None,
+    dtype: torch.dtype | None = None,
+    progress: bool = False,
+    check_finite: bool = True,
+) -> Tensor:
+    """EDM Algorithm 1: Heun's 2nd-order method, Euler on the last step to sigma = 0.
+
+    Order 2; 2 NFE per step except the final step to 0 (1 NFE): 2N - 1 NFE, e.g. 35 for N = 18.
+    Arguments, return value and errors as in :func:`euler_sample`.
+    """
+    return _run(
+        "heun_sample", denoiser, x, sigmas, method="heun", stochastic=False,
+        s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0, round_sigma=None,
+        cond=cond, noise=noise, callback=callback, dtype=dtype, progress=progress, check_finite=check_finite,
+    )  # fmt: skip
+
+
+def stochastic_sample(
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor | Sequence[float],
+    *,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = float("inf"),
+    s_noise: float = 1.0,
+    solver: Literal["heun", "euler"] = "heun",
+    round_sigma: Callable[[Tensor], Tensor] | None = None,
+    cond: Mapping[str, Any] | None = None,
+    noise: NoiseSource | torch.Generator | None = None,
+    callback: Callback | None = None,
+    dtype: torch.dtype | None = None,
+    progress: bool = False,
+    check_finite: bool = True,
+) -> Tensor:
+    """EDM Algorithm 2: the stochastic "churn" sampler.
+
+    At each step i, gamma_i = min(s_churn / N, sqrt(2) - 1) if s_tmin <= sigma_i <= s_tmax else 0;
+    the state is raised to sigma_hat = sigma_i (1 + gamma_i) by adding fresh noise
+    x_hat = x + s_noise sqrt(sigma_hat^2 - sigma_i^2) eps_i, then one ODE step (Heun, or Euler with
+    ``solver="euler"``) goes from sigma_hat to sigma_{i+1}; the step to 0 is Euler. Noise is drawn on
+    every step, so the random stream does not depend on the churn settings, and ``s_churn = 0``
+    returns bit for bit what :func:`heun_sample` / :func:`euler_sample` return.
+
+    Args:
+        s_churn: overall stochasticity S_churn >= 0 (EDM ImageNet-64: 40).
+        s_tmin, s_tmax: the sigma range [S_tmin, S_tmax] in which churn is applied (0.05, 50).
+        s_noise: noise inflation S_noise (1.003).
+        solver: inner ODE step, "heun" (order 2, 2N - 1 NFE) or "euler" (N NFE).
+        round_sigma: optional map of sigma_hat onto levels a discrete model supports
+            (e.g. a preconditioner's ``round_sigma``).
+        noise: NoiseSource (e.g. :class:`~edm_samplers.PerSampleNoise`), ``torch.Generator`` or None.
+        Other arguments as in :func:`euler_sample`.
+    """
+    if solver not in ("heun", "euler"):
+        raise ValueError(f"solver must be 'heun' or 'euler', got {solver!r}")
+    return _run(
+        "stochastic_sample", denoiser, x, sigmas, method=solver, stochastic=True,
+        s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise, round_sigma=round_sigma,
+        cond=cond, noise=noise, callback=callback, dtype=dtype, progress=progress, check_finite=check_finite,
+    )  # fmt: skip
+
+
+def generate(
+    denoiser: Denoiser,
+    seeds: Iterable[int],
+    shape: Sequence[int],
+    sigmas: Tensor | Sequence[float],
+    *,
+    sampler: Callable[..., Tensor] = heun_sample,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    cond: Mapping[str, Any] | None = None,
+    **sampler_kwargs: Any,
+) -> Tensor:
+    """Sample one image per seed, like EDM's ``generate.py``: latents, scaling and sampling in one call.
+
+    Each seed gets its own generator (:class:`~edm_samplers.PerSampleNoise`): its unit latent is drawn
+    first, scaled by ``sigmas[0]``, and the same generator feeds any churn noise, so every sample
+    depends only on its seed.
+
+    Args:
+        denoiser: D(x, sigma, **cond).
+        seeds: one int per sample.
+        shape: the shape of one sample, e.g. ``(3, 32, 32)``.
+        sigmas: the schedule.
+        sampler: any sampler of the library (default :func:`heun_sample`).
+        device: where to sample (default CPU).
+        dtype: integration dtype (float64 reproduces the reference numerics).
+        cond: keyword arguments for the denoiser.
+        **sampler_kwargs: method knobs of ``sampler`` (e.g. ``s_churn=40``).
+
+    Returns:
+        Tensor ``[len(seeds), *shape]`` in ``dtype``.
+    """
+    src = PerSampleNoise(seeds)
+    shp = tuple(check_int(int(v), "shape entries", minimum=1) for v in shape)
+    if "noise" in sampler_kwargs:
+        raise TypeError("generate() builds the noise source from seeds; do not pass noise=")
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    s = check_sigmas(sigmas)
+    latents = src.randn((len(src), *shp), dtype=dtype, device=dev)
+    x = latents * s[0].to(dtype)
+    return sampler(denoiser, x, s, cond=cond, noise=src, dtype=dtype, **sampler_kwargs)

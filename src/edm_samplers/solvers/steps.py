@@ -1,0 +1,158 @@
+"""Pure step functions of the EDM samplers, and the per-step coefficient table they read.
+
+The probability-flow ODE in EDM's parameterization (sigma(t) = t, s(t) = 1) is
+
+    dx/dsigma = (x - D(x; sigma)) / sigma.
+
+A step moves the state from ``sigma`` (after optional churn: ``sigma_hat``) to ``sigma_next``. Every
+scalar a step needs is precomputed once per schedule, in float64, by :func:`step_table`, and handed to
+the step as a device tensor: the steps themselves are straight-line tensor programs with no host
+synchronisation and no branching on tensor values, so ``torch.compile(fullgraph=True)`` and CUDA-graph
+capture see the same code as eager mode. Which step runs (Heun or the final Euler step to 0) is
+decided by the driver from the host copy of the schedule.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from .._types import Denoiser
+
+__all__ = ["StepCoeffs", "churn", "churn_gammas", "euler_step", "heun_step", "step_table"]
+
+
+class StepCoeffs(NamedTuple):
+    """Scalars of one step (or, from :func:`step_table`, of all steps stacked along dim 0).
+
+    Attributes:
+        sigma_hat: ``[batch]`` noise level the denoiser is evaluated at (sigma after churn).
+        sigma_next: ``[batch]`` target noise level.
+        noise_scale: s_noise sqrt(sigma_hat^2 - sigma^2), the churn noise std (0 without churn).
+        ratio: sigma_next / sigma_hat; the Euler step is x_next = D + ratio (x - D).
+        h_over_sigma: (sigma_next - sigma_hat) / sigma_hat; Heun's Euler predictor is x + h_over_sigma (x - D).
+        heun_a: h / (2 sigma_hat), weight of (x - D) in Heun's corrector.
+        heun_b: h / (2 sigma_next), weight of (x' - D') in Heun's corrector (0 when sigma_next = 0).
+    """
+
+    sigma_hat: Tensor
+    sigma_next: Tensor
+    noise_scale: Tensor
+    ratio: Tensor
+    h_over_sigma: Tensor
+    heun_a: Tensor
+    heun_b: Tensor
+
+
+def churn_gammas(sigmas: Tensor, s_churn: float, s_tmin: float, s_tmax: float) -> Tensor:
+    """EDM Algorithm 2's gamma_i = min(S_churn / N, sqrt(2) - 1) if S_tmin <= sigma_i <= S_tmax else 0.
+
+    ``sigmas`` is the full schedule (N + 1 entries); returns N float64 values, vectorised (no loop).
+    """
+    s = sigmas[:-1].to(torch.float64)
+    n = s.numel()
+    g = min(s_churn / n, math.sqrt(2.0) - 1.0)
+    inside = (s >= s_tmin) & (s <= s_tmax)
+    return torch.where(inside, torch.full_like(s, g), torch.zeros_like(s))
+
+
+def step_table(
+    sigmas: Tensor,
+    *,
+    batch: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    gammas: Tensor | None = None,
+    s_noise: float = 1.0,
+    round_sigma: Callable[[Tensor], Tensor] | None = None,
+) -> StepCoeffs:
+    """Precompute every step's scalars in float64, then cast once to ``dtype`` on ``device``.
+
+    Args:
+        sigmas: validated float64 CPU schedule, N + 1 entries.
+        batch: batch size; ``sigma_hat``/``sigma_next`` become ``[N, batch]`` rows for the denoiser.
+        gammas: churn factors (N values) or None for none. sigma_hat = sigma + gamma sigma, as in the
+            reference (so gamma = 0 gives sigma_hat == sigma bit for bit).
+        s_noise: churn noise inflation S_noise.
+        round_sigma: optional map of sigma_hat onto levels a discrete model supports.
+
+    Returns:
+        A :class:`StepCoeffs` whose fields are stacked along dim 0 (index ``i`` for step i).
+    """
+    s = sigmas.to(torch.float64)
+    sigma, sigma_next = s[:-1], s[1:]
+    sigma_hat = sigma if gammas is None else sigma + gammas * sigma
+    if round_sigma is not None:
+        sigma_hat = round_sigma(sigma_hat).to(torch.float64)
+    # max(.., 0) guards rounding (round_sigma may move sigma_hat a hair below sigma).
+    noise_scale = torch.sqrt((sigma_hat**2 - sigma**2).clamp_min(0)) * s_noise
+    h = sigma_next - sigma_hat
+    safe_next = torch.where(sigma_next > 0, sigma_next, torch.ones_like(sigma_next))
+    heun_b = torch.where(sigma_next > 0, h / (2 * safe_next), torch.zeros_like(h))
+
+    def rows(v: Tensor) -> Tensor:
+        # The denoiser gets sigma as a contiguous [batch] tensor; build all rows once.
+        return v.to(device=device, dtype=dtype)[:, None].expand(-1, batch).contiguous()
+
+    def scal(v: Tensor) -> Tensor:
+        return v.to(device=device, dtype=dtype)
+
+    return StepCoeffs(
+        sigma_hat=rows(sigma_hat),
+        sigma_next=rows(sigma_next),
+        noise_scale=scal(noise_scale),
+        ratio=scal(sigma_next / sigma_hat),
+        h_over_sigma=scal(h / sigma_hat),
+        heun_a=scal(h / (2 * sigma_hat)),
+        heun_b=scal(heun_b),
+    )
+
+
+def unstack(table: StepCoeffs) -> list[StepCoeffs]:
+    """Split a stacked table into per-step records (views), once, outside the loop."""
+    n = table.ratio.shape[0]
+    return [StepCoeffs(*(field[i] for field in table)) for i in range(n)]
+
+
+def churn(x: Tensor, eps: Tensor, noise_scale: Tensor) -> Tensor:
+    """EDM Algorithm 2 lines 5-6: x_hat = x + sqrt(sigma_hat^2 - sigma^2) S_noise eps.
+
+    Always executed, also with zero churn (noise_scale = 0 then gives x_hat == x exactly), so
+    control flow and random draws never depend on the churn settings.
+    """
+    return torch.addcmul(x, eps, noise_scale)
+
+
+def euler_step(denoiser: Denoiser, x: Tensor, c: StepCoeffs, cond: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+    """One Euler step of dx/dsigma = (x - D) / sigma from sigma_hat to sigma_next (1 NFE, order 1).
+
+    Written as x_next = D + (sigma_next / sigma_hat) (x - D), which equals x + h (x - D) / sigma_hat and
+    returns D exactly when sigma_next = 0 (the last step of every sampler).
+
+    Returns:
+        ``(x_next, denoised)``.
+    """
+    denoised = denoiser(x, c.sigma_hat, **cond)
+    return torch.lerp(denoised, x, c.ratio), denoised
+
+
+def heun_step(denoiser: Denoiser, x: Tensor, c: StepCoeffs, cond: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+    """One Heun step (EDM Algorithm 1, trapezoidal rule; 2 NFE, order 2). Requires sigma_next > 0.
+
+    d = (x - D(x; sigma_hat)) / sigma_hat, x' = x + h d, d' = (x' - D(x'; sigma_next)) / sigma_next,
+    x_next = x + h (d + d') / 2, with h = sigma_next - sigma_hat; evaluated as
+    x + a (x - D) + b (x' - D') with a = h / (2 sigma_hat), b = h / (2 sigma_next).
+
+    Returns:
+        ``(x_next, denoised)`` with denoised = D(x; sigma_hat).
+    """
+    denoised = denoiser(x, c.sigma_hat, **cond)
+    diff = x - denoised
+    x_pred = torch.addcmul(x, diff, c.h_over_sigma)
+    diff_pred = x_pred - denoiser(x_pred, c.sigma_next, **cond)
+    x_next = torch.addcmul(x, diff, c.heun_a)
+    return x_next.addcmul_(diff_pred, c.heun_b), denoised
