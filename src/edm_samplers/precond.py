@@ -1,0 +1,445 @@
+"""Preconditioning (EDM, Karras et al. 2022, Table 1 and Section 5): any network F becomes a denoiser D.
+
+A preconditioner wraps a raw network F and returns
+
+    D(x; sigma) = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x, c_noise(sigma)),
+
+with the coefficient sets of Table 1 (``sigma`` is EDM's noise level; ``x = y + sigma n``):
+
+- VP:    c_skip = 1, c_out = -sigma, c_in = 1 / sqrt(sigma^2 + 1), c_noise = (M - 1) sigma^-1(sigma)
+- VE:    c_skip = 1, c_out = sigma, c_in = 1, c_noise = ln(sigma / 2)
+- iDDPM: c_skip = 1, c_out = -sigma, c_in = 1 / sqrt(sigma^2 + 1), c_noise = M - 1 - argmin_j |u_j - sigma|
+- EDM:   c_skip = sigma_data^2 / (sigma^2 + sigma_data^2), c_out = sigma sigma_data / sqrt(sigma^2 + sigma_data^2),
+         c_in = 1 / sqrt(sigma^2 + sigma_data^2), c_noise = ln(sigma) / 4
+
+The coefficients are plain functions of sigma (:func:`edm_scalings`, :func:`vp_scalings`,
+:func:`ve_scalings`, :func:`iddpm_scalings`) so training code can reuse them; the module wrappers
+(:class:`EDMPrecond`, :class:`VPPrecond`, :class:`VEPrecond`, :class:`iDDPMPrecond`) *hold the user's
+network itself* (never a copy: ``precond.parameters()`` are the network's parameter objects and
+``precond.net.load_state_dict(...)`` keeps working) and know their valid sigma range.
+
+Numerics: the coefficient arithmetic and the returned D use x's dtype promoted to at least float32
+(float64 stays float64). With ``net_dtype`` (e.g. ``torch.bfloat16``) only F runs in that dtype: its input
+c_in x is cast down and its output cast back up, as the paper's mixed-precision networks do.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from ._validate import check_float, check_int, check_sigmas
+from .schedules import iddpm_grid, vp_sigma, vp_sigma_inv
+
+__all__ = [
+    "EDMPrecond",
+    "Precond",
+    "Scalings",
+    "VEPrecond",
+    "VPPrecond",
+    "clamp_to",
+    "edm_scalings",
+    "iDDPMPrecond",
+    "iddpm_scalings",
+    "ve_scalings",
+    "vp_scalings",
+]
+
+SigmaLike = Tensor | float
+
+
+class Scalings(NamedTuple):
+    """The four preconditioning coefficients of Table 1, each of sigma's shape.
+
+    D(x; sigma) = c_skip x + c_out F(c_in x; c_noise).
+    """
+
+    c_skip: Tensor
+    c_out: Tensor
+    c_in: Tensor
+    c_noise: Tensor
+
+
+def _as_sigma(sigma: SigmaLike) -> Tensor:
+    if isinstance(sigma, Tensor):
+        if not sigma.is_floating_point():
+            raise TypeError(f"sigma must be a floating-point tensor, got dtype {sigma.dtype}")
+        return sigma
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
+        raise TypeError(f"sigma must be a tensor or a real number, got {type(sigma).__name__}")
+    return torch.tensor(float(sigma), dtype=torch.float64)
+
+
+def edm_scalings(sigma: SigmaLike, sigma_data: float = 0.5) -> Scalings:
+    """EDM's coefficients (Table 1, Section 5): unit-variance network input and training target.
+
+    c_skip = sigma_data^2 / (sigma^2 + sigma_data^2), c_out = sigma sigma_data / sqrt(sigma^2 + sigma_data^2),
+    c_in = 1 / sqrt(sigma^2 + sigma_data^2), c_noise = ln(sigma) / 4.
+
+    Args:
+        sigma: noise level(s), a tensor of any shape or a number (-> float64 0-d tensor).
+        sigma_data: standard deviation of the data, > 0.
+    """
+    s = _as_sigma(sigma)
+    sd = check_float(sigma_data, "sigma_data", positive=True)
+    var = s**2 + sd**2
+    return Scalings(
+        c_skip=sd**2 / var,
+        c_out=s * sd * torch.rsqrt(var),
+        c_in=torch.rsqrt(var),
+        c_noise=torch.log(s) / 4,
+    )
+
+
+def vp_scalings(sigma: SigmaLike, beta_d: float = 19.9, beta_min: float = 0.1, M: int = 1000) -> Scalings:
+    """VP (Song et al. 2021) as EDM coefficients: c_skip = 1, c_out = -sigma, c_in = 1/sqrt(sigma^2 + 1),
+    c_noise = (M - 1) t with t = sigma^-1(sigma) = (sqrt(beta_min^2 + 2 beta_d ln(sigma^2 + 1)) - beta_min) / beta_d.
+
+    F is an eps-predictor of the scaled input x / sqrt(1 + sigma^2): D = x - sigma eps.
+    """
+    s = _as_sigma(sigma)
+    bd = check_float(beta_d, "beta_d", positive=True)
+    bm = check_float(beta_min, "beta_min", nonnegative=True)
+    m = check_int(M, "M", minimum=2)
+    return Scalings(
+        c_skip=torch.ones_like(s),
+        c_out=-s,
+        c_in=torch.rsqrt(s**2 + 1),
+        c_noise=(m - 1) * vp_sigma_inv(s, bd, bm),
+    )
+
+
+def ve_scalings(sigma: SigmaLike) -> Scalings:
+    """VE (Song et al. 2021): c_skip = 1, c_out = sigma, c_in = 1, c_noise = ln(sigma / 2)."""
+    s = _as_sigma(sigma)
+    return Scalings(c_skip=torch.ones_like(s), c_out=s, c_in=torch.ones_like(s), c_noise=torch.log(0.5 * s))
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_grid(c1: float, c2: float, m: int) -> Tensor:
+    return iddpm_grid(c1=c1, c2=c2, m=m)
+
+
+def _iddpm_index(sigma: Tensor, u: Tensor) -> Tensor:
+    # Index j in 0 .. M-1 of the trained level u_j nearest to sigma. u_M = 0 is no trained level
+    # (it would give c_noise = -1), so only the first M entries take part.
+    trained = u[:-1].to(device=sigma.device, dtype=torch.promote_types(sigma.dtype, torch.float32))
+    return torch.argmin(torch.abs(sigma.unsqueeze(-1) - trained), dim=-1)
+
+
+def iddpm_scalings(
+    sigma: SigmaLike, *, c1: float = 0.001, c2: float = 0.008, M: int = 1000, grid: Tensor | None = None
+) -> Scalings:
+    """iDDPM (Nichol & Dhariwal 2021): c_skip = 1, c_out = -sigma, c_in = 1/sqrt(sigma^2 + 1),
+    c_noise = M - 1 - argmin_j |u_j - sigma| over the trained levels u_0 > ... > u_{M-1} of
+    :func:`~edm_samplers.iddpm_grid`.
+
+    Args:
+        sigma: noise level(s).
+        c1, c2, M: the grid's constants (Table 1: 0.001, 0.008, 1000).
+        grid: a precomputed ``iddpm_grid(...)`` (length M + 1) to skip rebuilding it (it is cached anyway).
+    """
+    s = _as_sigma(sigma)
+    m = check_int(M, "M", minimum=2)
+    u = _cached_grid(float(c1), float(c2), m) if grid is None else grid
+    if u.ndim != 1 or u.numel() != m + 1:
+        raise ValueError(f"grid must be iddpm_grid(m=M) of length M + 1 = {m + 1}, got shape {tuple(u.shape)}")
+    j = _iddpm_index(s, u)
+    return Scalings(
+        c_skip=torch.ones_like(s),
+        c_out=-s,
+        c_in=torch.rsqrt(s**2 + 1),
+        c_noise=(m - 1 - j).to(s.dtype),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Module wrappers
+
+
+def _check_net_dtype(net_dtype: object) -> torch.dtype | None:
+    if net_dtype is None:
+        return None
+    if not isinstance(net_dtype, torch.dtype) or not net_dtype.is_floating_point:
+        raise TypeError(f"net_dtype must be None or a floating torch.dtype such as torch.bfloat16, got {net_dtype!r}")
+    return net_dtype
+
+
+def _append_dims(v: Tensor, ndim: int) -> Tensor:
+    return v.reshape(v.shape + (1,) * (ndim - v.ndim))
+
+
+class Precond(nn.Module):
+    """Base of the preconditioning wrappers: D(x; sigma) = c_skip x + c_out F(c_in x, c_noise, **cond).
+
+    Subclasses define :meth:`scalings`. The wrapped ``net`` is stored as ``self.net`` (a registered
+    submodule when it is an ``nn.Module``, so ``parameters()``, ``state_dict()`` (keys ``net.*``),
+    ``.to()`` and ``torch.compile`` see it; any other callable is kept as a plain attribute).
+
+    Args:
+        net: F(x_in, c_noise, **cond) -> Tensor of x's shape; ``c_noise`` has shape ``[batch]``.
+        sigma_min, sigma_max: the valid noise-level range, used by :func:`clamp_to`.
+        net_dtype: dtype F runs in (e.g. ``torch.bfloat16``), or None for the compute dtype. Only F's
+            input and output are cast; coefficients and D stay in at least float32.
+    """
+
+    net: Callable[..., Any]
+
+    def __init__(
+        self,
+        net: Callable[..., Any],
+        *,
+        sigma_min: float,
+        sigma_max: float,
+        net_dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if not callable(net):
+            raise TypeError(
+                f"net must be an nn.Module or a callable F(x_in, c_noise, **cond), got {type(net).__name__}"
+            )
+        lo = check_float(sigma_min, "sigma_min", nonnegative=True)
+        hi = check_float(sigma_max, "sigma_max", positive=True, allow_inf=True)
+        if not lo < hi:
+            raise ValueError(f"sigma_min must be < sigma_max, got sigma_min={lo}, sigma_max={hi}")
+        self.net = net
+        self.sigma_min = lo
+        self.sigma_max = hi
+        self.net_dtype = _check_net_dtype(net_dtype)
+
+    def scalings(self, sigma: Tensor) -> Scalings:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def round_sigma(self, sigma: SigmaLike) -> Tensor:
+        """Map sigma to a level the network supports: the identity for continuous-time models."""
+        return _as_sigma(sigma)
+
+    def forward(self, x: Tensor, sigma: SigmaLike, **cond: Any) -> Tensor:
+        """D(x; sigma) for ``x`` of shape ``[batch, ...]`` (any rank) and sigma ``[batch]`` or a scalar."""
+        if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 1:
+            raise TypeError("x must be a floating-point tensor of shape [batch, ...]")
+        cdt = torch.promote_types(x.dtype, torch.float32)
+        s = _as_sigma(sigma).to(device=x.device, dtype=cdt)
+        if s.ndim == 0:
+            s = s.expand(x.shape[0])
+        elif s.shape != (x.shape[0],):
+            raise ValueError(
+                f"sigma must have shape [batch] = [{x.shape[0]}] or be a scalar, got shape {tuple(s.shape)}"
+            )
+        sc = self.scalings(s)
+        xc = x.to(cdt)
+        x_in = _append_dims(sc.c_in, x.ndim) * xc
+        if self.net_dtype is not None:
+            x_in = x_in.to(self.net_dtype)
+        f = self._call_net(x_in, sc.c_noise, cond)
+        if not isinstance(f, Tensor):
+            raise TypeError(f"net must return a torch.Tensor, got {type(f).__name__}")
+        if f.shape != x.shape:
+            raise ValueError(
+                f"net returned shape {tuple(f.shape)} for an input of shape {tuple(x.shape)}; F must return a tensor "
+                "of x's shape (for a learned-variance model, use learned_variance=True to drop the extra channels)"
+            )
+        if not f.is_floating_point():
+            raise TypeError(f"net must return a floating-point tensor, got dtype {f.dtype}")
+        return _append_dims(sc.c_skip, x.ndim) * xc + _append_dims(sc.c_out, x.ndim) * f.to(cdt)
+
+    def _call_net(self, x_in: Tensor, c_noise: Tensor, cond: dict[str, Any]) -> Any:
+        return self.net(x_in, c_noise, **cond)
+
+
+class EDMPrecond(Precond):
+    """EDM preconditioning (Table 1, right column; Section 5) around a user network F.
+
+    D(x; sigma) = c_skip x + c_out F(c_in x, ln(sigma)/4) with c_skip = sigma_data^2/(sigma^2+sigma_data^2),
+    c_out = sigma sigma_data/sqrt(sigma^2+sigma_data^2), c_in = 1/sqrt(sigma^2+sigma_data^2).
+
+    Args:
+        net: F(x_in, c_noise, **cond), an ``nn.Module`` (held itself, not copied) or any callable.
+        sigma_data: standard deviation of the training data (0.5 for images in [-1, 1]).
+        sigma_min, sigma_max: valid range (default: all of (0, inf)).
+        net_dtype: run F in this dtype (e.g. ``torch.float16``/``torch.bfloat16``); D stays float32+.
+    """
+
+    def __init__(
+        self,
+        net: Callable[..., Any],
+        *,
+        sigma_data: float = 0.5,
+        sigma_min: float = 0.0,
+        sigma_max: float = float("inf"),
+        net_dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(net, sigma_min=sigma_min, sigma_max=sigma_max, net_dtype=net_dtype)
+        self.sigma_data = check_float(sigma_data, "sigma_data", positive=True)
+
+    def scalings(self, sigma: Tensor) -> Scalings:
+        return edm_scalings(sigma, self.sigma_data)
+
+
+class VPPrecond(Precond):
+    """VP preconditioning (Table 1, "VP" column; Song et al. 2021's DDPM++).
+
+    F predicts eps from x / sqrt(1 + sigma^2) and the time (M - 1) t, t = sigma^-1(sigma).
+    The default range is sigma(epsilon_t) .. sigma(1) (about 0.0032 .. 152 for the defaults).
+
+    Args:
+        net: F(x_in, c_noise, **cond).
+        beta_d, beta_min, M: the VP schedule's constants (19.9, 0.1, 1000).
+        epsilon_t: smallest training time t (1e-5); sets ``sigma_min = vp_sigma(epsilon_t)``.
+        net_dtype: as in :class:`EDMPrecond`.
+    """
+
+    def __init__(
+        self,
+        net: Callable[..., Any],
+        *,
+        beta_d: float = 19.9,
+        beta_min: float = 0.1,
+        M: int = 1000,
+        epsilon_t: float = 1e-5,
+        net_dtype: torch.dtype | None = None,
+    ) -> None:
+        self.beta_d = check_float(beta_d, "beta_d", positive=True)
+        self.beta_min = check_float(beta_min, "beta_min", nonnegative=True)
+        self.M = check_int(M, "M", minimum=2)
+        et = check_float(epsilon_t, "epsilon_t", positive=True)
+        if not et < 1:
+            raise ValueError(f"epsilon_t must be in (0, 1), got {et}")
+        lo = float(vp_sigma(torch.tensor(et, dtype=torch.float64), self.beta_d, self.beta_min))
+        hi = float(vp_sigma(torch.tensor(1.0, dtype=torch.float64), self.beta_d, self.beta_min))
+        super().__init__(net, sigma_min=lo, sigma_max=hi, net_dtype=net_dtype)
+
+    def scalings(self, sigma: Tensor) -> Scalings:
+        return vp_scalings(sigma, self.beta_d, self.beta_min, self.M)
+
+
+class VEPrecond(Precond):
+    """VE preconditioning (Table 1, "VE" column; Song et al. 2021's NCSN++): D = x + sigma F(x, ln(sigma/2)).
+
+    Args:
+        net: F(x_in, c_noise, **cond).
+        sigma_min, sigma_max: valid range (0.02, 100).
+        net_dtype: as in :class:`EDMPrecond`.
+    """
+
+    def __init__(
+        self,
+        net: Callable[..., Any],
+        *,
+        sigma_min: float = 0.02,
+        sigma_max: float = 100.0,
+        net_dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(net, sigma_min=sigma_min, sigma_max=sigma_max, net_dtype=net_dtype)
+
+    def scalings(self, sigma: Tensor) -> Scalings:
+        return ve_scalings(sigma)
+
+
+class iDDPMPrecond(Precond):
+    """iDDPM preconditioning (Table 1, "iDDPM" column; Nichol & Dhariwal 2021's ADM).
+
+    F is a discrete-time eps-predictor trained on the M levels u_0 > ... > u_{M-1} of
+    :func:`~edm_samplers.iddpm_grid`; it sees the integer-valued time M - 1 - j of the nearest level.
+    :meth:`round_sigma` maps sigma to that level; round the schedule with :func:`clamp_to` (or build it
+    with :func:`~edm_samplers.iddpm_sigmas`) so the sampler's sigmas are the ones F was trained on.
+
+    Args:
+        net: F(x_in, c_noise, **cond).
+        c1, c2, M: grid constants (0.001, 0.008, 1000).
+        learned_variance: F returns 2C channels on dim 1 (mean and variance, ADM style); keep the first C.
+        net_dtype: as in :class:`EDMPrecond`.
+
+    The grid is a non-persistent buffer: it follows ``.to(device)`` but is not part of ``state_dict()``.
+    Use ``net_dtype`` for mixed precision rather than ``.half()`` on the wrapper, which would round it.
+    """
+
+    u: Tensor
+
+    def __init__(
+        self,
+        net: Callable[..., Any],
+        *,
+        c1: float = 0.001,
+        c2: float = 0.008,
+        M: int = 1000,
+        learned_variance: bool = False,
+        net_dtype: torch.dtype | None = None,
+    ) -> None:
+        self.M = check_int(M, "M", minimum=2)
+        u = _cached_grid(check_float(c1, "c1", positive=True), check_float(c2, "c2", nonnegative=True), self.M)
+        super().__init__(net, sigma_min=float(u[self.M - 1]), sigma_max=float(u[0]), net_dtype=net_dtype)
+        self.register_buffer("u", u.clone(), persistent=False)
+        self.learned_variance = bool(learned_variance)
+
+    def scalings(self, sigma: Tensor) -> Scalings:
+        return iddpm_scalings(sigma, M=self.M, grid=self.u)
+
+    def round_sigma(self, sigma: SigmaLike) -> Tensor:
+        """The trained level u_j nearest to sigma (same shape and dtype as sigma)."""
+        s = _as_sigma(sigma)
+        j = _iddpm_index(s, self.u)
+        return self.u.to(device=s.device, dtype=s.dtype)[j]
+
+    def _call_net(self, x_in: Tensor, c_noise: Tensor, cond: dict[str, Any]) -> Any:
+        f = self.net(x_in, c_noise, **cond)
+        if self.learned_variance and isinstance(f, Tensor):
+            f = _split_variance(f, x_in.shape, "net")
+        return f
+
+
+def _split_variance(f: Tensor, x_shape: torch.Size, name: str) -> Tensor:
+    """Keep the mean half of a learned-variance output [B, 2C, ...] (static shape check only)."""
+    if f.ndim < 2 or f.shape[0] != x_shape[0] or f.shape[1] != 2 * x_shape[1] or f.shape[2:] != x_shape[2:]:
+        raise ValueError(
+            f"{name} returned shape {tuple(f.shape)}, but a learned-variance model must return twice the "
+            f"channels of its input {tuple(x_shape)} on dim 1; pass learned_variance=False if it does not"
+        )
+    return f[:, : x_shape[1]]
+
+
+# ----------------------------------------------------------------------------------------------
+# Fitting a schedule to a denoiser
+
+
+def clamp_to(sigmas: Tensor, denoiser: object, *, round: bool = True) -> Tensor:
+    """Clamp (and round) the positive levels of a schedule to a denoiser's valid range, explicitly.
+
+    Reads ``denoiser.sigma_min`` / ``denoiser.sigma_max`` (if present) and, with ``round``,
+    ``denoiser.round_sigma`` (if present). The final 0 stays 0; consecutive duplicates created by
+    clamping or rounding are removed, so every step moves. Runs once on the host, before sampling.
+
+    Args:
+        sigmas: a non-increasing schedule (e.g. :func:`~edm_samplers.karras_sigmas`).
+        denoiser: a wrapper of this module, an adapter, or any object with those attributes.
+        round: apply ``round_sigma`` (discrete-time models) after clamping.
+
+    Returns:
+        The fitted schedule, in ``sigmas``' dtype and on its device.
+    """
+    s = check_sigmas(sigmas)
+    lo = float(getattr(denoiser, "sigma_min", 0.0))
+    hi = float(getattr(denoiser, "sigma_max", math.inf))
+    if math.isnan(lo) or math.isnan(hi) or not lo < hi:
+        raise ValueError(f"denoiser has an invalid range sigma_min={lo}, sigma_max={hi}")
+    pos = s[s > 0].clamp(lo, hi)
+    rs = getattr(denoiser, "round_sigma", None)
+    if round and rs is not None:
+        if not callable(rs):
+            raise TypeError("denoiser.round_sigma must be callable")
+        pos = torch.as_tensor(rs(pos)).detach().to(device="cpu", dtype=torch.float64).reshape(pos.shape)
+    keep = torch.ones_like(pos, dtype=torch.bool)
+    keep[1:] = pos[1:] != pos[:-1]
+    out = pos[keep]
+    if s[-1] == 0:
+        out = torch.cat([out, out.new_zeros(1)])
+    return out.to(device=sigmas.device if isinstance(sigmas, Tensor) else None, dtype=_out_dtype(sigmas))
+
+
+def _out_dtype(sigmas: object) -> torch.dtype:
+    return sigmas.dtype if isinstance(sigmas, Tensor) else torch.float64
