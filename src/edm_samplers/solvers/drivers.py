@@ -34,7 +34,7 @@ from .._validate import (
     state_dtype,
 )
 from ..noise import PerSampleNoise, as_noise_source
-from .steps import StepCoeffs, churn, churn_gammas, euler_step, heun_step, step_table, unstack
+from .steps import StepCoeffs, churn, churn_gammas, churn_sigma_hat, euler_step, heun_step, step_table, unstack
 
 __all__ = [
     "count_nfe",
@@ -94,7 +94,7 @@ def _progress(n: int, enabled: bool, desc: str) -> Iterable[int]:
 
 
 def _finite_or_raise(x: Tensor, name: str) -> None:
-    bad = ~torch.isfinite(x.detach()).flatten(1).all(dim=1)
+    bad = ~torch.isfinite(x.detach()).reshape(x.shape[0], -1).all(dim=1)
     if bool(bad.any()):  # one sync, after the loop
         rows = torch.nonzero(bad).flatten().tolist()
         raise FloatingPointError(
@@ -103,6 +103,18 @@ def _finite_or_raise(x: Tensor, name: str) -> None:
             "non-finite values. Check the network and the schedule's range; pass check_finite=False "
             "to get the raw result anyway."
         )
+
+
+def _checked_sigma_hat(s: Tensor, hat: object) -> Tensor:
+    if not isinstance(hat, Tensor) or hat.shape != s[:-1].shape:
+        raise TypeError(
+            f"round_sigma must map a [N] tensor of sigmas to a [N] tensor, got {type(hat).__name__} "
+            f"{tuple(hat.shape) if isinstance(hat, Tensor) else ''}"
+        )
+    hat = hat.detach().to(device="cpu", dtype=torch.float64)
+    if not bool(torch.isfinite(hat).all()) or bool((hat <= 0).any()):
+        raise ValueError(f"round_sigma returned non-positive or non-finite noise levels: {hat.tolist()}")
+    return hat
 
 
 def _run(
@@ -150,15 +162,11 @@ def _run(
         gammas = churn_gammas(s, s_churn, s_tmin, s_tmax)
 
     n = s.numel() - 1
-    batch = x.shape[0]
-    device = x.device
-    table = unstack(
-        step_table(s, batch=batch, dtype=sdt, device=device, gammas=gammas, s_noise=s_noise, round_sigma=round_sigma)
-    )
+    sigma_hat = None if gammas is None else _checked_sigma_hat(s, churn_sigma_hat(s, gammas, round_sigma))
+    table = unstack(step_table(s, batch=x.shape[0], dtype=sdt, device=x.device, sigma_hat=sigma_hat, s_noise=s_noise))
     host = s.tolist()
-    host_hat = host[:-1] if gammas is None else (s[:-1] + gammas * s[:-1]).tolist()
-    if round_sigma is not None:
-        host_hat = [float(v) for v in round_sigma(torch.tensor(host_hat, dtype=torch.float64)).tolist()]
+    host_hat = host[:-1] if sigma_hat is None else sigma_hat.tolist()
+    device = x.device
     den = _Checked(denoiser, sdt)
     x = x.to(sdt)
 

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from .._types import Denoiser
 
-__all__ = ["StepCoeffs", "churn", "churn_gammas", "euler_step", "heun_step", "step_table"]
+__all__ = ["StepCoeffs", "churn", "churn_gammas", "churn_sigma_hat", "euler_step", "heun_step", "step_table"]
 
 
 class StepCoeffs(NamedTuple):
@@ -60,34 +60,37 @@ def churn_gammas(sigmas: Tensor, s_churn: float, s_tmin: float, s_tmax: float) -
     return torch.where(inside, torch.full_like(s, g), torch.zeros_like(s))
 
 
+def churn_sigma_hat(sigmas: Tensor, gammas: Tensor, round_sigma: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """sigma_hat_i = sigma_i + gamma_i sigma_i (the reference's order: gamma = 0 gives sigma_i bit for bit),
+    optionally mapped by ``round_sigma`` onto levels a discrete model supports. float64, N values."""
+    s = sigmas[:-1].to(torch.float64)
+    hat = s + gammas * s
+    return hat if round_sigma is None else round_sigma(hat)
+
+
 def step_table(
     sigmas: Tensor,
     *,
     batch: int,
     dtype: torch.dtype,
     device: torch.device,
-    gammas: Tensor | None = None,
+    sigma_hat: Tensor | None = None,
     s_noise: float = 1.0,
-    round_sigma: Callable[[Tensor], Tensor] | None = None,
 ) -> StepCoeffs:
     """Precompute every step's scalars in float64, then cast once to ``dtype`` on ``device``.
 
     Args:
         sigmas: validated float64 CPU schedule, N + 1 entries.
         batch: batch size; ``sigma_hat``/``sigma_next`` become ``[N, batch]`` rows for the denoiser.
-        gammas: churn factors (N values) or None for none. sigma_hat = sigma + gamma sigma, as in the
-            reference (so gamma = 0 gives sigma_hat == sigma bit for bit).
+        sigma_hat: the N noise levels after churn (see :func:`churn_sigma_hat`), or None for no churn.
         s_noise: churn noise inflation S_noise.
-        round_sigma: optional map of sigma_hat onto levels a discrete model supports.
 
     Returns:
         A :class:`StepCoeffs` whose fields are stacked along dim 0 (index ``i`` for step i).
     """
     s = sigmas.to(torch.float64)
     sigma, sigma_next = s[:-1], s[1:]
-    sigma_hat = sigma if gammas is None else sigma + gammas * sigma
-    if round_sigma is not None:
-        sigma_hat = round_sigma(sigma_hat).to(torch.float64)
+    sigma_hat = sigma if sigma_hat is None else sigma_hat.to(torch.float64)
     # max(.., 0) guards rounding (round_sigma may move sigma_hat a hair below sigma).
     noise_scale = torch.sqrt((sigma_hat**2 - sigma**2).clamp_min(0)) * s_noise
     h = sigma_next - sigma_hat
