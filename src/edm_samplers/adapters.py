@@ -1,0 +1,385 @@
+"""Adapters: existing eps-, v- and x0-prediction models (continuous or discrete time, diffusers) as denoisers.
+
+Every adapter is an ``nn.Module`` denoiser ``D(x, sigma, **cond)`` in EDM's coordinates, x = y + sigma n
+(unscaled, so a sampler starts from ``latents * sigma_max``), wrapping the user's model itself (never a copy).
+
+**VP models** (DDPM, DDPM++, ADM, diffusers UNets) see x_t = alpha_t y + sigma_t^VP eps with
+alpha_t^2 + (sigma_t^VP)^2 = 1. In EDM coordinates sigma = sigma_t^VP / alpha_t, so
+x_t = x / sqrt(1 + sigma^2) (EDM's s(t) = 1/sqrt(1 + sigma^2)), and for discrete models
+sigma_t = sqrt((1 - abar_t) / abar_t). With alpha = 1/sqrt(1 + sigma^2):
+
+- eps-prediction: D = x - sigma eps  (Table 1's VP/iDDPM c_skip = 1, c_out = -sigma)
+- v-prediction (v = alpha eps - sigma^VP y): D = x / (1 + sigma^2) - sigma / sqrt(1 + sigma^2) v
+- x0 ("sample") prediction: D = the output
+
+**VE models** (NCSN++) see x itself (s = 1); eps- and x0-prediction as above (v is a VP notion).
+
+The time input of a discrete model is a fractional timestep obtained by linear interpolation of
+log sigma_t between trained steps (``timestep="interpolate"``, k-diffusion's and diffusers' convention),
+or the nearest trained step in log sigma (``timestep="quantize"``; then :meth:`DDPMDenoiser.round_sigma`
+returns that step's sigma so :func:`~edm_samplers.precond.clamp_to` can round a schedule). The input
+scaling always uses the sigma the sampler asked for. See docs/adapters.md for diffusers' conventions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from ._validate import check_float
+from .precond import _append_dims, _as_sigma, _check_net_dtype, _split_variance
+from .schedules import vp_sigma, vp_sigma_inv
+
+__all__ = ["ContinuousDenoiser", "DDPMDenoiser", "from_diffusers", "sigmas_from_alphas_cumprod"]
+
+Prediction = Literal["eps", "v", "x0"]
+_PREDICTION_ALIASES: dict[str, Prediction] = {
+    "eps": "eps",
+    "epsilon": "eps",
+    "v": "v",
+    "v_prediction": "v",
+    "x0": "x0",
+    "sample": "x0",
+}
+
+
+def _check_prediction(prediction: object) -> Prediction:
+    if not isinstance(prediction, str) or prediction not in _PREDICTION_ALIASES:
+        raise ValueError(
+            f"prediction must be one of 'eps' (alias 'epsilon'), 'v' ('v_prediction') or 'x0' ('sample'), "
+            f"got {prediction!r}"
+        )
+    return _PREDICTION_ALIASES[prediction]
+
+
+def _unwrap_output(out: object) -> object:
+    # diffusers models return a dataclass with .sample (UNet2DOutput) or a tuple with return_dict=False.
+    if isinstance(out, Tensor):
+        return out
+    sample = getattr(out, "sample", None)
+    if isinstance(sample, Tensor):
+        return sample
+    if isinstance(out, (tuple, list)) and len(out) > 0:
+        return out[0]
+    return out
+
+
+class _Adapter(nn.Module):
+    """Shared forward: scale x, map sigma to the model's time, call, check, convert the prediction to D."""
+
+    model: Callable[..., Any]
+
+    def __init__(
+        self,
+        model: Callable[..., Any],
+        *,
+        prediction: str,
+        vp: bool,
+        sigma_min: float,
+        sigma_max: float,
+        learned_variance: bool,
+        net_dtype: torch.dtype | None,
+    ) -> None:
+        super().__init__()
+        if not callable(model):
+            raise TypeError(
+                f"model must be an nn.Module or a callable model(x_t, t, **cond), got {type(model).__name__}"
+            )
+        self.model = model
+        self.prediction: Prediction = _check_prediction(prediction)
+        if self.prediction == "v" and not vp:
+            raise ValueError(
+                "prediction='v' needs a VP model (v = alpha eps - sigma_VP y); use parameterization='vp' "
+                "or an 'eps'/'x0' prediction"
+            )
+        self.vp = vp
+        self.sigma_min = check_float(sigma_min, "sigma_min", nonnegative=True)
+        self.sigma_max = check_float(sigma_max, "sigma_max", positive=True, allow_inf=True)
+        if not self.sigma_min < self.sigma_max:
+            raise ValueError(f"sigma_min must be < sigma_max, got {self.sigma_min}, {self.sigma_max}")
+        self.learned_variance = bool(learned_variance)
+        self.net_dtype = _check_net_dtype(net_dtype)
+
+    def sigma_to_t(self, sigma: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def round_sigma(self, sigma: Tensor | float) -> Tensor:
+        """Identity: the model accepts any sigma in its range."""
+        return _as_sigma(sigma)
+
+    def forward(self, x: Tensor, sigma: Tensor | float, **cond: Any) -> Tensor:
+        """D(x; sigma) for x ``[batch, ...]`` and sigma ``[batch]`` or a scalar; computed in >= float32."""
+        if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 1:
+            raise TypeError("x must be a floating-point tensor of shape [batch, ...]")
+        cdt = torch.promote_types(x.dtype, torch.float32)
+        s = _as_sigma(sigma).to(device=x.device, dtype=cdt)
+        if s.ndim == 0:
+            s = s.expand(x.shape[0])
+        elif s.shape != (x.shape[0],):
+            raise ValueError(
+                f"sigma must have shape [batch] = [{x.shape[0]}] or be a scalar, got shape {tuple(s.shape)}"
+            )
+        xc = x.to(cdt)
+        sb = _append_dims(s, x.ndim)
+        x_in = xc * torch.rsqrt(sb**2 + 1) if self.vp else xc
+        t = self.sigma_to_t(s).to(cdt)
+        if self.net_dtype is not None:
+            x_in = x_in.to(self.net_dtype)
+            # The time input stays at least float32: float16 cannot even represent t = 999.5.
+            t = t.to(torch.promote_types(self.net_dtype, torch.float32))
+        out = _unwrap_output(self.model(x_in, t, **cond))
+        if not isinstance(out, Tensor):
+            raise TypeError(f"model must return a torch.Tensor (or an output with .sample), got {type(out).__name__}")
+        if self.learned_variance:
+            out = _split_variance(out, x.shape, "model")
+        if out.shape != x.shape:
+            raise ValueError(
+                f"model returned shape {tuple(out.shape)} for an input of shape {tuple(x.shape)}; its prediction "
+                "must have x's shape (pass learned_variance=True if it returns mean and variance channels)"
+            )
+        if not out.is_floating_point():
+            raise TypeError(f"model must return a floating-point tensor, got dtype {out.dtype}")
+        o = out.to(cdt)
+        if self.prediction == "eps":
+            return xc - sb * o
+        if self.prediction == "x0":
+            return o
+        # v = alpha eps - sigma_VP y, alpha = 1/sqrt(1+sigma^2), sigma_VP = sigma alpha, x_t = alpha x:
+        # y = alpha x_t - sigma_VP v = x / (1 + sigma^2) - sigma / sqrt(1 + sigma^2) v.
+        return xc / (1 + sb**2) - sb * torch.rsqrt(1 + sb**2) * o
+
+
+class ContinuousDenoiser(_Adapter):
+    """A continuous-time model (Song et al. 2021 style) predicting eps, v or x0, as a denoiser.
+
+    ``model(x_t, t, **cond)`` is called with x_t = x / sqrt(1 + sigma^2) for ``parameterization="vp"`` or
+    x_t = x for ``"ve"``, and t = ``time_fn(sigma)``: by default the VP time
+    t = sigma^-1(sigma) = (sqrt(beta_min^2 + 2 beta_d ln(1 + sigma^2)) - beta_min) / beta_d in [0, 1] for VP,
+    and t = sigma for VE (NCSN++ conditions on sigma; pass ``time_fn=lambda s: torch.log(s / 2)`` etc.).
+
+    Args:
+        model: the network (nn.Module, held itself) or any callable.
+        prediction: "eps", "v" (VP only) or "x0".
+        parameterization: "vp" or "ve".
+        time_fn: sigma ``[batch]`` -> the model's time input ``[batch]``; see above for the default.
+        beta_d, beta_min: VP schedule constants for the default ``time_fn`` and range (19.9, 0.1).
+        sigma_min, sigma_max: valid range; default VP: sigma(1e-5) .. sigma(1); VE: 0.02 .. 100.
+        learned_variance: the model returns 2C channels on dim 1; keep the first C.
+        net_dtype: run the model in this dtype; D is computed in at least float32.
+    """
+
+    def __init__(
+        self,
+        model: Callable[..., Any],
+        *,
+        prediction: str = "eps",
+        parameterization: Literal["vp", "ve"] = "vp",
+        time_fn: Callable[[Tensor], Tensor] | None = None,
+        beta_d: float = 19.9,
+        beta_min: float = 0.1,
+        sigma_min: float | None = None,
+        sigma_max: float | None = None,
+        learned_variance: bool = False,
+        net_dtype: torch.dtype | None = None,
+    ) -> None:
+        if parameterization not in ("vp", "ve"):
+            raise ValueError(f"parameterization must be 'vp' or 've', got {parameterization!r}")
+        if time_fn is not None and not callable(time_fn):
+            raise TypeError("time_fn must be a callable mapping sigma [batch] to the model's time input")
+        bd = check_float(beta_d, "beta_d", positive=True)
+        bm = check_float(beta_min, "beta_min", nonnegative=True)
+        vp = parameterization == "vp"
+        if vp:
+            lo_d = float(vp_sigma(torch.tensor(1e-5, dtype=torch.float64), bd, bm))
+            hi_d = float(vp_sigma(torch.tensor(1.0, dtype=torch.float64), bd, bm))
+        else:
+            lo_d, hi_d = 0.02, 100.0
+        super().__init__(
+            model,
+            prediction=prediction,
+            vp=vp,
+            sigma_min=lo_d if sigma_min is None else sigma_min,
+            sigma_max=hi_d if sigma_max is None else sigma_max,
+            learned_variance=learned_variance,
+            net_dtype=net_dtype,
+        )
+        self.beta_d, self.beta_min = bd, bm
+        self.time_fn = time_fn
+
+    def sigma_to_t(self, sigma: Tensor) -> Tensor:
+        """The model's time input for noise level(s) sigma."""
+        if self.time_fn is not None:
+            return self.time_fn(sigma)
+        return vp_sigma_inv(sigma, self.beta_d, self.beta_min) if self.vp else sigma
+
+
+def sigmas_from_alphas_cumprod(alphas_cumprod: object) -> Tensor:
+    """sigma_t = sqrt((1 - abar_t) / abar_t) (float64) after validating ``alphas_cumprod``.
+
+    Raises:
+        TypeError / ValueError: unless ``alphas_cumprod`` is a 1-D sequence of at least 2 finite values in
+            (0, 1], strictly decreasing.
+    """
+    try:
+        a = torch.as_tensor(alphas_cumprod).detach().to(device="cpu", dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(f"alphas_cumprod must be a 1-D tensor or sequence of numbers: {e}") from None
+    if a.ndim != 1 or a.numel() < 2:
+        raise ValueError(f"alphas_cumprod must be 1-D with at least 2 entries, got shape {tuple(a.shape)}")
+    if not bool(torch.isfinite(a).all()) or bool((a <= 0).any()) or bool((a > 1).any()):
+        raise ValueError(
+            f"alphas_cumprod must lie in (0, 1] (abar_t = prod_s (1 - beta_s)), got min {a.min().item()}, "
+            f"max {a.max().item()}"
+        )
+    if bool((a[1:] >= a[:-1]).any()):
+        i = int(torch.nonzero(a[1:] >= a[:-1])[0])
+        raise ValueError(
+            f"alphas_cumprod must be strictly decreasing in t (noise grows with t), but alphas_cumprod[{i + 1}] = "
+            f"{a[i + 1].item()} >= alphas_cumprod[{i}] = {a[i].item()}; pass the cumulative product of (1 - betas)"
+        )
+    return torch.sqrt((1 - a) / a)
+
+
+class DDPMDenoiser(_Adapter):
+    """A discrete-time DDPM-style model given its ``alphas_cumprod``, as a denoiser.
+
+    Trained steps t = 0 .. T-1 have sigma_t = sqrt((1 - abar_t) / abar_t). The model is called as
+    ``model(x / sqrt(1 + sigma^2), t, **cond)`` with t from :meth:`sigma_to_t`.
+
+    Args:
+        model: the network (nn.Module, held itself) or any callable; an output with ``.sample`` (diffusers)
+            or a tuple is unwrapped.
+        alphas_cumprod: ``[T]`` cumulative products abar_t, strictly decreasing in (0, 1].
+        prediction: "eps" ("epsilon"), "v" ("v_prediction") or "x0" ("sample").
+        timestep: "interpolate" (fractional t, linear in log sigma between trained steps) or "quantize"
+            (nearest trained step in log sigma, an integer-valued float).
+        learned_variance: the model returns 2C channels on dim 1 (mean and variance); keep the first C.
+        net_dtype: run the model in this dtype; D is computed in at least float32.
+
+    Attributes:
+        sigma_min, sigma_max: the smallest positive and the largest trained sigma_t.
+        sigmas: ``[T]`` float64 trained levels (a non-persistent buffer; not in ``state_dict()``).
+    """
+
+    sigmas: Tensor
+    log_sigmas: Tensor
+
+    def __init__(
+        self,
+        model: Callable[..., Any],
+        alphas_cumprod: object,
+        *,
+        prediction: str = "eps",
+        timestep: Literal["interpolate", "quantize"] = "interpolate",
+        learned_variance: bool = False,
+        net_dtype: torch.dtype | None = None,
+    ) -> None:
+        sig = sigmas_from_alphas_cumprod(alphas_cumprod)
+        if timestep not in ("interpolate", "quantize"):
+            raise ValueError(f"timestep must be 'interpolate' or 'quantize', got {timestep!r}")
+        # abar_0 may be exactly 1 (sigma_0 = 0, log = -inf): only positive levels take part in the mapping.
+        k0 = int((sig == 0).sum())
+        if sig.numel() - k0 < 2:
+            raise ValueError("alphas_cumprod must have at least 2 entries below 1 (two positive noise levels)")
+        super().__init__(
+            model,
+            prediction=prediction,
+            vp=True,
+            sigma_min=float(sig[k0]),
+            sigma_max=float(sig[-1]),
+            learned_variance=learned_variance,
+            net_dtype=net_dtype,
+        )
+        self.timestep = timestep
+        self.t_offset = k0
+        self.register_buffer("sigmas", sig, persistent=False)
+        self.register_buffer("log_sigmas", torch.log(sig[k0:]), persistent=False)
+
+    def sigma_to_t(self, sigma: Tensor) -> Tensor:
+        """Timestep(s) for sigma: fractional (log-sigma interpolation) or the nearest trained step.
+
+        Out-of-range sigmas map to the end steps (0 / T-1). Computed in float64; no host sync.
+        """
+        ls = self.log_sigmas.to(device=sigma.device, dtype=torch.float64)
+        log_s = torch.log(sigma.to(torch.float64).clamp_min(1e-30))
+        if self.timestep == "quantize":
+            idx = torch.argmin(torch.abs(log_s.unsqueeze(-1) - ls), dim=-1)
+            return (idx + self.t_offset).to(torch.float64)
+        n = ls.numel()
+        low = (torch.searchsorted(ls, log_s.contiguous(), right=True) - 1).clamp(0, n - 2)
+        lo, hi = ls[low], ls[low + 1]
+        w = ((log_s - lo) / (hi - lo)).clamp(0, 1)
+        return low.to(torch.float64) + w + self.t_offset
+
+    def round_sigma(self, sigma: Tensor | float) -> Tensor:
+        """With ``timestep="quantize"``: sigma of the nearest trained step (in log sigma); else the identity."""
+        s = _as_sigma(sigma)
+        if self.timestep != "quantize":
+            return s
+        t = self.sigma_to_t(s).to(torch.int64)
+        return self.sigmas.to(device=s.device, dtype=s.dtype)[t]
+
+
+def _scheduler_parts(scheduler_or_config: object) -> tuple[Tensor, Mapping[str, Any]]:
+    try:
+        import diffusers
+    except ImportError:
+        raise ImportError(
+            "from_diffusers needs the diffusers package: "
+            "pip install 'edm-samplers[diffusers]' (or pip install diffusers)"
+        ) from None
+    abar = getattr(scheduler_or_config, "alphas_cumprod", None)
+    config = getattr(scheduler_or_config, "config", None)
+    if abar is not None and config is not None:
+        return torch.as_tensor(abar), config
+    if isinstance(scheduler_or_config, Mapping):
+        cfg = dict(scheduler_or_config)
+        # diffusers builds abar from beta_schedule / trained_betas itself; unrelated keys are ignored.
+        sched = diffusers.DDPMScheduler.from_config(cfg)  # type: ignore[no-untyped-call]
+        return torch.as_tensor(sched.alphas_cumprod), cfg
+    raise TypeError(
+        "scheduler_or_config must be a diffusers DDPM-family scheduler (with .alphas_cumprod and .config, e.g. "
+        f"DDPMScheduler, EulerDiscreteScheduler) or its config dict, got {type(scheduler_or_config).__name__}"
+    )
+
+
+def from_diffusers(
+    model: Callable[..., Any],
+    scheduler_or_config: object,
+    *,
+    prediction: str | None = None,
+    timestep: Literal["interpolate", "quantize"] = "interpolate",
+    learned_variance: bool | None = None,
+    net_dtype: torch.dtype | None = None,
+) -> DDPMDenoiser:
+    """A diffusers model (``UNet2DModel`` or anything called as ``model(x_t, t, **cond)``) as a denoiser.
+
+    Reads ``alphas_cumprod`` from the scheduler (or builds it from a config's ``beta_schedule``,
+    ``beta_start``, ``beta_end``, ``num_train_timesteps``, ``trained_betas`` with diffusers' own
+    ``DDPMScheduler``), the prediction type from ``config.prediction_type`` and learned variance from
+    ``config.variance_type`` ("learned"/"learned_range"). The model's ``.sample`` output is unwrapped.
+    Sample with ``x = latents * sigmas[0]`` (diffusers' ``init_noise_sigma`` for "linspace"/"trailing"
+    spacing) on a schedule inside ``[den.sigma_min, den.sigma_max]``.
+
+    Args:
+        model: the diffusers model; held itself (``den.model is model``).
+        scheduler_or_config: a scheduler instance or its ``config`` mapping.
+        prediction: override the config's ``prediction_type``.
+        timestep: "interpolate" (diffusers' Euler/Heun/DPM convention) or "quantize".
+        learned_variance: override the config's ``variance_type``.
+        net_dtype: run the model in this dtype (e.g. ``torch.float16``); D stays at least float32.
+
+    Raises:
+        ImportError: if diffusers is not installed.
+        TypeError / ValueError: for an unsupported scheduler or prediction type.
+    """
+    abar, cfg = _scheduler_parts(scheduler_or_config)
+    pred = prediction if prediction is not None else str(cfg.get("prediction_type", "epsilon"))
+    if learned_variance is None:
+        learned_variance = cfg.get("variance_type") in ("learned", "learned_range")
+    return DDPMDenoiser(
+        model, abar, prediction=pred, timestep=timestep, learned_variance=learned_variance, net_dtype=net_dtype
+    )
