@@ -1,0 +1,758 @@
+"""High-order solvers for low NFE (5-20): linear multistep, UniPC, DPM-Solver-2 and ancestral sampling.
+
+All samplers here share the core signature (see :mod:`.drivers`)::
+
+    <name>_sample(denoiser, x, sigmas, *, <method knobs>, cond=None, noise=None, callback=None,
+                  dtype=None, progress=False, check_finite=True) -> Tensor
+
+**One linear update.** With lambda = -log sigma, the EDM ODE dx/dsigma = (x - D) / sigma has the exact
+solution x_{i+1} = (sigma_{i+1} / sigma_i) x_i + sigma_{i+1} int_{lambda_i}^{lambda_{i+1}} e^lambda D dlambda.
+Every multistep solver replaces D (or the derivative d = (x - D) / sigma) by a polynomial through past
+model outputs, so each step is linear in the state and the stored outputs::
+
+    x_{i+1} = a_i x_i + e_i D_i + sum_j b_{i,j} F_{i-j},   F = D ("data" family) or d ("derivative" family).
+
+The scalars a, e, b (and the SDE noise scales) are computed once per schedule, in float64, on the host
+(:mod:`.coefficients`), and cast once to the state dtype on x's device. The loop then runs straight-line
+tensor code: no host synchronisation, no branching on tensor values; which columns a step uses
+(lower orders while warming up, the final step to 0) is decided on Python ints, so the whole sampler
+is capturable for a fixed schedule. The history is a ring of at most ``order`` (UniPC: ``order + 1``)
+state-sized tensors of past F.
+
+**Orders.** The order k of a multistep solver needs k past outputs, so the first steps use orders
+1, 2, ..., k. Their local errors (O(h^2) for the first step) are multiplied by the derivative of D at
+sigma_max, which is O(sigma_data^2 / sigma_max) for any data distribution; at sigma_max = 80 that
+start-up error stays below the order-k error up to several hundred steps (the tests check 400).
+
+**The final step to sigma = 0.** lambda = +inf there, where exponential integrators of order >= 2 would
+extrapolate D to infinity; all data-family solvers and DEIS therefore take a first-order (Euler) step,
+which returns D(x_{N-1}; sigma_{N-1}) exactly, like the core samplers. LMS and iPNDM, whose polynomials live
+in sigma itself, integrate to 0 at full order (as in k-diffusion).
+
+Schedules must be strictly decreasing here (repeated levels would make interpolation nodes coincide).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import Tensor
+
+from .._types import Callback, Denoiser, NoiseSource, StepInfo
+from .._validate import check_cond, check_float, check_int, check_sigmas, check_x, state_dtype
+from ..noise import as_noise_source
+from .coefficients import (
+    ab_uniform,
+    exp_lagrange_weights,
+    logsigma_lagrange_weights,
+    sigma_lagrange_weights,
+)
+from .drivers import _Checked, _finite_or_raise, _progress
+
+__all__ = [
+    "deis_sample",
+    "dpm2_sample",
+    "dpmpp_2m_sample",
+    "dpmpp_2m_sde_sample",
+    "dpmpp_3m_sample",
+    "dpmpp_3m_sde_sample",
+    "euler_ancestral_sample",
+    "ipndm_sample",
+    "lms_sample",
+    "multistep_plan",
+    "unipc_sample",
+]
+
+F64 = NDArray[np.float64]
+
+
+# ---- plans: every step's scalars, float64, host ------------------------------------------------
+
+
+class MultistepPlan(NamedTuple):
+    """Float64 coefficient table of a linear multistep solver over one schedule (N steps).
+
+    Step i: optionally correct the state with the new output (UniPC),
+    ``x_i <- x_i + sum_{j < ncorr_i} corr[i, j] F_{i-j}``; then
+    ``x_{i+1} = a[i] x_i + e[i] D_i + sum_{j < nb_i} b[i, j] F_{i-j} + noise[i] eps_i``.
+
+    Attributes:
+        family: ``"data"`` (F = D) or ``"derivative"`` (F = (x - D) / sigma).
+        a, e, noise: ``[N]``.
+        b: ``[N, K]`` weights, newest output first; ``nb[i]`` columns are used.
+        corr: ``[N, K + 1]`` corrector weights (zeros except for UniPC); ``ncorr[i]`` columns are used.
+        nb, ncorr: columns used per step (Python ints: the order actually applied).
+        stochastic: whether the sampler draws noise (once per step, whatever ``noise`` holds).
+    """
+
+    family: Literal["data", "derivative"]
+    a: F64
+    e: F64
+    b: F64
+    nb: tuple[int, ...]
+    corr: F64
+    ncorr: tuple[int, ...]
+    noise: F64
+    stochastic: bool
+
+
+def _lambdas(s: F64) -> F64:
+    with np.errstate(divide="ignore"):
+        out: F64 = -np.log(s)  # +inf at a final sigma = 0: handled explicitly by every builder
+    return out
+
+
+def _empty(n: int, k: int) -> tuple[F64, F64, F64, F64, F64]:
+    z = np.zeros
+    return z(n), z(n), z((n, max(k, 1))), z((n, max(k, 1) + 1)), z(n)
+
+
+def _plan_data(
+    s: F64, *, order: int, variant: Literal["exact", "2m", "unipc"], eta: float, stochastic: bool
+) -> MultistepPlan:
+    """Data-family plans: DPM-Solver++ (2M as published, kM exact), UniPC-bh2, SDE variants (eta)."""
+    n = s.shape[0] - 1
+    lam = _lambdas(s)
+    rate = 1.0 + eta
+    a, e, b, corr, noise = _empty(n, order)
+    nb: list[int] = []
+    ncorr = [0] * n
+    for i in range(n):
+        if s[i + 1] == 0:  # final step to 0: Euler, x_N = D_{N-1} exactly
+            b[i, 0] = 1.0
+            nb.append(1)
+            continue
+        h = lam[i + 1] - lam[i]
+        a[i] = s[i + 1] / s[i] * math.exp(-eta * h)
+        big_b = -math.expm1(-rate * h)
+        noise[i] = s[i + 1] * math.sqrt(-math.expm1(-2.0 * eta * h)) if stochastic else 0.0
+        k = min(order, i + 1)
+        if k == 1:
+            b[i, 0] = big_b
+        elif variant == "2m" or (variant == "unipc" and k == 2):
+            # DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2): D' = (1 + 1/(2r)) D_i - 1/(2r) D_{i-1},
+            # r = h_{i-1} / h. UniPC-bh2 with one difference uses the same rho = 1/2 with B(h) = 1 - e^{-h}.
+            r = (lam[i] - lam[i - 1]) / h
+            b[i, 0] = big_b * (1.0 + 0.5 / r)
+            b[i, 1] = -big_b * 0.5 / r
+        else:
+            b[i, :k] = exp_lagrange_weights(lam[i - np.arange(k)] - lam[i], h, rate)
+        nb.append(k)
+    if variant == "unipc":
+        for i in range(1, n):
+            # UniC at the start of step i corrects x_i with D_i = D(x_i^pred), reusing the evaluation the
+            # next predictor needs anyway (Zhao et al. 2023, Alg. 1): order q + 1 after a q-th order predictor.
+            q = nb[i - 1]
+            hp = lam[i] - lam[i - 1]
+            if q == 1:
+                big = -math.expm1(-hp)  # bh2, UniC-1: rho = 1/2 on (D_i - D_{i-1})
+                wc = np.array([0.5 * big, 0.5 * big])
+            else:
+                nodes = np.concatenate([[lam[i] - lam[i - 1]], lam[i - 1 - np.arange(q)] - lam[i - 1]])
+                wc = exp_lagrange_weights(nodes, hp, 1.0)
+            wc[1:] -= b[i - 1, :q]
+            corr[i, : q + 1] = wc
+            ncorr[i] = q + 1
+    return MultistepPlan("data", a, e, b, tuple(nb), corr, tuple(ncorr), noise, stochastic)
+
+
+def _plan_derivative(s: F64, *, order: int, variant: Literal["lms", "ipndm", "deis"]) -> MultistepPlan:
+    """Derivative-family plans: x_{i+1} = x_i + sum_j c_j d_{i-j}, d = (x - D) / sigma."""
+    n = s.shape[0] - 1
+    lam = _lambdas(s)
+    a, e, b, corr, noise = _empty(n, order)
+    nb: list[int] = []
+    for i in range(n):
+        k = min(order, i + 1)
+        if variant == "deis" and s[i + 1] == 0:
+            e[i] = 1.0  # final step to 0: x_N = D_{N-1} exactly (log sigma = -inf: no extrapolation)
+            nb.append(0)
+            continue
+        a[i] = 1.0
+        if variant == "ipndm":
+            b[i, :k] = (s[i + 1] - s[i]) * np.asarray(ab_uniform(k))
+        elif variant == "lms":
+            b[i, :k] = sigma_lagrange_weights(s[i - np.arange(k)] - s[i], float(s[i]), float(s[i + 1]))
+        else:
+            b[i, :k] = logsigma_lagrange_weights(lam[i - np.arange(k)] - lam[i], float(s[i]), lam[i + 1] - lam[i])
+        nb.append(k)
+    return MultistepPlan("derivative", a, e, b, tuple(nb), corr, (0,) * n, noise, False)
+
+
+def _plan_ancestral(s: F64, *, eta: float) -> MultistepPlan:
+    """Euler ancestral (k-diffusion's sample_euler_ancestral): DDIM-like split into a deterministic step
+    down to sigma_down and fresh noise of std sigma_up, sigma_down^2 + sigma_up^2 = sigma_{i+1}^2."""
+    n = s.shape[0] - 1
+    a, e, b, corr, noise = _empty(n, 1)
+    for i in range(n):
+        sc, sn = float(s[i]), float(s[i + 1])
+        up = min(sn, eta * math.sqrt(max(sn**2 * (sc**2 - sn**2) / sc**2, 0.0)))
+        down = math.sqrt(max(sn**2 - up**2, 0.0))
+        a[i] = down / sc
+        b[i, 0] = 1.0 - down / sc
+        noise[i] = up
+    return MultistepPlan("data", a, e, b, (1,) * n, corr, (0,) * n, noise, True)
+
+
+_Variant = Literal["dpmpp_2m", "dpmpp_3m", "unipc", "deis", "lms", "ipndm", "euler_ancestral"]
+
+
+def multistep_plan(
+    sigmas: Tensor | Sequence[float],
+    method: _Variant,
+    *,
+    order: int = 2,
+    eta: float = 0.0,
+) -> MultistepPlan:
+    """The float64 coefficient table a multistep sampler uses on ``sigmas`` (for inspection and tests).
+
+    Args:
+        sigmas: strictly decreasing schedule (a final 0 allowed).
+        method: ``"dpmpp_2m"`` (published 2M, any ``order`` ignored), ``"dpmpp_3m"`` (exact Lagrange in
+            lambda, ``order`` 1..4), ``"unipc"`` (bh2, 1..3), ``"deis"`` (1..3), ``"lms"`` (1..4),
+            ``"ipndm"`` (1..4), ``"euler_ancestral"``.
+        order: solver order (ignored by 2M and Euler ancestral).
+        eta: SDE noise fraction (data family); 0 is the ODE.
+    """
+    s = _strict_sigmas(sigmas)
+    st = eta > 0 or method == "euler_ancestral"
+    if method == "dpmpp_2m":
+        return _plan_data(s, order=2, variant="2m", eta=eta, stochastic=st)
+    if method == "dpmpp_3m":
+        return _plan_data(s, order=order, variant="exact", eta=eta, stochastic=st)
+    if method == "unipc":
+        return _plan_data(s, order=order, variant="unipc", eta=0.0, stochastic=False)
+    if method in ("deis", "lms", "ipndm"):
+        return _plan_derivative(s, order=order, variant=method)
+    if method == "euler_ancestral":
+        return _plan_ancestral(s, eta=eta)
+    raise ValueError(
+        f"method must be one of 'dpmpp_2m', 'dpmpp_3m', 'unipc', 'deis', 'lms', 'ipndm', 'euler_ancestral', "
+        f"got {method!r}"
+    )
+
+
+# ---- validation ------------------------------------------------------------------------------------
+
+
+def _strict_sigmas(sigmas: Tensor | Sequence[float], name: str = "sigmas") -> F64:
+    s = check_sigmas(sigmas, name=name)
+    pos = s[s > 0]
+    if bool((pos[1:] >= pos[:-1]).any()):
+        i = int(torch.nonzero(pos[1:] >= pos[:-1])[0])
+        raise ValueError(
+            f"{name} must be strictly decreasing for multistep solvers (repeated levels make interpolation "
+            f"nodes coincide), but {name}[{i + 1}] = {pos[i + 1].item()} equals {name}[{i}]; drop the repeats"
+        )
+    out: F64 = s.numpy().astype(np.float64)
+    return out
+
+
+def _check_order(order: object, lo: int, hi: int) -> int:
+    o = check_int(order, "order", minimum=lo)
+    if o > hi:
+        raise ValueError(f"order must be between {lo} and {hi} for this solver, got {o}")
+    return o
+
+
+class _Entry(NamedTuple):
+    den: _Checked
+    x: Tensor
+    s: F64
+    cond: dict[str, Any]
+    sdt: torch.dtype
+    src: NoiseSource | None
+
+
+def _entry(
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor | Sequence[float],
+    cond: Mapping[str, Any] | None,
+    noise: NoiseSource | torch.Generator | None,
+    callback: Callback | None,
+    dtype: torch.dtype | None,
+    stochastic: bool,
+) -> _Entry:
+    if not callable(denoiser):
+        raise TypeError(f"denoiser must be callable as denoiser(x, sigma, **cond), got {type(denoiser).__name__}")
+    x = check_x(x)
+    s = _strict_sigmas(sigmas)
+    cond_d = check_cond(cond)
+    sdt = state_dtype(x, dtype)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable as callback(info), got {type(callback).__name__}")
+    src = as_noise_source(noise)  # type-checked always; deterministic samplers draw nothing
+    return _Entry(_Checked(denoiser, sdt), x.to(sdt), s, cond_d, sdt, src if stochastic else None)
+
+
+# ---- drivers -------------------------------------------------------------------------------------------
+
+
+def _scalars(v: F64, sdt: torch.dtype, device: torch.device) -> list[Tensor]:
+    # One cast to the state dtype on the device, then 0-d views: no transfer inside the loop.
+    return list(torch.as_tensor(v, dtype=torch.float64).to(device=device, dtype=sdt).unbind(0))
+
+
+def _sigma_rows(s: F64, batch: int, sdt: torch.dtype, device: torch.device) -> Tensor:
+    t = torch.as_tensor(s[:-1], dtype=torch.float64).to(device=device, dtype=sdt)
+    return t[:, None].expand(-1, batch).contiguous()
+
+
+def _run_plan(
+    name: str,
+    ent: _Entry,
+    plan: MultistepPlan,
+    callback: Callback | None,
+    progress: bool,
+    check_finite: bool,
+) -> Tensor:
+    den, x, s, cond, sdt, src = ent
+    n = s.shape[0] - 1
+    dev = x.device
+    host = s.tolist()
+    rows = _sigma_rows(s, x.shape[0], sdt, dev)
+    a = _scalars(plan.a, sdt, dev)
+    e = _scalars(plan.e, sdt, dev)
+    nz = _scalars(plan.noise, sdt, dev)
+    b = [_scalars(r, sdt, dev) for r in plan.b]
+    corr = [_scalars(r, sdt, dev) for r in plan.corr]
+    derivative = plan.family == "derivative"
+    inv = _scalars(np.where(s[:-1] > 0, 1.0 / np.where(s[:-1] > 0, s[:-1], 1.0), 0.0), sdt, dev)
+    keep = max(max(plan.nb), max(plan.ncorr), 1)
+    hist: list[Tensor] = []  # newest first; Python-level ring of at most `keep` tensors
+
+    for i in _progress(n, progress, name):
+        denoised = den(x, rows[i], **cond)
+        f = (x - denoised).mul_(inv[i]) if derivative else denoised
+        hist.insert(0, f)
+        del hist[keep:]
+        x_eval = x
+        for j in range(plan.ncorr[i]):  # UniPC corrector (a new tensor: StepInfo keeps the evaluated x)
+            x = torch.addcmul(x, hist[j], corr[i][j]) if j == 0 else x.addcmul_(hist[j], corr[i][j])
+        x_next = torch.mul(x, a[i])
+        if plan.e[i] != 0:
+            x_next.addcmul_(denoised, e[i])
+        for j in range(plan.nb[i]):
+            x_next.addcmul_(hist[j], b[i][j])
+        if src is not None:  # drawn on every step, whatever eta / s_noise (settings never shift the stream)
+            eps = src.randn(x.shape, dtype=sdt, device=dev)
+            x_next.addcmul_(eps, nz[i])
+        if callback is not None:
+            callback(StepInfo(i, host[i], host[i], host[i + 1], x_eval, denoised, x_next))
+        x = x_next
+
+    if check_finite:
+        _finite_or_raise(x, name)
+    return x
+
+
+def _run_dpm2(
+    ent: _Entry, form: Literal["noise", "data"], callback: Callback | None, progress: bool, check_finite: bool
+) -> Tensor:
+    den, x, s, cond, sdt, _ = ent
+    n = s.shape[0] - 1
+    dev = x.device
+    host = s.tolist()
+    mid = np.sqrt(s[:-1] * s[1:])  # the lambda midpoint sigma_m = sqrt(sigma_i sigma_{i+1})
+    rows = _sigma_rows(s, x.shape[0], sdt, dev)
+    mid_rows = _sigma_rows(np.append(mid, 0.0), x.shape[0], sdt, dev)
+    ratio_mid = _scalars(mid / s[:-1], sdt, dev)
+    ratio = _scalars(s[1:] / s[:-1], sdt, dev)
+    # noise form: x_{i+1} = x_i + (sigma_{i+1} - sigma_i) (u - D_m) / sigma_m
+    h_over_mid = _scalars((s[1:] - s[:-1]) / np.where(mid > 0, mid, 1.0), sdt, dev)  # unused when mid = 0
+
+    for i in _progress(n, progress, "dpm2_sample"):
+        denoised = den(x, rows[i], **cond)
+        if host[i + 1] == 0:  # last step to 0: Euler, 1 NFE, returns D exactly
+            x_next = torch.lerp(denoised, x, ratio[i])
+        else:
+            u = torch.lerp(denoised, x, ratio_mid[i])  # Euler (= DPM-Solver-1) to the midpoint
+            d_mid = den(u, mid_rows[i], **cond)
+            noise_form = torch.addcmul(x, u - d_mid, h_over_mid[i]) if form == "noise" else None
+            x_next = noise_form if noise_form is not None else torch.lerp(d_mid, x, ratio[i])
+        if callback is not None:
+            callback(StepInfo(i, host[i], host[i], host[i + 1], x, denoised, x_next))
+        x = x_next
+
+    if check_finite:
+        _finite_or_raise(x, "dpm2_sample")
+    return x
+
+
+# ---- public samplers ----------------------------------------------------------------------------------
+
+_COMMON_ARGS = """
+    Args:
+        denoiser: D(x, sigma, **cond) with sigma of shape ``[batch]``.
+        x: initial state at noise level ``sigmas[0]``, any shape ``[batch, ...]``.
+        sigmas: strictly decreasing schedule, e.g. :func:`~edm_samplers.karras_sigmas`; zero only at the end.
+        cond: keyword arguments passed to every denoiser call.
+        noise: NoiseSource (e.g. :class:`~edm_samplers.PerSampleNoise`), ``torch.Generator`` or None
+            (stochastic samplers draw one state-shaped tensor per step; deterministic ones draw nothing).
+        callback: called with a :class:`~edm_samplers.StepInfo` after each step.
+        dtype: integration dtype (default: x's dtype promoted to at least float32).
+        progress: show a tqdm progress bar.
+        check_finite: raise ``FloatingPointError`` if the result holds NaN/Inf (one sync at the end).
+
+    Returns:
+        The state at ``sigmas[-1]`` (the sample when it is 0), in the integration dtype.
+
+    Raises:
+        TypeError / ValueError: invalid arguments or denoiser output.
+        FloatingPointError: if ``check_finite`` and the result is not finite.
+"""
+
+
+def _doc(text: str) -> str:
+    return text + _COMMON_ARGS
+
+
+def _eta_noise(eta: float, s_noise: float) -> tuple[float, float]:
+    return check_float(eta, "eta", nonnegative=True), check_float(s_noise, "s_noise", nonnegative=True)
+
+
+def dpmpp_2m_sample(
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor | Sequence[float],
+    *,
+    cond: Mapping[str, Any] | None = None,
+    noise: NoiseSource | torch.Generator | None = None,
+    callback: Callback | None = None,
+    dtype: torch.dtype | None = None,
+    progress: bool = False,
+    check_finite: bool = True,
+) -> Tensor:
+    ent = _entry(denoiser, x, sigmas, cond, noise, callback, dtype, False)
+    plan = _plan_data(ent.s, order=2, variant="2m", eta=0.0, stochastic=False)
+    return _run_plan("dpmpp_2m_sample", ent, plan, callback, progress, check_finite)
+
+
+dpmpp_2m_sample.__doc__ = _doc(
+    """DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2), data prediction, steps in lambda = -log sigma.
+
+    x_{i+1} = (sigma_{i+1}/sigma_i) x_i + (1 - e^{-h}) [(1 + 1/(2r)) D_i - 1/(2r) D_{i-1}], with
+    h = lambda_{i+1} - lambda_i and r = h_{i-1} / h. Order 2, 1 NFE per step (N NFE). The first step is
+    DPM-Solver-1 (= Euler); the step to a final 0 is Euler and returns D exactly.
+"""
+)
+
+
+def dpmpp_3m_sample(
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor | Sequence[float],
+    *,
+    order: int = 3,
+    cond: Mapping[str, Any] | None = None,
+    noise: NoiseSource | torch.Generator | None = None,
+    callback: Callback | None = None,
+    dtype: torch.dtype | None = None,
+    progress: bool = False,
+    check_finite: bool = True,
+) -> Tensor:
+    o = _check_order(order, 1, 4)
+    ent = _entry(denoiser, x, sigmas, cond, noise, callback, dtype, False)
+    plan = _plan_data(ent.s, order=o, variant="exact", eta=0.0, stochastic=False)
+    return _run_plan("dpmpp_3m_sample", ent, plan, callback, progress, check_finite)
+
+
+dpmpp_3m_sample.__doc__ = _doc(
+    """Multistep DPM-Solver++ of order 3 (``order`` 1..4): exact exponential integrator in lambda.
+
+    x_{i+1} = (sigma_{i+1}/sigma_i) x_i + sum_j b_j D_{i-j}, b_j = int_0^h e^{-(h - tau)} L_j(tau) dtau with
+    L_j the Lagrange basis through lambda_i, ..., lambda_{i-k+1}. The weights are integrated exactly (in
+    float64), so the order is really k; the published phi-function form of 3M weighs the second
+    difference by half the required amount and converges at order 2. 1 NFE per step (N NFE); warm-up
+    orders 1, 2, ...; the step to a final 0 is Euler (returns D exactly).
+
+    Args:
+        order: 1..4 (1: DPM-Solver-1 = Euler; 2: the exact-integral variant of 2M).
+"""
+)
+
+
+def dpmpp_2m_sde_sample(
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor | Sequence[float],
+    *,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    cond: Mapping[str, Any] | None = None,
+    noise: NoiseSource | torch.Generator | None = None,
+    callback: Callback | None = None,
+    dtype: torch.dtype | None = None,
+    progress: bool = False,
+    check_finite: bool = True,
+) -> Tensor:
+    eta, s_noise = _eta_noise(eta, s_noise)
+    ent = _entry(denoiser, x, sigmas, cond, noise, callback, dtype, True)
+    plan = _plan_data(ent.s, order=2, variant="2m", eta=eta, stochastic=True)
+    plan = plan._replace(noise=plan.noise * s_noise)
+    return _run_plan("dpmpp_2m_sde_sample", ent, plan, callback, progress, check_finite)
+
+
+dpmpp_2m_sde_sample.__doc__ = _doc(
+    """DPM-Solver++(2M) SDE (Lu et al. 2022b, Sec. 5 / k-diffusion's "midpoint" form), data prediction.
+
+    With H = (1 + eta) h: x_{i+1} = (sigma_{i+1}/sigma_i) e^{-eta h} x_i
+    + (1 - e^{-H}) [(1 + 1/(2r)) D_i - 1/(2r) D_{i-1}] + s_noise sigma_{i+1} sqrt(1 - e^{-2 eta h}) eps_i.
+    eta = 1 is the reverse SDE, eta = 0 the ODE (then equal to :func:`dpmpp_2m_sample`). Strong order 1 for
+    eta > 0 (weak order 2 for the drift); 1 NFE per step; one noise draw per step always (also at eta = 0 and
+    on the final step to 0, which is Euler and returns D exactly). Noise only from ``noise``: with
+    :class:`~edm_samplers.PerSampleNoise` each sample depends on its own seed only.
+
+    Args:
+        eta: noise fraction >= 0 (1: full SDE).
+        s_noise: noise inflation >= 0.
+"""
+)
+
+
+def dpmpp_3m_sde_sample(
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor | Sequence[float],
+    *,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    cond: Mapping[str, Any] | None = None,
+    noise: NoiseSource | torch.Generator | None = None,
+    callback: Callback | None = None,
+    dtype: torch.dtype | None = None,
+    progress: bool = False,
+    check_finite: bool = True,
+) -> Tensor:
+    eta, s_noise = _eta_noise(eta, s_noise)
+    ent = _entry(denoiser, x, sigmas, cond, noise, callback, dtype, True)
+    plan = _plan_data(ent.s, order=3, variant="exact", eta=eta, stochastic=True)
+    plan = plan._replace(noise=plan.noise * s_noise)
+    return _run_plan("dpmpp_3m_sde_sample", ent, plan, callback, progress, check_finite)
+
+
+dpmpp_3m_sde_sample.__doc__ = _doc(
+    """DPM-Solver++(3M) SDE: the drift integral int_0^h (1 + eta) e^{-(1 + eta)(h - tau)} D(tau) dtau taken
+    exactly over the quadratic through the last three outputs, plus noise as in :func:`dpmpp_2m_sde_sample`.
+
+    eta = 0 gives :func:`dpmpp_3m_sample` (order 3). 1 NFE per step; one noise draw per step always; the
+    final step to 0 is Euler (returns D exactly).
+
+    Args:
+        eta: noise fraction >= 0 (1: full SDE).
+        s_noise: noise inflation >= 0.
+"""
+)
+
+
+def deis_sample(
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor | Sequence[float],
+    *,
+    order: int = 3,
+    cond: Mapping[str, Any] | None = None,
+    noise: NoiseSource | torch.Generator | None = None,
+    callback: Callback | None = None,
+    dtype: torch.dtype | None = None,
+    progress: bool = False,
+    check_finite: bool = True,
+) -> Tensor:
+    o = _check_order(order, 1, 3)
+    ent = _entry(denoiser, x, sigmas, cond, noise, callback, dtype, False)
+    plan = _plan_derivative(ent.s, order=o, variant="deis")
+    return _run_plan("deis_sample", ent, plan, callback, progress, check_finite)
+
+
+deis_sample.__doc__ = _doc(
+    """DEIS (Zhang & Chen 2023, "tAB" with log-rho steps): Adams-Bashforth on eps = (x - D)/sigma in log sigma.
+
+    In EDM's form the noise-prediction ODE is dx/dsigma = eps(x, sigma) with no linear part; DEIS fits a
+    polynomial in log sigma through the last k values of eps and integrates it exactly:
+    x_{i+1} = x_i + sum_j c_j eps_{i-j}, c_j = int_{sigma_i}^{sigma_{i+1}} L_j(log s) ds. Order k = ``order``
+    (1..3; diffusers' default "logrho" DEIS); 1 NFE per step; warm-up orders 1, 2, ...; the step to a final 0
+    is Euler (a polynomial in log sigma cannot be extrapolated to -inf) and returns D exactly.
+
+    Args:
+        order: 1..3.
+"""
+)
+
+
+def lms_sample(
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor | Sequence[float],
+    *,
+    order: int = 4,
+    cond: Mapping[str, Any] | None = None,
+    noise: NoiseSource | torch.Generator | None = None,
+    callback: Callback | None = None,
+    dtype: torch.dtype | None = None,
+    progress: bool = False,
+    check_finite: bool = True,
+) -> Tensor:
+    o = _check_order(order, 1, 4)
+    ent = _entry(denoiser, x, sigmas, cond, noise, callback, dtype, False)
+    plan = _plan_derivative(ent.s, order=o, variant="lms")
+    return _run_plan("lms_sample", ent, plan, callback, progress, check_finite)
+
+
+lms_sample.__doc__ = _doc(
+    """Linear multistep (variable-step Adams-Bashforth in sigma; k-diffusion's ``sample_lms``).
+
+    x_{i+1} = x_i + sum_j c_j d_{i-j}, d = (x - D)/sigma, c_j = int_{sigma_i}^{sigma_{i+1}} L_j(s) ds with
+    L_j the Lagrange basis through sigma_i, ..., sigma_{i-k+1} (integrated exactly, no scipy). Order k =
+    ``order`` (1..4) on any schedule; 1 NFE per step; warm-up orders 1, 2, ...; the step to a final 0 is a
+    full-order step (the polynomial in sigma extends to 0), so the result is not exactly D.
+
+    Args:
+        order: 1..4.
+"""
+)
+
+
+def ipndm_sample(
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor | Sequence[float],
+    *,
+    order: int = 4,
+    cond: Mapping[str, Any] | None = None,
+    noise: NoiseSource | torch.Generator | None = None,
+    callback: Callback | None = None,
+    dtype: torch.dtype | None = None,
+    progress: bool = False,
+    check_finite: bool = True,
+) -> Tensor:
+    o = _check_order(order, 1, 4)
+    ent = _entry(denoiser, x, sigmas, cond, noise, callback, dtype, False)
+    plan = _plan_derivative(ent.s, order=o, variant="ipndm")
+    return _run_plan("ipndm_sample", ent, plan, callback, progress, check_finite)
+
+
+ipndm_sample.__doc__ = _doc(
+    """iPNDM (Zhang & Chen 2023; Zhou et al. 2024): equal-step Adams-Bashforth weights on d = (x - D)/sigma.
+
+    x_{i+1} = x_i + (sigma_{i+1} - sigma_i) sum_j beta_j d_{i-j} with beta = (55, -59, 37, -9)/24 for order 4
+    and the lower-order AB tables (1), (3, -1)/2, (23, -16, 5)/12 while warming up. 1 NFE per step. The
+    weights assume equal steps: order k = ``order`` on schedules uniform in sigma; on a non-uniform schedule
+    such as ``karras_sigmas`` the mismatch between the step-size ratio and the fixed weights limits the
+    global order to 2 (at low NFE it is still among the most accurate solvers; :func:`lms_sample` is the
+    variable-step version). The step to a final 0 uses the same formula (not exactly D).
+
+    Args:
+        order: 1..4.
+"""
+)
+
+
+def unipc_sample(
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor | Sequence[float],
+    *,
+    order: int = 3,
+    cond: Mapping[str, Any] | None = None,
+    noise: NoiseSource | torch.Generator | None = None,
+    callback: Callback | None = None,
+    dtype: torch.dtype | None = None,
+    progress: bool = False,
+    check_finite: bool = True,
+) -> Tensor:
+    o = _check_order(order, 1, 3)
+    ent = _entry(denoiser, x, sigmas, cond, noise, callback, dtype, False)
+    plan = _plan_data(ent.s, order=o, variant="unipc", eta=0.0, stochastic=False)
+    return _run_plan("unipc_sample", ent, plan, callback, progress, check_finite)
+
+
+unipc_sample.__doc__ = _doc(
+    """UniPC (Zhao et al. 2023) with B(h) = 1 - e^{-h} ("bh2"), data prediction, steps in lambda.
+
+    Predictor UniP-p: the order-p multistep exponential integrator (p = ``order``; for p = 2 UniPC's
+    rho = 1/2, i.e. the DPM-Solver++(2M) weights). Corrector UniC: once D_{i+1} has been evaluated at the
+    predicted state (the evaluation the next predictor needs anyway), x_{i+1} is recomputed from the
+    polynomial through the p previous outputs and D_{i+1}, which raises the order to p + 1 at no extra NFE
+    (UniC-1 is the bh2 trapezoid (1 - e^{-h})(D_i + D_{i+1})/2). 1 NFE per step; warm-up orders 1, 2, ...;
+    the step to a final 0 is Euler (returns D of the last, corrected-from, evaluation exactly; no corrector
+    follows it). ``StepInfo.x`` is the state the denoiser saw (the predictor).
+
+    Args:
+        order: predictor order 1..3.
+"""
+)
+
+
+def euler_ancestral_sample(
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor | Sequence[float],
+    *,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    cond: Mapping[str, Any] | None = None,
+    noise: NoiseSource | torch.Generator | None = None,
+    callback: Callback | None = None,
+    dtype: torch.dtype | None = None,
+    progress: bool = False,
+    check_finite: bool = True,
+) -> Tensor:
+    eta, s_noise = _eta_noise(eta, s_noise)
+    ent = _entry(denoiser, x, sigmas, cond, noise, callback, dtype, True)
+    plan = _plan_ancestral(ent.s, eta=eta)
+    plan = plan._replace(noise=plan.noise * s_noise)
+    return _run_plan("euler_ancestral_sample", ent, plan, callback, progress, check_finite)
+
+
+euler_ancestral_sample.__doc__ = _doc(
+    """Euler ancestral sampling (Ho et al. 2020 in EDM form; k-diffusion's ``sample_euler_ancestral``).
+
+    sigma_up = min(sigma_{i+1}, eta sqrt(sigma_{i+1}^2 (sigma_i^2 - sigma_{i+1}^2) / sigma_i^2)),
+    sigma_down = sqrt(sigma_{i+1}^2 - sigma_up^2); an Euler step to sigma_down, then
+    x_{i+1} = x' + s_noise sigma_up eps_i. Order 1 (strong order 1/2 for eta > 0); 1 NFE per step; one noise
+    draw per step always; the step to a final 0 has sigma_up = 0 and returns D exactly.
+
+    Args:
+        eta: ancestral noise fraction >= 0 (0: Euler).
+        s_noise: noise inflation >= 0.
+"""
+)
+
+
+def dpm2_sample(
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor | Sequence[float],
+    *,
+    form: Literal["noise", "data"] = "noise",
+    cond: Mapping[str, Any] | None = None,
+    noise: NoiseSource | torch.Generator | None = None,
+    callback: Callback | None = None,
+    dtype: torch.dtype | None = None,
+    progress: bool = False,
+    check_finite: bool = True,
+) -> Tensor:
+    if form not in ("noise", "data"):
+        raise ValueError(f"form must be 'noise' (DPM-Solver-2) or 'data' (DPM-Solver++(2S)), got {form!r}")
+    ent = _entry(denoiser, x, sigmas, cond, noise, callback, dtype, False)
+    return _run_dpm2(ent, form, callback, progress, check_finite)
+
+
+dpm2_sample.__doc__ = _doc(
+    """DPM-Solver-2 (Lu et al. 2022, Algorithm 1 with r = 1/2): single-step midpoint in lambda, 2 NFE per step.
+
+    sigma_m = sqrt(sigma_i sigma_{i+1}); u = D_i + (sigma_m/sigma_i)(x_i - D_i) (DPM-Solver-1 to sigma_m);
+    ``form="noise"`` (DPM-Solver-2, = k-diffusion's ``sample_dpm_2``): x_{i+1} = x_i + (sigma_{i+1} - sigma_i)
+    (u - D(u; sigma_m)) / sigma_m; ``form="data"`` (DPM-Solver++(2S)): x_{i+1} = D_m + (sigma_{i+1}/sigma_i)
+    (x_i - D_m). Order 2; the step to a final 0 is Euler (1 NFE, returns D exactly): 2N - 1 NFE.
+
+    Args:
+        form: ``"noise"`` or ``"data"`` prediction.
+"""
+)
