@@ -13,6 +13,20 @@ from .analytic import GaussianMixture as GaussianMixture
 from .analytic import PointMass as PointMass
 from .analytic import empirical_denoiser as empirical_denoiser
 from .analytic import gaussian_ode_solution as gaussian_ode_solution
+from .augment import AugmentPipe as AugmentPipe
+from .augment import AugmentPipeProtocol as AugmentPipeProtocol
+from .ema import EMA as EMA
+from .ema import PowerEMA as PowerEMA
+from .loss import EDMLoss as EDMLoss
+from .loss import LearnedUncertainty as LearnedUncertainty
+from .loss import VELoss as VELoss
+from .loss import VPLoss as VPLoss
+from .loss import edm_weight as edm_weight
+from .loss import inverse_square_weight as inverse_square_weight
+from .loss import lognormal_sigmas as lognormal_sigmas
+from .loss import loguniform_sigmas as loguniform_sigmas
+from .loss import vp_training_sigmas as vp_training_sigmas
+from .metrics import frechet_distance as frechet_distance
 from .noise import GlobalNoise as GlobalNoise
 from .noise import PerSampleNoise as PerSampleNoise
 from .noise import PrecomputedNoise as PrecomputedNoise
@@ -39,32 +53,46 @@ except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "EMA",
+    "AugmentPipe",
+    "AugmentPipeProtocol",
     "Callback",
     "Denoiser",
+    "EDMLoss",
     "GaussianMixture",
     "GlobalNoise",
+    "LearnedUncertainty",
     "NoiseSource",
     "PerSampleNoise",
     "PointMass",
+    "PowerEMA",
     "PrecomputedNoise",
     "StepInfo",
+    "VELoss",
+    "VPLoss",
     "__version__",
     "append_zero",
     "clamp_sigmas",
     "count_nfe",
+    "edm_weight",
     "empirical_denoiser",
     "euler_sample",
+    "frechet_distance",
     "gaussian_ode_solution",
     "generate",
     "heun_sample",
     "iddpm_grid",
     "iddpm_sigmas",
     "initial_x",
+    "inverse_square_weight",
     "karras_sigmas",
     "loglinear_sigmas",
+    "lognormal_sigmas",
+    "loguniform_sigmas",
     "stochastic_sample",
     "ve_sigmas",
     "vp_sigma",
     "vp_sigma_inv",
     "vp_sigmas",
+    "vp_training_sigmas",
 ]
