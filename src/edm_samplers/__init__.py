@@ -46,6 +46,7 @@ from .solvers import generate as generate
 from .solvers import heun_sample as heun_sample
 from .solvers import initial_x as initial_x
 from .solvers import stochastic_sample as stochastic_sample
+from .solvers.graph import GraphedSampler as GraphedSampler
 
 try:
     __version__ = version("edm-samplers")
@@ -61,6 +62,7 @@ __all__ = [
     "EDMLoss",
     "GaussianMixture",
     "GlobalNoise",
+    "GraphedSampler",
     "LearnedUncertainty",
     "NoiseSource",
     "PerSampleNoise",

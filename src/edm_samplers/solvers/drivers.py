@@ -117,6 +117,141 @@ def _checked_sigma_hat(s: Tensor, hat: object) -> Tensor:
     return hat
 
 
+class _Plan:
+    """A validated sampling run for one (schedule, batch, dtype, device): the host-side work is done.
+
+    Built by :func:`_prepare` (validation, step table on the device, host copy of the schedule); calling
+    it runs the loop, which is sync-free (no ``.item()``, no branching on tensor values, no host-device
+    copies), so the same object serves the eager drivers and CUDA-graph capture (:mod:`.graph`).
+    """
+
+    __slots__ = (
+        "_churn", "_euler", "_heun", "compiled", "den", "device", "dtype", "host", "host_hat", "method", "n", "name",
+        "stochastic", "table",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        name: str,
+        den: _Checked,
+        table: list[StepCoeffs],
+        host: list[float],
+        host_hat: list[float],
+        method: Literal["euler", "heun"],
+        stochastic: bool,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        self.name = name
+        self.den = den
+        self.table = table
+        self.host = host
+        self.host_hat = host_hat
+        self.method = method
+        self.stochastic = stochastic
+        self.dtype = dtype
+        self.device = device
+        self.n = len(table)
+        self.compiled = False
+        self._churn: Callable[..., Tensor] = churn
+        self._euler: Callable[..., tuple[Tensor, Tensor]] = euler_step
+        self._heun: Callable[..., tuple[Tensor, Tensor]] = heun_step
+
+    def compile(self) -> None:
+        """Route every step through ``torch.compile`` (functional form: inductor fuses and plans memory).
+
+        The denoiser is traced inside the steps; graph breaks in it are allowed (``fullgraph=False``),
+        the library's own step code has none (tested with ``fullgraph=True``).
+        """
+        self.compiled = True
+        self._churn = torch.compile(churn, dynamic=False)
+        self._euler = torch.compile(euler_step, dynamic=False)
+        self._heun = torch.compile(heun_step, dynamic=False)
+
+    def num_buffers(self) -> int:
+        """State-sized buffers the allocation-free loop keeps (beyond the denoiser's and noise outputs)."""
+        return 3 if self.method == "heun" and any(h > 0 for h in self.host[1:]) else 1
+
+    def __call__(
+        self,
+        x: Tensor,
+        cond: Mapping[str, Any],
+        src: NoiseSource | None,
+        callback: Callback | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        """Run the loop from ``x`` (already validated, any dtype: cast to the state dtype here)."""
+        sdt, device, host, table = self.dtype, self.device, self.host, self.table
+        den = self.den
+        x = x.to(sdt)
+        # Buffer reuse, decided once on the host: not when a callback may keep the step's tensors, nor
+        # when autograd records through x (the steps also fall back by themselves if a denoiser output
+        # requires grad). Buffers are private: the caller's x is only ever read.
+        bufs: tuple[Tensor, Tensor, Tensor] | None = None
+        out: Tensor | None = None
+        if callback is None and not self.compiled and not (torch.is_grad_enabled() and x.requires_grad):
+            out = torch.empty(x.shape, dtype=sdt, device=device)
+            if self.num_buffers() == 3:
+                bufs = (out, torch.empty_like(out), torch.empty_like(out))
+
+        # ---- the loop: no syncs; the step choice is made on host floats ----------------------------
+        for i in _progress(self.n, progress, self.name):
+            c: StepCoeffs = table[i]
+            if src is not None:
+                eps = src.randn(x.shape, dtype=sdt, device=device)
+                x_hat = self._churn(x, eps, c.noise_scale, out=out)
+            else:
+                x_hat = x
+            if self.method == "heun" and host[i + 1] > 0:
+                x_next, denoised = self._heun(den, x_hat, c, cond, buffers=bufs)
+            else:
+                x_next, denoised = self._euler(den, x_hat, c, cond, out=out)
+            if callback is not None:
+                callback(StepInfo(i, host[i], self.host_hat[i], host[i + 1], x_hat, denoised, x_next))
+            x = x_next
+        return x
+
+
+def _prepare(
+    name: str,
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor | Sequence[float],
+    *,
+    method: Literal["euler", "heun"],
+    stochastic: bool,
+    s_churn: float,
+    s_tmin: float,
+    s_tmax: float,
+    s_noise: float,
+    round_sigma: Callable[[Tensor], Tensor] | None,
+    dtype: torch.dtype | None,
+) -> _Plan:
+    """Validate once and build the step table; may synchronise (it looks at the schedule)."""
+    if not callable(denoiser):
+        raise TypeError(f"denoiser must be callable as denoiser(x, sigma, **cond), got {type(denoiser).__name__}")
+    x = check_x(x)
+    s = check_sigmas(sigmas)
+    sdt = state_dtype(x, dtype)
+    if round_sigma is not None and not callable(round_sigma):
+        raise TypeError("round_sigma must be a callable mapping a tensor of sigmas to supported sigmas")
+    gammas = None
+    if stochastic:
+        s_churn = check_float(s_churn, "s_churn", nonnegative=True)
+        s_tmin = check_float(s_tmin, "s_tmin", nonnegative=True)
+        s_tmax = check_float(s_tmax, "s_tmax", nonnegative=True, allow_inf=True)
+        s_noise = check_float(s_noise, "s_noise", nonnegative=True)
+        if s_tmin > s_tmax:
+            raise ValueError(f"s_tmin must be <= s_tmax, got s_tmin={s_tmin}, s_tmax={s_tmax}")
+        gammas = churn_gammas(s, s_churn, s_tmin, s_tmax)
+
+    sigma_hat = None if gammas is None else _checked_sigma_hat(s, churn_sigma_hat(s, gammas, round_sigma))
+    table = unstack(step_table(s, batch=x.shape[0], dtype=sdt, device=x.device, sigma_hat=sigma_hat, s_noise=s_noise))
+    host = s.tolist()
+    host_hat = host[:-1] if sigma_hat is None else sigma_hat.tolist()
+    return _Plan(name, _Checked(denoiser, sdt), table, host, host_hat, method, stochastic, sdt, x.device)
+
+
 def _run(
     name: str,
     denoiser: Denoiser,
@@ -141,51 +276,19 @@ def _run(
     if not callable(denoiser):
         raise TypeError(f"denoiser must be callable as denoiser(x, sigma, **cond), got {type(denoiser).__name__}")
     x = check_x(x)
-    s = check_sigmas(sigmas)
+    check_sigmas(sigmas)
     cond_d = check_cond(cond)
-    sdt = state_dtype(x, dtype)
+    state_dtype(x, dtype)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable as callback(info), got {type(callback).__name__}")
-    if round_sigma is not None and not callable(round_sigma):
-        raise TypeError("round_sigma must be a callable mapping a tensor of sigmas to supported sigmas")
     src = as_noise_source(noise) if stochastic else None
     if noise is not None and not stochastic:
         as_noise_source(noise)  # still type-check it; deterministic samplers draw nothing
-    gammas = None
-    if stochastic:
-        s_churn = check_float(s_churn, "s_churn", nonnegative=True)
-        s_tmin = check_float(s_tmin, "s_tmin", nonnegative=True)
-        s_tmax = check_float(s_tmax, "s_tmax", nonnegative=True, allow_inf=True)
-        s_noise = check_float(s_noise, "s_noise", nonnegative=True)
-        if s_tmin > s_tmax:
-            raise ValueError(f"s_tmin must be <= s_tmax, got s_tmin={s_tmin}, s_tmax={s_tmax}")
-        gammas = churn_gammas(s, s_churn, s_tmin, s_tmax)
-
-    n = s.numel() - 1
-    sigma_hat = None if gammas is None else _checked_sigma_hat(s, churn_sigma_hat(s, gammas, round_sigma))
-    table = unstack(step_table(s, batch=x.shape[0], dtype=sdt, device=x.device, sigma_hat=sigma_hat, s_noise=s_noise))
-    host = s.tolist()
-    host_hat = host[:-1] if sigma_hat is None else sigma_hat.tolist()
-    device = x.device
-    den = _Checked(denoiser, sdt)
-    x = x.to(sdt)
-
-    # ---- the loop: no syncs; the step choice is made on host floats ----------------------------
-    for i in _progress(n, progress, name):
-        c: StepCoeffs = table[i]
-        if src is not None:
-            eps = src.randn(x.shape, dtype=sdt, device=device)
-            x_hat = churn(x, eps, c.noise_scale)
-        else:
-            x_hat = x
-        if method == "heun" and host[i + 1] > 0:
-            x_next, denoised = heun_step(den, x_hat, c, cond_d)
-        else:
-            x_next, denoised = euler_step(den, x_hat, c, cond_d)
-        if callback is not None:
-            callback(StepInfo(i, host[i], host_hat[i], host[i + 1], x_hat, denoised, x_next))
-        x = x_next
-
+    plan = _prepare(
+        name, denoiser, x, sigmas, method=method, stochastic=stochastic, s_churn=s_churn, s_tmin=s_tmin,
+        s_tmax=s_tmax, s_noise=s_noise, round_sigma=round_sigma, dtype=dtype,
+    )  # fmt: skip
+    x = plan(x, cond_d, src, callback, progress)
     if check_finite:
         _finite_or_raise(x, name)
     return x

@@ -10,6 +10,21 @@ the step as a device tensor: the steps themselves are straight-line tensor progr
 synchronisation and no branching on tensor values, so ``torch.compile(fullgraph=True)`` and CUDA-graph
 capture see the same code as eager mode. Which step runs (Heun or the final Euler step to 0) is
 decided by the driver from the host copy of the schedule.
+
+Buffer reuse. Each step also has a workspace form (``buffers=`` / ``out=``) that writes into
+caller-owned state-sized tensors with ``out=`` / in-place kernels instead of allocating: the same
+kernels in the same order as the functional form, so the results are bitwise identical. Rules that keep
+it safe (step authors of later solvers follow the same ones):
+
+- Only the driver's own buffers are written: never the caller's ``x``, never a denoiser output (the
+  denoiser may return a cached tensor), never a tensor after it was last handed to the denoiser unless
+  the denoiser is finished with it (a denoiser that returns its input aliases the buffer, which is why
+  every write happens only after the last read of that step's outputs).
+- ``out`` may be the step's own input ``x`` (an exact alias is safe for elementwise kernels).
+- When autograd records (grad mode on and ``x`` or a denoiser output requires grad, a host-side flag,
+  no device sync), the step falls back to the functional form: ``out=`` kernels do not support autograd
+  and an in-place write would corrupt tensors saved for backward. Once the state requires grad it
+  stays so, hence the buffers are never written again after a fallback.
 """
 
 from __future__ import annotations
@@ -121,41 +136,93 @@ def unstack(table: StepCoeffs) -> list[StepCoeffs]:
     return [StepCoeffs(*(field[i] for field in table)) for i in range(n)]
 
 
-def churn(x: Tensor, eps: Tensor, noise_scale: Tensor) -> Tensor:
+def _records(*ts: Tensor) -> bool:
+    """True if autograd would record an op on ``ts`` (host flags only: no device sync)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
+
+
+def churn(x: Tensor, eps: Tensor, noise_scale: Tensor, *, out: Tensor | None = None) -> Tensor:
     """EDM Algorithm 2 lines 5-6: x_hat = x + sqrt(sigma_hat^2 - sigma^2) S_noise eps.
 
     Always executed, also with zero churn (noise_scale = 0 then gives x_hat == x exactly), so
     control flow and random draws never depend on the churn settings.
+
+    Args:
+        out: optional state-sized buffer to write x_hat into (may be ``x`` itself); ignored when
+            autograd records.
     """
-    return torch.addcmul(x, eps, noise_scale)
+    if out is None or _records(x, eps):
+        return torch.addcmul(x, eps, noise_scale)
+    return torch.addcmul(x, eps, noise_scale, out=out)
 
 
-def euler_step(denoiser: Denoiser, x: Tensor, c: StepCoeffs, cond: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+def euler_step(
+    denoiser: Denoiser,
+    x: Tensor,
+    c: StepCoeffs,
+    cond: Mapping[str, Any],
+    *,
+    out: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
     """One Euler step of dx/dsigma = (x - D) / sigma from sigma_hat to sigma_next (1 NFE, order 1).
 
     Written as x_next = D + (sigma_next / sigma_hat) (x - D), which equals x + h (x - D) / sigma_hat and
     returns D exactly when sigma_next = 0 (the last step of every sampler).
 
+    Args:
+        out: optional state-sized buffer for x_next (may be ``x`` itself): one kernel, no allocation.
+            Ignored (functional form) when autograd records.
+
     Returns:
         ``(x_next, denoised)``.
     """
     denoised = denoiser(x, c.sigma_hat, **cond)
-    return torch.lerp(denoised, x, c.ratio), denoised
+    if out is None or _records(x, denoised):
+        return torch.lerp(denoised, x, c.ratio), denoised
+    return torch.lerp(denoised, x, c.ratio, out=out), denoised
 
 
-def heun_step(denoiser: Denoiser, x: Tensor, c: StepCoeffs, cond: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+def heun_step(
+    denoiser: Denoiser,
+    x: Tensor,
+    c: StepCoeffs,
+    cond: Mapping[str, Any],
+    *,
+    buffers: tuple[Tensor, Tensor, Tensor] | None = None,
+) -> tuple[Tensor, Tensor]:
     """One Heun step (EDM Algorithm 1, trapezoidal rule; 2 NFE, order 2). Requires sigma_next > 0.
 
     d = (x - D(x; sigma_hat)) / sigma_hat, x' = x + h d, d' = (x' - D(x'; sigma_next)) / sigma_next,
     x_next = x + h (d + d') / 2, with h = sigma_next - sigma_hat; evaluated as
     x + a (x - D) + b (x' - D') with a = h / (2 sigma_hat), b = h / (2 sigma_next).
 
+    Args:
+        buffers: optional ``(out, diff, pred)`` state-sized workspace; ``out`` receives x_next and may be
+            ``x`` itself, ``diff`` holds x - D, ``pred`` holds x' and then x' - D'. Same five kernels as
+            the functional form, so bitwise equal results without allocations. Ignored when autograd
+            records.
+
     Returns:
         ``(x_next, denoised)`` with denoised = D(x; sigma_hat).
     """
     denoised = denoiser(x, c.sigma_hat, **cond)
-    diff = x - denoised
-    x_pred = torch.addcmul(x, diff, c.h_over_sigma)
-    diff_pred = x_pred - denoiser(x_pred, c.sigma_next, **cond)
-    x_next = torch.addcmul(x, diff, c.heun_a)
-    return x_next.addcmul_(diff_pred, c.heun_b), denoised
+    if buffers is None or _records(x, denoised):
+        diff = x - denoised
+        x_pred = torch.addcmul(x, diff, c.h_over_sigma)
+        diff_pred = x_pred - denoiser(x_pred, c.sigma_next, **cond)
+        x_next = torch.addcmul(x, diff, c.heun_a)
+        return x_next.addcmul_(diff_pred, c.heun_b), denoised
+    out, diff, pred = buffers
+    torch.sub(x, denoised, out=diff)
+    torch.addcmul(x, diff, c.h_over_sigma, out=pred)
+    denoised_pred = denoiser(pred, c.sigma_next, **cond)
+    if _records(denoised_pred):
+        # Autograd switched on mid-step (a denoiser output requires grad): finish functionally and never
+        # touch ``pred`` again, the denoiser may have saved it for backward.
+        x_next = torch.addcmul(x, diff, c.heun_a)
+        return x_next.addcmul_(pred - denoised_pred, c.heun_b), denoised
+    # x' is no longer needed once D' exists: overwrite it with x' - D' (an exact alias if the
+    # denoiser returned its input, which is safe elementwise). Write ``out`` only now: it may be x.
+    torch.sub(pred, denoised_pred, out=pred)
+    torch.addcmul(x, diff, c.heun_a, out=out)
+    return out.addcmul_(pred, c.heun_b), denoised
