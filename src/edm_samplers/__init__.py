@@ -9,6 +9,10 @@ from ._types import Callback as Callback
 from ._types import Denoiser as Denoiser
 from ._types import NoiseSource as NoiseSource
 from ._types import StepInfo as StepInfo
+from .adapters import ContinuousDenoiser as ContinuousDenoiser
+from .adapters import DDPMDenoiser as DDPMDenoiser
+from .adapters import from_diffusers as from_diffusers
+from .adapters import sigmas_from_alphas_cumprod as sigmas_from_alphas_cumprod
 from .analytic import GaussianMixture as GaussianMixture
 from .analytic import PointMass as PointMass
 from .analytic import empirical_denoiser as empirical_denoiser
@@ -17,6 +21,8 @@ from .augment import AugmentPipe as AugmentPipe
 from .augment import AugmentPipeProtocol as AugmentPipeProtocol
 from .ema import EMA as EMA
 from .ema import PowerEMA as PowerEMA
+from .guidance import Guided as Guided
+from .guidance import guided as guided
 from .loss import EDMLoss as EDMLoss
 from .loss import LearnedUncertainty as LearnedUncertainty
 from .loss import VELoss as VELoss
@@ -30,6 +36,17 @@ from .metrics import frechet_distance as frechet_distance
 from .noise import GlobalNoise as GlobalNoise
 from .noise import PerSampleNoise as PerSampleNoise
 from .noise import PrecomputedNoise as PrecomputedNoise
+from .precond import EDMPrecond as EDMPrecond
+from .precond import Precond as Precond
+from .precond import Scalings as Scalings
+from .precond import VEPrecond as VEPrecond
+from .precond import VPPrecond as VPPrecond
+from .precond import clamp_to as clamp_to
+from .precond import edm_scalings as edm_scalings
+from .precond import iddpm_scalings as iddpm_scalings
+from .precond import iDDPMPrecond as iDDPMPrecond
+from .precond import ve_scalings as ve_scalings
+from .precond import vp_scalings as vp_scalings
 from .schedules import append_zero as append_zero
 from .schedules import clamp_sigmas as clamp_sigmas
 from .schedules import iddpm_grid as iddpm_grid
@@ -46,6 +63,7 @@ from .solvers import generate as generate
 from .solvers import heun_sample as heun_sample
 from .solvers import initial_x as initial_x
 from .solvers import stochastic_sample as stochastic_sample
+from .solvers.generalized import generalized_sample as generalized_sample
 from .solvers.graph import GraphedSampler as GraphedSampler
 
 try:
@@ -58,32 +76,47 @@ __all__ = [
     "AugmentPipe",
     "AugmentPipeProtocol",
     "Callback",
+    "ContinuousDenoiser",
+    "DDPMDenoiser",
     "Denoiser",
     "EDMLoss",
+    "EDMPrecond",
     "GaussianMixture",
     "GlobalNoise",
     "GraphedSampler",
+    "Guided",
     "LearnedUncertainty",
     "NoiseSource",
     "PerSampleNoise",
     "PointMass",
     "PowerEMA",
     "PrecomputedNoise",
+    "Precond",
+    "Scalings",
     "StepInfo",
     "VELoss",
+    "VEPrecond",
     "VPLoss",
+    "VPPrecond",
     "__version__",
     "append_zero",
     "clamp_sigmas",
+    "clamp_to",
     "count_nfe",
+    "edm_scalings",
     "edm_weight",
     "empirical_denoiser",
     "euler_sample",
     "frechet_distance",
+    "from_diffusers",
     "gaussian_ode_solution",
+    "generalized_sample",
     "generate",
+    "guided",
     "heun_sample",
+    "iDDPMPrecond",
     "iddpm_grid",
+    "iddpm_scalings",
     "iddpm_sigmas",
     "initial_x",
     "inverse_square_weight",
@@ -91,8 +124,11 @@ __all__ = [
     "loglinear_sigmas",
     "lognormal_sigmas",
     "loguniform_sigmas",
+    "sigmas_from_alphas_cumprod",
     "stochastic_sample",
+    "ve_scalings",
     "ve_sigmas",
+    "vp_scalings",
     "vp_sigma",
     "vp_sigma_inv",
     "vp_sigmas",
