@@ -12,6 +12,7 @@ from torch import Tensor
 
 from edm_samplers import (
     GaussianMixture,
+    PerSampleNoise,
     PrecomputedNoise,
     StepInfo,
     euler_sample,
@@ -150,9 +151,14 @@ def test_round_sigma_and_float32() -> None:
     r = generalized_sample(MIX, x.double(), sig, s_churn=5.0, round_sigma=lambda s: s, noise=torch.Generator())
     assert r.dtype == torch.float64
     assert generalized_sample(MIX, x, sig).dtype == torch.float32
-    # A deterministic run draws no noise (like heun_sample): the global RNG is untouched.
+    # One draw per step whatever the churn: the stream never depends on s_churn.
+    for churn in (0.0, 3.0):
+        src = PrecomputedNoise(torch.randn(6, *x.shape))
+        generalized_sample(MIX, x, sig, s_churn=churn, noise=src)
+        assert src.index == 6
+    # With a noise source, torch's global RNG is untouched.
     st0 = torch.random.get_rng_state()
-    generalized_sample(MIX, x, sig)
+    generalized_sample(MIX, x, sig, noise=PerSampleNoise(range(x.shape[0])))
     assert torch.equal(st0, torch.random.get_rng_state())
 
 

@@ -53,13 +53,13 @@ def test_w_one_costs_one_call() -> None:
 def test_sigma_interval_mask_and_host() -> None:
     x = torch.randn(3, 2, dtype=torch.float64)
     sigma = torch.tensor([0.1, 1.0, 10.0], dtype=torch.float64)
-    for mode in ("mask", "host"):
+    for mode in ("mask", "host", "auto"):
         main, guide = Counting(1.0, 0.0), Counting(0.0, 0.0)
         g = guided(main, guide, 3.0, sigma_interval=(0.5, 2.0), interval_check=mode)  # type: ignore[arg-type]
         d = g(x, sigma)
         # Row 1 is guided (D = 3 x); rows 0 and 2 are D_main = x.
         torch.testing.assert_close(d, torch.stack([x[0], 3 * x[1], x[2]]), rtol=0, atol=1e-15)
-        # All rows outside: "host" skips the guide network, "mask" still evaluates it (no sync).
+        # All rows outside: "host" and "auto" (eager) skip the guide network, "mask" still evaluates it.
         d_out = g(x, torch.full((3,), 50.0, dtype=torch.float64))
         torch.testing.assert_close(d_out, x, rtol=0, atol=0)
         assert guide.calls == (2 if mode == "mask" else 1)
@@ -114,7 +114,7 @@ def test_errors() -> None:
         guided(d, d, 2.0, sigma_interval=(3.0, 1.0))
     with pytest.raises(TypeError, match="sigma_interval must be a pair"):
         guided(d, d, 2.0, sigma_interval=(1.0,))  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="interval_check must be 'mask' or 'host'"):
-        guided(d, d, 2.0, interval_check="auto")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="interval_check must be 'auto', 'host' or 'mask'"):
+        guided(d, d, 2.0, interval_check="always")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="guide_cond must be a mapping"):
         guided(d, d, 2.0, guide_cond=[1])  # type: ignore[arg-type]

@@ -10,15 +10,16 @@ restricts guidance to lo <= sigma <= hi (Kynkaanniemi et al. 2024); outside it D
 
 Cost and graph-friendliness. w is a Python float fixed at construction, so ``w == 1`` is decided once:
 the guided denoiser then *is* one call of ``main``. The interval is data-dependent (sigma is a device
-tensor), and there are two ways to honour it:
+tensor); three ways to honour it, all giving the same values:
 
-- ``interval_check="mask"`` (default): always evaluate both networks and blend row-wise with
-  ``torch.where``. No host synchronisation, static control flow: safe under ``torch.compile(fullgraph=True)``
-  and CUDA-graph capture, but it pays for the guide call even where guidance is off.
+- ``interval_check="auto"`` (default): the "host" check whenever a host read is allowed, the "mask"
+  blend while ``torch.compile`` traces or a CUDA graph is being captured. Eager sampling skips the
+  guide's calls outside the interval; compiled and graphed sampling stay free of syncs.
 - ``interval_check="host"``: read on the host whether any row lies inside the interval (one device sync per
-  call when sigma lives on a GPU; free for CPU tensors) and skip the guide call when none does. It saves
-  the guide's network evaluations outside the interval (e.g. about half of them for a typical
-  interval) but breaks CUDA graphs and causes a graph break under ``torch.compile``.
+  call when sigma lives on a GPU, negligible next to the network call it saves; free for CPU tensors) and
+  skip the guide call when none does.
+- ``interval_check="mask"``: always evaluate both networks and blend row-wise with ``torch.where``. No
+  host synchronisation, static control flow, but it pays for the guide call even where guidance is off.
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ from .precond import _append_dims, _as_sigma
 __all__ = ["Guided", "guided"]
 
 
+def _is_compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    fn = getattr(compiler, "is_compiling", None)
+    return bool(fn()) if callable(fn) else False
+
+
 class Guided:
     """A guided denoiser; build it with :func:`guided`.
 
@@ -44,7 +51,7 @@ class Guided:
         w: the guidance weight.
         sigma_interval: ``(lo, hi)`` or None (guidance at every sigma).
         guide_cond: keyword arguments that override ``cond`` for the guide call.
-        interval_check: "mask" or "host" (see the module docstring).
+        interval_check: "auto", "host" or "mask" (see the module docstring).
         sigma_min, sigma_max, round_sigma: forwarded from ``main`` when it has them, so
             :func:`~edm_samplers.precond.clamp_to` works on the guided denoiser.
     """
@@ -56,7 +63,7 @@ class Guided:
         w: float,
         sigma_interval: tuple[float, float] | None,
         guide_cond: Mapping[str, Any],
-        interval_check: Literal["mask", "host"],
+        interval_check: Literal["auto", "host", "mask"],
     ) -> None:
         self.main = main
         self.guide = guide
@@ -82,6 +89,13 @@ class Guided:
         lo, hi = self.sigma_interval
         return (sigma >= lo) & (sigma <= hi)
 
+    def _host_check(self, inside: Tensor) -> bool:
+        if self.interval_check == "host":
+            return True
+        if self.interval_check == "mask" or _is_compiling():
+            return False
+        return not (inside.is_cuda and torch.cuda.is_current_stream_capturing())
+
     def __call__(self, x: Tensor, sigma: Tensor, **cond: Any) -> Tensor:
         """D(x; sigma) = D_guide + w (D_main - D_guide) where guidance is on, D_main elsewhere."""
         d_main = self.main(x, sigma, **cond)
@@ -89,7 +103,7 @@ class Guided:
             return d_main
         s = _as_sigma(sigma)
         inside = self._inside(s)
-        if inside is not None and self.interval_check == "host" and not bool(inside.any()):
+        if inside is not None and self._host_check(inside) and not bool(inside.any()):
             return d_main  # one host read of a [batch] bool; skips the guide call
         d_guide = self.guide(x, sigma, **{**cond, **self.guide_cond})
         d = torch.lerp(d_guide, d_main, self.w)  # d_guide + w (d_main - d_guide)
@@ -107,7 +121,7 @@ def guided(
     *,
     sigma_interval: tuple[float, float] | None = None,
     guide_cond: Mapping[str, Any] | None = None,
-    interval_check: Literal["mask", "host"] = "mask",
+    interval_check: Literal["auto", "host", "mask"] = "auto",
 ) -> Guided:
     """Combine two denoisers: D(x; sigma) = D_guide(x; sigma) + w (D_main(x; sigma) - D_guide(x; sigma)).
 
@@ -118,8 +132,9 @@ def guided(
             from the guide.
         sigma_interval: ``(lo, hi)``: guide only rows with lo <= sigma <= hi; D = D_main elsewhere.
         guide_cond: overrides of ``cond`` for the guide call (e.g. ``{"class_labels": None}`` for CFG).
-        interval_check: "mask" (no sync; always two calls when w != 1) or "host" (skip the guide call when
-            no row is in the interval; one sync per call). See the module docstring for the trade-off.
+        interval_check: "auto" (default: skip the guide call when no row is in the interval, except while
+            compiling or capturing a CUDA graph), "host" (always skip that way; one sync per call) or
+            "mask" (no sync; always two calls when w != 1). See the module docstring.
 
     Returns:
         A :class:`Guided` denoiser, usable with every sampler.
@@ -141,8 +156,8 @@ def guided(
         if not lo <= hi:
             raise ValueError(f"sigma_interval must satisfy lo <= hi, got ({lo}, {hi})")
         interval = (lo, hi)
-    if interval_check not in ("mask", "host"):
-        raise ValueError(f"interval_check must be 'mask' or 'host', got {interval_check!r}")
+    if interval_check not in ("auto", "host", "mask"):
+        raise ValueError(f"interval_check must be 'auto', 'host' or 'mask', got {interval_check!r}")
     gc = {} if guide_cond is None else guide_cond
     if not isinstance(gc, Mapping) or not all(isinstance(k, str) for k in gc):
         raise TypeError("guide_cond must be a mapping of keyword-argument names to values, or None")

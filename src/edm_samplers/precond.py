@@ -25,6 +25,7 @@ c_in x is cast down and its output cast back up, as the paper's mixed-precision 
 
 from __future__ import annotations
 
+import abc
 import functools
 import math
 from collections.abc import Callable
@@ -174,7 +175,7 @@ def _append_dims(v: Tensor, ndim: int) -> Tensor:
     return v.reshape(v.shape + (1,) * (ndim - v.ndim))
 
 
-class Precond(nn.Module):
+class Precond(nn.Module, metaclass=abc.ABCMeta):
     """Base of the preconditioning wrappers: D(x; sigma) = c_skip x + c_out F(c_in x, c_noise, **cond).
 
     Subclasses define :meth:`scalings`. The wrapped ``net`` is stored as ``self.net`` (a registered
@@ -212,8 +213,9 @@ class Precond(nn.Module):
         self.sigma_max = hi
         self.net_dtype = _check_net_dtype(net_dtype)
 
-    def scalings(self, sigma: Tensor) -> Scalings:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def scalings(self, sigma: Tensor) -> Scalings:
+        """The coefficients (c_skip, c_out, c_in, c_noise) at noise levels ``sigma``."""
 
     def round_sigma(self, sigma: SigmaLike) -> Tensor:
         """Map sigma to a level the network supports: the identity for continuous-time models."""

@@ -209,8 +209,10 @@ def generalized_sample(
         scaling: s(t): "none" (1) or "vp" (1 / sqrt(1 + sigma(t)^2)).
         solver: "heun" (2nd-order rule with parameter ``alpha``) or "euler".
         alpha: in (0, 1]; 1 = Heun (trapezoidal), 0.5 = midpoint. Only used by the 2nd-order rule.
-        s_churn, s_tmin, s_tmax, s_noise: Algorithm 2's churn; ``s_churn = 0`` draws no noise (like
-            :func:`heun_sample`), ``s_churn > 0`` draws once per step (like :func:`stochastic_sample`).
+        s_churn, s_tmin, s_tmax, s_noise: Algorithm 2's churn. Noise is drawn once per step whatever
+            these settings (like :func:`stochastic_sample` and the paper's code), so sweeping ``s_churn``
+            never shifts the random stream; ``s_churn = 0`` gives the deterministic result. Pass
+            ``noise=`` (e.g. :class:`~edm_samplers.PerSampleNoise`) to keep torch's global RNG untouched.
         round_sigma: optional map of sigma_hat onto levels a discrete model supports.
         beta_d, beta_min: constants of the VP sigma(t).
         cond, noise, callback, dtype, progress, check_finite: as in :func:`euler_sample`. ``callback``
@@ -250,11 +252,10 @@ def generalized_sample(
         raise TypeError("round_sigma must be a callable mapping a tensor of sigmas to supported sigmas")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable as callback(info), got {type(callback).__name__}")
-    stochastic = s_churn > 0
-    src = as_noise_source(noise)  # type-checks noise; only drawn from when stochastic
+    src = as_noise_source(noise)
 
     n = s.numel() - 1
-    gammas = churn_gammas(s, s_churn, s_tmin, s_tmax) if stochastic else torch.zeros(n, dtype=torch.float64)
+    gammas = churn_gammas(s, s_churn, s_tmin, s_tmax)
     coords = _coords(schedule, bd, bm)
     table, host_hat, s_first, s_last = _table(
         s, coords, scaling, gammas, s_noise, a, round_sigma, x.shape[0], sdt, x.device
@@ -270,11 +271,9 @@ def generalized_sample(
     xs = x.to(sdt) * float(s_first)  # scaled state s(t_0) x_0
     for i in _progress(n, progress):
         c = table[i]
-        if stochastic:
-            eps = src.randn(xs.shape, dtype=sdt, device=x.device)
-            x_hat = torch.addcmul(xs * c.keep, eps, c.noise_scale)
-        else:
-            x_hat = xs
+        # Drawn on every step, also with zero churn (then noise_scale = 0 and keep = 1 exactly).
+        eps = src.randn(xs.shape, dtype=sdt, device=x.device)
+        x_hat = torch.addcmul(xs * c.keep, eps, c.noise_scale)
         x_hat_u = x_hat * c.inv_s_hat
         denoised = den(x_hat_u, c.sig_hat)
         d = x_hat * c.a_hat - denoised * c.b_hat
