@@ -1,67 +1,422 @@
 """Command line: ``edm-samplers <command>`` (also ``python -m edm_samplers``).
 
 Commands:
-    demo   sample a closed-form Gaussian-mixture model with every sampler at several step counts and
-           print how far each lands from the exact probability-flow ODE solution.
+    demo      sample the shipped digits model (or, without its weights, a closed-form Gaussian mixture),
+              write an image grid PNG and print an NFE-vs-quality table.
+    generate  seeds -> PNG grid and/or .npz, with any sampler and schedule of the library.
+    bench     the NFE sweeps: global error vs a reference ODE solution, Frechet distance and sliced
+              Wasserstein vs the true distribution, for every sampler and schedule (and peers).
+    fid       Inception-v3 FID of a folder of images against reference statistics (torch-fidelity).
+
+``generate`` and ``bench`` also run under ``torchrun --nproc_per_node=K``: seeds are split into fixed
+chunks dealt across ranks, every sample depends only on its seed, statistics are summed exactly across
+ranks (float64) and only rank 0 writes. Add ``--json`` for machine-readable output.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
+from torch import Tensor
 
 from . import __version__
-from .analytic import GaussianMixture
+from . import _bench as B
 from .noise import PerSampleNoise
-from .schedules import karras_sigmas
-from .solvers import count_nfe, euler_sample, heun_sample
+
+# ---- helpers -------------------------------------------------------------------------------------
 
 
-def _demo_model(dim: int = 16, k: int = 8) -> GaussianMixture:
-    g = torch.Generator().manual_seed(0)
-    means = torch.randn(k, dim, generator=g, dtype=torch.float64)
-    stds = 0.05 + 0.2 * torch.rand(k, generator=g, dtype=torch.float64)
-    return GaussianMixture(means, stds)
+def _parse_seeds(text: str) -> list[int]:
+    """'0-63', '1,5,9' or '0-9,20-29' -> list of ints."""
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "-" in part:
+            a, b = part.split("-", 1)
+            lo, hi = int(a), int(b)
+            if hi < lo:
+                raise argparse.ArgumentTypeError(f"seed range {part!r} is empty; write low-high")
+            out.extend(range(lo, hi + 1))
+        else:
+            out.append(int(part))
+    if not out or any(s < 0 for s in out):
+        raise argparse.ArgumentTypeError(f"seeds must be non-negative ints like 0-63 or 1,2,3; got {text!r}")
+    return out
+
+
+def save_grid(images: Tensor, path: Path, *, scale: int = 4, pad: int = 1) -> None:
+    """Write ``[N, C, H, W]`` images in [-1, 1] as one PNG grid (needs pillow: the ``cli`` extra)."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ImportError("writing PNG images needs pillow: pip install 'edm-samplers[cli]'") from None
+    x = ((images.detach().to(torch.float32).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+    n, c, h, w = x.shape
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    grid = torch.full((c, rows * (h + pad) + pad, cols * (w + pad) + pad), 255, dtype=torch.uint8)
+    for i in range(n):
+        r, q = divmod(i, cols)
+        grid[:, pad + r * (h + pad) : pad + r * (h + pad) + h, pad + q * (w + pad) : pad + q * (w + pad) + w] = x[i]
+    arr = grid.permute(1, 2, 0).numpy()
+    img = Image.fromarray(arr[:, :, 0] if c == 1 else arr)
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+
+
+def _model(name: str) -> tuple[B.Problem, bool]:
+    """(problem, is_image) for --model."""
+    if name == "digits":
+        return B.digits_model_nodata(), True
+    if name in B.PROBLEMS:
+        p = B.PROBLEMS[name]()
+        return p, len(p.shape) == 3
+    raise SystemExit(f"--model must be one of digits, {', '.join(B.PROBLEMS)}; got {name!r}")
+
+
+def _sample_chunks(problem: B.Problem, fn: Any, kwargs: dict[str, Any], seeds: Sequence[int], sigmas: Tensor,
+                   chunk: int, progress: bool) -> tuple[list[tuple[int, Tensor]], int]:  # fmt: skip
+    """Sample this rank's chunks; returns [(global start, samples)] and the NFE per sample."""
+    out = []
+    nfe = 0
+    chunks = list(B.iter_chunks(seeds, chunk))
+    bar = B._bar(len(chunks), progress, "generate")
+    for start, sd in chunks:
+        src = PerSampleNoise(sd)
+        lat = src.randn((len(sd), *problem.shape), dtype=torch.float64, device=torch.device("cpu"))
+        x = lat.to(problem.dtype) * float(sigmas[0])
+        den = B.CountingDenoiser(problem.denoiser)
+        with torch.no_grad():
+            out.append((start, fn(den, x, sigmas, noise=src, dtype=problem.dtype, **kwargs)))
+        nfe = den.calls
+        bar.update(1)
+    bar.close()
+    return out, nfe
+
+
+def _nfe_counter(fn: Any, kwargs: dict[str, Any], shape: Sequence[int]) -> Any:
+    """steps -> NFE of ``fn`` on the karras schedule, measured on a trivial denoiser."""
+
+    def nfe(n: int) -> int:
+        sig = B.make_sigmas("karras", n)
+        return B.measure_nfe(lambda d: fn(d, torch.zeros(1, *shape), sig, noise=PerSampleNoise([0]), **kwargs))
+
+    return nfe
+
+
+def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
+    if B.dist_info()[0] != 0:
+        return
+    print(json.dumps(payload, indent=2) if args.json else text)
+
+
+# ---- demo ----------------------------------------------------------------------------------------
 
 
 def _demo(args: argparse.Namespace) -> int:
-    gm = _demo_model()
-    seeds = range(args.samples)
-    x0 = PerSampleNoise(seeds).randn((args.samples, gm.dim), dtype=torch.float64, device=torch.device("cpu")) * 80.0
     t0 = time.perf_counter()
-    reference = heun_sample(gm, x0, karras_sigmas(1024))  # converged to ~1e-7 (order 2)
+    try:
+        problem = B.digits_model_nodata()
+    except FileNotFoundError:
+        return _demo_analytic(args, t0)
+    seeds = list(range(args.samples))
+    avail = B.available_samplers()
+    shown = [s for s in ("euler", "heun", "dpmpp_2m", "unipc") if s in avail]
+    # Reference: the same seeds through the converged ODE (Heun, 128 steps: ~1e-4 from the limit).
+    heun = avail["heun"][1]
+    ref_sig = B.make_sigmas("karras", 128)
+    ref = torch.cat([c for _, c in _sample_chunks(problem, heun, {}, seeds, ref_sig, 256, False)[0]])
+    feats_ref = problem.features(ref)
     rows = []
-    for steps in args.steps:
-        sig = karras_sigmas(steps)
-        for name, fn, method in (("euler", euler_sample, "euler"), ("heun", heun_sample, "heun")):
-            out = fn(gm, x0, sig)
-            err = float((out - reference).norm(dim=1).mean() / reference.norm(dim=1).mean())
-            rows.append({"sampler": name, "steps": steps, "nfe": count_nfe(sig, method), "rel_error": err})  # type: ignore[arg-type]
-    if args.json:
-        print(json.dumps({"problem": "gaussian-mixture-16d", "rows": rows}, indent=2))
-    else:
-        print(f"edm_samplers {__version__}: {args.samples} samples of a 16-D Gaussian mixture, exact denoiser")
-        print(f"{'sampler':<8} {'steps':>5} {'NFE':>5} {'rel. error vs converged ODE':>28}")
-        for r in rows:
-            print(f"{r['sampler']:<8} {r['steps']:>5} {r['nfe']:>5} {r['rel_error']:>28.2e}")
-        print(f"({time.perf_counter() - t0:.1f} s)")
+    for nfe_target in args.nfe:
+        for name in shown:
+            spec, fn = avail[name]
+            steps = B.steps_for_nfe(_nfe_counter(fn, spec.kwargs, problem.shape), [nfe_target])
+            if not steps:
+                continue
+            sig = B.make_sigmas("karras", steps[0])
+            parts, nfe = _sample_chunks(problem, fn, spec.kwargs, seeds, sig, 256, False)
+            out = torch.cat([c for _, c in parts])
+            err = float(
+                (out - ref).reshape(len(seeds), -1).norm(dim=1).mean() / ref.reshape(len(seeds), -1).norm(dim=1).mean()
+            )
+            from .metrics import frechet_distance
+
+            fd = frechet_distance(problem.features(out), feats_ref)
+            rows.append({"sampler": name, "steps": steps[0], "nfe": nfe, "rel_error": err, "frechet_to_converged": fd})
+    grid_sig = B.make_sigmas("karras", 18)
+    parts, _ = _sample_chunks(problem, heun, {}, list(range(64)), grid_sig, 64, False)
+    png = Path(args.out)
+    save_grid(parts[0][1], png, scale=6)
+    payload = {"model": "digits", "samples": args.samples, "png": str(png), "rows": rows,
+               "seconds": time.perf_counter() - t0}  # fmt: skip
+    lines = [
+        f"edm_samplers {__version__}: shipped digits model, {args.samples} seeds; grid of 64 (Heun, 35 NFE) -> {png}",
+        "quality vs the converged ODE solution of the same seeds (Heun, 255 NFE):",
+        f"{'sampler':<10}{'steps':>6}{'NFE':>5}{'rel. error':>12}{'Frechet (features)':>20}",
+    ]
+    lines += [f"{r['sampler']:<10}{r['steps']:>6}{r['nfe']:>5}{r['rel_error']:>12.3e}{r['frechet_to_converged']:>20.3e}"
+              for r in rows]  # fmt: skip
+    lines.append(f"({payload['seconds']:.1f} s)")
+    _emit(args, payload, "\n".join(lines))
     return 0
+
+
+def _demo_analytic(args: argparse.Namespace, t0: float) -> int:
+    """Fallback demo on a 16-D Gaussian mixture (exact denoiser) when the digits weights are absent."""
+    from .analytic import GaussianMixture
+    from .reference import ode_reference
+
+    g = torch.Generator().manual_seed(0)
+    gm = GaussianMixture(torch.randn(8, 16, generator=g, dtype=torch.float64),
+                         0.05 + 0.2 * torch.rand(8, generator=g, dtype=torch.float64))  # fmt: skip
+    seeds = list(range(args.samples))
+    x0 = PerSampleNoise(seeds).randn((len(seeds), 16), dtype=torch.float64, device=torch.device("cpu")) * 80.0
+    ref = ode_reference(gm, x0, B.make_sigmas("karras", 4), rtol=1e-9, atol=1e-9)
+    avail = B.available_samplers()
+    rows = []
+    for nfe_target in args.nfe:
+        for name in [s for s in ("euler", "heun", "dpmpp_2m", "unipc") if s in avail]:
+            fn = avail[name][1]
+            steps = B.steps_for_nfe(_nfe_counter(fn, {}, (16,)), [nfe_target])
+            if not steps:
+                continue
+            den = B.CountingDenoiser(gm)
+            out = fn(den, x0, B.make_sigmas("karras", steps[0]), dtype=torch.float64)
+            err = float((out - ref).norm(dim=1).mean() / ref.norm(dim=1).mean())
+            rows.append({"sampler": name, "steps": steps[0], "nfe": den.calls, "rel_error": err})
+    payload = {"model": "gaussian-mixture-16d", "rows": rows, "seconds": time.perf_counter() - t0}
+    lines = [
+        f"edm_samplers {__version__}: digits weights not found; {args.samples} samples of a 16-D Gaussian "
+        "mixture (exact denoiser); error vs the exact ODE solution (Dormand-Prince reference)",
+        f"{'sampler':<10}{'steps':>6}{'NFE':>5}{'rel. error':>12}",
+    ]
+    lines += [f"{r['sampler']:<10}{r['steps']:>6}{r['nfe']:>5}{r['rel_error']:>12.3e}" for r in rows]
+    lines.append(f"({payload['seconds']:.1f} s)")
+    _emit(args, payload, "\n".join(lines))
+    return 0
+
+
+# ---- generate ------------------------------------------------------------------------------------
+
+
+def _generate(args: argparse.Namespace) -> int:
+    B.init_distributed()
+    rank, world = B.dist_info()
+    problem, is_image = _model(args.model)
+    avail = B.available_samplers()
+    if args.sampler not in avail:
+        raise SystemExit(f"--sampler must be one of {', '.join(avail)}; got {args.sampler!r}")
+    spec, fn = avail[args.sampler]
+    kwargs = dict(spec.kwargs)
+    for kv in args.opt or []:
+        k, _, v = kv.partition("=")
+        kwargs[k] = float(v) if v.replace(".", "", 1).replace("e", "", 1).replace("-", "").isdigit() else v
+    try:
+        sigmas = B.make_sigmas(args.schedule, args.steps, problem.sigma_min, problem.sigma_max)
+    except ValueError as e:
+        raise SystemExit(f"--schedule {args.schedule} --steps {args.steps}: {e}") from None
+    seeds = args.seeds
+    t0 = time.perf_counter()
+    parts, nfe = _sample_chunks(problem, fn, kwargs, seeds, sigmas, args.batch, args.progress and rank == 0)
+    feats_dim = None
+    stats = None
+    if parts:
+        f = problem.features(parts[0][1])
+        feats_dim = f.shape[1]
+    from .metrics import FeatureStats
+
+    # Every rank needs the dim even if it got no chunk: the features' width is fixed per model.
+    if feats_dim is None:
+        feats_dim = problem.features(torch.zeros(2, *problem.shape, dtype=problem.dtype)).shape[1]
+    stats = FeatureStats(feats_dim)
+    for _, s in parts:
+        stats.update(problem.features(s))
+    stats.all_reduce()
+    # Samples are written per rank-chunk into one file by rank 0 only: ranks send nothing but statistics,
+    # so each rank writes its own shard file when several ranks run (rank 0 writes the summary).
+    out_npz = Path(args.out) if args.out else None
+    written = []
+    if out_npz is not None:
+        samples = torch.cat([s for _, s in parts]) if parts else torch.zeros(0, *problem.shape)
+        my_seeds = [seeds[a + i] for a, s in parts for i in range(s.shape[0])]
+        target = out_npz if world == 1 else out_npz.with_name(f"{out_npz.stem}.rank{rank}{out_npz.suffix}")
+        if target.suffix == ".npz":
+            import numpy as np
+
+            target.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(target, samples=samples.to(torch.float32).numpy(), seeds=np.asarray(my_seeds, dtype=np.int64))
+        elif is_image and target.suffix == ".png":
+            save_grid(samples, target)
+        else:
+            raise SystemExit("--out must end in .npz, or .png for image models")
+        written.append(str(target))
+    mu, cov = stats.mean_cov() if stats.n >= 2 else (None, None)
+    if args.stats and rank == 0 and stats.n >= 2:
+        stats.save(args.stats)
+    payload = {
+        "model": args.model, "sampler": args.sampler, "schedule": args.schedule, "steps": args.steps,
+        "nfe_per_sample": nfe, "num_samples": stats.n, "world_size": world, "files": written,
+        "stats_file": args.stats, "feature_mean_norm": None if mu is None else float(mu.norm()),
+        "feature_cov_trace": None if cov is None else float(cov.trace()), "seconds": time.perf_counter() - t0,
+    }  # fmt: skip
+    text = (f"{stats.n} samples ({args.sampler}, {args.schedule}, {args.steps} steps, {nfe} NFE) on {world} "
+            f"process(es) in {payload['seconds']:.1f} s; wrote {', '.join(written) or 'nothing'}")  # fmt: skip
+    _emit(args, payload, text)
+    return 0
+
+
+# ---- bench ---------------------------------------------------------------------------------------
+
+
+def _bench(args: argparse.Namespace) -> int:
+    B.init_distributed()
+    rank, _ = B.dist_info()
+    out_dir = Path(args.out)
+    payload: dict[str, Any] = {"machine": B.machine_info(), "command": " ".join(sys.argv), "problems": {}}
+    texts = []
+    for name in args.problems:
+        if name not in B.PROBLEMS:
+            raise SystemExit(f"--problems: unknown {name!r}; choose from {', '.join(B.PROBLEMS)}")
+        problem = B.PROBLEMS[name]()
+        res, meta = B.sweep(
+            problem, samplers=args.samplers, schedules=args.schedules, nfes=args.nfe, num_samples=args.samples,
+            peers=not args.no_peers, cache_dir=None if args.no_cache else out_dir / "cache", chunk=args.batch,
+            progress=args.progress,
+            log=(lambda s: print(s, file=sys.stderr)) if args.verbose and rank == 0 else (lambda s: None),
+        )  # fmt: skip
+        reach = {f"{k[0]}/{k[1]}": v for k, v in B.nfe_to_reach(res, "global_error", args.error_threshold).items()}
+        payload["problems"][name] = {
+            "meta": meta,
+            "results": [r.as_dict() for r in res],
+            "nfe_to_reach_error": {"threshold": args.error_threshold, "nfe": reach},
+        }
+        texts.append(f"== {name}: {meta['description']} ({args.samples} seeds)")
+        if problem.exact or name == "digits-model":
+            texts += ["global RMS error vs the reference ODE solution:", B.format_table(res, "global_error", args.nfe)]
+        texts += ["Frechet distance vs the data distribution:", B.format_table(res, "frechet", args.nfe)]
+        if "floor" in meta:
+            texts.append(f"(finite-sample floor: Frechet {meta['floor']['frechet']:.2e}, "
+                         f"sliced W2 {meta['floor']['sliced_w2']:.2e})")  # fmt: skip
+        texts.append("notes: " + "; ".join(meta.get("peers", [])))
+        if rank == 0 and not args.no_plot:
+            for metric in ("global_error", "frechet", "sliced_w2"):
+                B.plot(res, metric, out_dir / f"{name}-{metric}.png", f"{name}: {metric} vs NFE")
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "results.json").write_text(json.dumps(payload, indent=1))
+    _emit(args, payload, "\n".join(texts))
+    return 0
+
+
+# ---- fid -----------------------------------------------------------------------------------------
+
+
+def _fid(args: argparse.Namespace) -> int:
+    try:
+        import torch_fidelity  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        raise SystemExit(
+            "fid needs torch-fidelity: pip install torch-fidelity (it uses Inception-v3 weights; place them "
+            "locally, e.g. in $TORCH_HOME/hub/checkpoints/weights-inception-2015-12-05-6726825d.pth, to work "
+            "offline)"
+        ) from None
+    import os
+
+    weights = args.inception_weights or os.environ.get("EDM_SAMPLERS_INCEPTION")
+    if weights is not None and not Path(weights).is_file():
+        raise SystemExit(f"--inception-weights {weights} does not exist")
+    if weights is None:
+        hub = Path(torch.hub.get_dir()) / "checkpoints"
+        found = list(hub.glob("weights-inception-2015-12-05-*.pth")) if hub.is_dir() else []
+        if not found:
+            raise SystemExit(
+                f"Inception-v3 weights not found under {hub} and --inception-weights not given; nothing is "
+                "downloaded at run time. Copy weights-inception-2015-12-05-6726825d.pth there (from a machine "
+                "with internet: python -c 'import torch_fidelity' then run torch-fidelity once)."
+            )
+        weights = str(found[0])
+    kw: dict[str, Any] = {"input1": args.images, "fid": True, "verbose": False, "cuda": torch.cuda.is_available(),
+                          "feature_extractor_weights_path": weights}  # fmt: skip
+    if args.ref_stats:
+        raise SystemExit(
+            "--ref-stats: compute FID against a folder (--ref) with torch-fidelity, or use "
+            "edm_samplers.metrics.load_stats + frechet_distance_from_stats on saved statistics"
+        )
+    kw["input2"] = args.ref
+    m = torch_fidelity.calculate_metrics(**kw)
+    fid = float(m["frechet_inception_distance"])
+    _emit(args, {"fid": fid, "images": args.images, "ref": args.ref},
+          f"FID {fid:.3f} ({args.images} vs {args.ref})")  # fmt: skip
+    return 0
+
+
+# ---- parser --------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edm-samplers", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--version", action="version", version=f"edm_samplers {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="sample a built-in model with every sampler and print a quality table")
-    d.add_argument("--samples", type=int, default=256)
-    d.add_argument("--steps", type=int, nargs="+", default=[4, 8, 18, 32])
+    samplers = list(B.available_samplers())
+
+    d = sub.add_parser("demo", help="sample the shipped model, write a PNG grid, print an NFE-vs-quality table")
+    d.add_argument("--samples", type=int, default=256, help="seeds for the quality table")
+    d.add_argument("--nfe", type=int, nargs="+", default=[5, 10, 20, 35], help="NFE budgets")
+    d.add_argument("--out", default="edm_samplers_demo.png", help="image grid path")
     d.add_argument("--json", action="store_true", help="print JSON instead of a table")
     d.set_defaults(func=_demo)
+
+    g = sub.add_parser("generate", help="seeds -> PNG grid / .npz with any sampler and schedule (torchrun-ready)")
+    g.add_argument("--model", default="digits", help=f"digits or one of {', '.join(B.PROBLEMS)}")
+    g.add_argument("--seeds", type=_parse_seeds, default=_parse_seeds("0-63"), help="e.g. 0-63 or 1,5,9")
+    g.add_argument("--sampler", default="heun", help=", ".join(samplers))
+    g.add_argument("--schedule", default="karras", choices=B.SCHEDULES)
+    g.add_argument("--steps", type=int, default=18)
+    g.add_argument("--opt", nargs="*", help="sampler knobs as key=value, e.g. s_churn=40")
+    g.add_argument("--batch", type=int, default=256, help="seeds per batch (fixed chunks of global seed positions)")
+    g.add_argument("--out", default=None, help="samples.npz, or grid.png for image models")
+    g.add_argument("--stats", default=None, help="write feature statistics (mu, sigma) to this .npz")
+    g.add_argument("--progress", action="store_true", help="tqdm progress bar (only on a terminal)")
+    g.add_argument("--json", action="store_true")
+    g.set_defaults(func=_generate)
+
+    b = sub.add_parser("bench", help="NFE sweeps: error vs reference, Frechet / sliced W vs truth (torchrun-ready)")
+    b.add_argument("--problems", nargs="+", default=["ring2d", "mixture64d"], help=", ".join(B.PROBLEMS))
+    b.add_argument("--samplers", nargs="+", default=None, help="default: all of the library")
+    b.add_argument("--schedules", nargs="+", default=["karras"], choices=B.SCHEDULES)
+    b.add_argument("--nfe", type=int, nargs="+", default=[3, 4, 5, 6, 8, 10, 12, 16, 20, 25, 35, 50, 70, 100])
+    b.add_argument("--samples", type=int, default=2000)
+    b.add_argument("--batch", type=int, default=1000)
+    b.add_argument("--error-threshold", type=float, default=1e-2, help="report the NFE reaching this RMS error")
+    b.add_argument("--out", default="bench_out", help="folder for results.json, plots and the reference cache")
+    b.add_argument("--no-peers", action="store_true", help="skip k-diffusion / diffusers")
+    b.add_argument("--no-cache", action="store_true", help="recompute the reference solutions")
+    b.add_argument("--no-plot", action="store_true")
+    b.add_argument("--progress", action="store_true")
+    b.add_argument("--verbose", action="store_true")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=_bench)
+
+    f = sub.add_parser("fid", help="Inception FID of an image folder vs a reference folder (torch-fidelity, offline)")
+    f.add_argument("images", help="folder of generated images (50,000 for the standard protocol)")
+    f.add_argument("--ref", required=True, help="folder of reference images")
+    f.add_argument("--ref-stats", default=None, help=argparse.SUPPRESS)
+    f.add_argument("--inception-weights", default=None, help="local Inception-v3 weights (.pth)")
+    f.add_argument("--json", action="store_true")
+    f.set_defaults(func=_fid)
     return p
 
 
