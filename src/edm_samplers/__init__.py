@@ -65,6 +65,16 @@ from .solvers import initial_x as initial_x
 from .solvers import stochastic_sample as stochastic_sample
 from .solvers.generalized import generalized_sample as generalized_sample
 from .solvers.graph import GraphedSampler as GraphedSampler
+from .solvers.multistep import deis_sample as deis_sample
+from .solvers.multistep import dpm2_sample as dpm2_sample
+from .solvers.multistep import dpmpp_2m_sample as dpmpp_2m_sample
+from .solvers.multistep import dpmpp_2m_sde_sample as dpmpp_2m_sde_sample
+from .solvers.multistep import dpmpp_3m_sample as dpmpp_3m_sample
+from .solvers.multistep import dpmpp_3m_sde_sample as dpmpp_3m_sde_sample
+from .solvers.multistep import euler_ancestral_sample as euler_ancestral_sample
+from .solvers.multistep import ipndm_sample as ipndm_sample
+from .solvers.multistep import lms_sample as lms_sample
+from .solvers.multistep import unipc_sample as unipc_sample
 
 try:
     __version__ = version("edm-samplers")
@@ -103,9 +113,16 @@ __all__ = [
     "clamp_sigmas",
     "clamp_to",
     "count_nfe",
+    "deis_sample",
+    "dpm2_sample",
+    "dpmpp_2m_sample",
+    "dpmpp_2m_sde_sample",
+    "dpmpp_3m_sample",
+    "dpmpp_3m_sde_sample",
     "edm_scalings",
     "edm_weight",
     "empirical_denoiser",
+    "euler_ancestral_sample",
     "euler_sample",
     "frechet_distance",
     "from_diffusers",
@@ -120,12 +137,15 @@ __all__ = [
     "iddpm_sigmas",
     "initial_x",
     "inverse_square_weight",
+    "ipndm_sample",
     "karras_sigmas",
+    "lms_sample",
     "loglinear_sigmas",
     "lognormal_sigmas",
     "loguniform_sigmas",
     "sigmas_from_alphas_cumprod",
     "stochastic_sample",
+    "unipc_sample",
     "ve_scalings",
     "ve_sigmas",
     "vp_scalings",

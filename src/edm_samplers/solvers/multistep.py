@@ -113,7 +113,13 @@ def _empty(n: int, k: int) -> tuple[F64, F64, F64, F64, F64]:
 
 
 def _plan_data(
-    s: F64, *, order: int, variant: Literal["exact", "2m", "unipc"], eta: float, stochastic: bool
+    s: F64,
+    *,
+    order: int,
+    variant: Literal["exact", "2m", "unipc"],
+    eta: float,
+    stochastic: bool,
+    lower_final: bool = False,
 ) -> MultistepPlan:
     """Data-family plans: DPM-Solver++ (2M as published, kM exact), UniPC-bh2, SDE variants (eta)."""
     n = s.shape[0] - 1
@@ -131,7 +137,7 @@ def _plan_data(
         a[i] = s[i + 1] / s[i] * math.exp(-eta * h)
         big_b = -math.expm1(-rate * h)
         noise[i] = s[i + 1] * math.sqrt(-math.expm1(-2.0 * eta * h)) if stochastic else 0.0
-        k = min(order, i + 1)
+        k = min(order, i + 1, n - i if lower_final else order)
         if k == 1:
             b[i, 0] = big_b
         elif variant == "2m" or (variant == "unipc" and k == 2):
@@ -161,14 +167,16 @@ def _plan_data(
     return MultistepPlan("data", a, e, b, tuple(nb), corr, tuple(ncorr), noise, stochastic)
 
 
-def _plan_derivative(s: F64, *, order: int, variant: Literal["lms", "ipndm", "deis"]) -> MultistepPlan:
+def _plan_derivative(
+    s: F64, *, order: int, variant: Literal["lms", "ipndm", "deis"], lower_final: bool = False
+) -> MultistepPlan:
     """Derivative-family plans: x_{i+1} = x_i + sum_j c_j d_{i-j}, d = (x - D) / sigma."""
     n = s.shape[0] - 1
     lam = _lambdas(s)
     a, e, b, corr, noise = _empty(n, order)
     nb: list[int] = []
     for i in range(n):
-        k = min(order, i + 1)
+        k = min(order, i + 1, n - i if lower_final else order)
         if variant == "deis" and s[i + 1] == 0:
             e[i] = 1.0  # final step to 0: x_N = D_{N-1} exactly (log sigma = -inf: no extrapolation)
             nb.append(0)
