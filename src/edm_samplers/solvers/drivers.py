@@ -211,6 +211,7 @@ class _Plan:
             if src is not None:
                 eps = src.randn(x.shape, dtype=sdt, device=device)
                 x_hat = self._churn(x, eps, c.noise_scale, out=out)
+                del eps  # free the draw before the next one: one noise tensor alive at a time
             else:
                 x_hat = x
             if self.method == "heun" and host[i + 1] > 0:
