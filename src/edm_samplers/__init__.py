@@ -5,6 +5,7 @@ The public API is exactly what this module exports; everything in ``_``-prefixed
 
 from importlib.metadata import PackageNotFoundError, version
 
+from . import models as models
 from ._types import Callback as Callback
 from ._types import Denoiser as Denoiser
 from ._types import NoiseSource as NoiseSource
@@ -143,6 +144,7 @@ __all__ = [
     "loglinear_sigmas",
     "lognormal_sigmas",
     "loguniform_sigmas",
+    "models",
     "sigmas_from_alphas_cumprod",
     "stochastic_sample",
     "unipc_sample",
