@@ -9,7 +9,8 @@ image (seeds 0..897, :func:`edm_samplers.generate`), and clipped to [-1, 1]. Fre
 computed in two feature spaces: the shipped classifier's 64-d features
 (:func:`edm_samplers.models.digits_features`) and raw pixels (64-d). The reference is real-vs-real:
 FD(B, A); the model's number is FD(generated, A), from sets of the same sizes, so the finite-sample
-bias matches. Prints one JSON object.
+bias matches. Also reports nearest-neighbour pixel distances to half A (a memorisation check) and
+the classifier's class counts of the samples. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -81,6 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         counts = torch.bincount(clf(gen).argmax(1), minlength=10)
     res["predicted_class_counts"] = counts.tolist()
+    # memorisation check: pixel L2 distance from each image to its nearest neighbour in half A, for the
+    # generated set and for real half B (the model saw both halves in training; a model that copies
+    # training images would have much smaller distances than real B does)
+    for name, q in (("generated", pix["g"]), ("real_b", pix["b"])):
+        nn_d = torch.cdist(q, pix["a"]).min(1).values
+        res[f"nn_l2_{name}_to_a_p10_median"] = [
+            round(float(v), 3) for v in nn_d.quantile(torch.tensor([0.1, 0.5]).double())
+        ]
     print(json.dumps(res, indent=2))
     if args.png is not None:
         image_grid(gen[: args.grid], args.png)
