@@ -6,9 +6,10 @@ translation. The applied parameters are returned as a label vector per image (al
 was applied) that the network receives as conditioning (``augment_labels``); at sampling time the
 label is zero, so the model generates un-augmented images: the augmentation does not "leak".
 
-Flips and integer translations move whole pixels (exact; translation reflects at the border); the
-other transforms are combined into one affine map per image and resampled with bilinear
-``grid_sample`` and reflection padding. Rows where no resampling transform was applied keep their
+Flips and integer translations move whole pixels (exact; integer translation reflects about the edge
+pixel, without repeating it); the other transforms are combined into one affine map per image and
+resampled with bilinear ``grid_sample`` and reflection padding (which reflects about the image border,
+so the edge pixel repeats once). Rows where no resampling transform was applied keep their
 exact pixels. Everything is torch, on the images' device.
 
 Label layout (``AugmentPipe.label_dim = 10`` numbers per image), zero = identity:
