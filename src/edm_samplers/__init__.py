@@ -33,7 +33,12 @@ from .loss import inverse_square_weight as inverse_square_weight
 from .loss import lognormal_sigmas as lognormal_sigmas
 from .loss import loguniform_sigmas as loguniform_sigmas
 from .loss import vp_training_sigmas as vp_training_sigmas
+from .metrics import FeatureStats as FeatureStats
 from .metrics import frechet_distance as frechet_distance
+from .metrics import frechet_distance_from_stats as frechet_distance_from_stats
+from .metrics import load_stats as load_stats
+from .metrics import mmd_rbf as mmd_rbf
+from .metrics import sliced_wasserstein as sliced_wasserstein
 from .noise import GlobalNoise as GlobalNoise
 from .noise import PerSampleNoise as PerSampleNoise
 from .noise import PrecomputedNoise as PrecomputedNoise
@@ -48,6 +53,13 @@ from .precond import iddpm_scalings as iddpm_scalings
 from .precond import iDDPMPrecond as iDDPMPrecond
 from .precond import ve_scalings as ve_scalings
 from .precond import vp_scalings as vp_scalings
+from .reference import ReferenceInfo as ReferenceInfo
+from .reference import ode_reference as ode_reference
+from .reference import solve_ode as solve_ode
+from .schedule_opt import ScheduleSearch as ScheduleSearch
+from .schedule_opt import load_schedule as load_schedule
+from .schedule_opt import optimize_schedule as optimize_schedule
+from .schedule_opt import save_schedule as save_schedule
 from .schedules import append_zero as append_zero
 from .schedules import clamp_sigmas as clamp_sigmas
 from .schedules import iddpm_grid as iddpm_grid
@@ -92,6 +104,7 @@ __all__ = [
     "Denoiser",
     "EDMLoss",
     "EDMPrecond",
+    "FeatureStats",
     "GaussianMixture",
     "GlobalNoise",
     "GraphedSampler",
@@ -103,7 +116,9 @@ __all__ = [
     "PowerEMA",
     "PrecomputedNoise",
     "Precond",
+    "ReferenceInfo",
     "Scalings",
+    "ScheduleSearch",
     "StepInfo",
     "VELoss",
     "VEPrecond",
@@ -126,6 +141,7 @@ __all__ = [
     "euler_ancestral_sample",
     "euler_sample",
     "frechet_distance",
+    "frechet_distance_from_stats",
     "from_diffusers",
     "gaussian_ode_solution",
     "generalized_sample",
@@ -141,11 +157,19 @@ __all__ = [
     "ipndm_sample",
     "karras_sigmas",
     "lms_sample",
+    "load_schedule",
+    "load_stats",
     "loglinear_sigmas",
     "lognormal_sigmas",
     "loguniform_sigmas",
+    "mmd_rbf",
     "models",
+    "ode_reference",
+    "optimize_schedule",
+    "save_schedule",
     "sigmas_from_alphas_cumprod",
+    "sliced_wasserstein",
+    "solve_ode",
     "stochastic_sample",
     "unipc_sample",
     "ve_scalings",

@@ -327,7 +327,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _fid(args: argparse.Namespace) -> int:
     try:
-        import torch_fidelity  # type: ignore[import-not-found, unused-ignore]
+        import torch_fidelity
     except ImportError:
         raise SystemExit(
             "fid needs torch-fidelity: pip install torch-fidelity (it uses Inception-v3 weights; place them "

@@ -4,6 +4,7 @@
   :class:`~edm_samplers.precond.EDMPrecond` to get a denoiser).
 - :func:`digits`: the shipped denoiser for 1x8x8 digits in [-1, 1], trained with the EDM loss on
   scikit-learn's ``load_digits`` (see ``docs/training.md``); loads offline, no download.
+- :func:`digits_schedule`: step schedules tuned for the digits model per solver and NFE.
 - :func:`digits_features`: features of a small shipped digits classifier, the space in which
   :func:`~edm_samplers.frechet_distance` compares generated and real digits.
 """
@@ -11,7 +12,17 @@
 from .digits import digits as digits
 from .digits import digits_classifier as digits_classifier
 from .digits import digits_features as digits_features
+from .schedules import digits_schedule as digits_schedule
+from .schedules import digits_schedules as digits_schedules
 from .unet import FourierEmbedding as FourierEmbedding
 from .unet import UNet as UNet
 
-__all__ = ["FourierEmbedding", "UNet", "digits", "digits_classifier", "digits_features"]
+__all__ = [
+    "FourierEmbedding",
+    "UNet",
+    "digits",
+    "digits_classifier",
+    "digits_features",
+    "digits_schedule",
+    "digits_schedules",
+]

@@ -107,7 +107,8 @@ def digits(device: torch.device | str | None = None) -> EDMPrecond:
     """The shipped digits denoiser D(x; sigma) for ``[B, 1, 8, 8]`` images in [-1, 1], in eval mode.
 
     An :class:`~edm_samplers.precond.EDMPrecond` (sigma_data = 0.5, valid range [0.002, 80]) around a
-    1.03M-parameter :class:`UNet` (``digits.json`` holds its configuration) holding the EMA weights (stored in float16, loaded as float32).
+    1.03M-parameter :class:`UNet` (``digits.json`` holds its configuration) holding the EMA weights
+    (stored in float16, loaded as float32).
     Unconditional: call it as ``denoiser(x, sigma)``.
 
     Example::
