@@ -48,8 +48,9 @@ def evaluate(f: Any, den: Any, x0: torch.Tensor, sig: torch.Tensor, ref: torch.T
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nfe", type=int, nargs="+", default=[5, 10])
-    ap.add_argument("--batch", type=int, default=64, help="evaluation and calibration batch size")
-    ap.add_argument("--max-evals", type=int, default=200, help="sampling runs per schedule search")
+    ap.add_argument("--batch", type=int, default=256, help="evaluation batch size")
+    ap.add_argument("--calib-batch", type=int, default=256, help="calibration batch size (other seeds)")
+    ap.add_argument("--max-evals", type=int, default=400, help="sampling runs per schedule search")
     ap.add_argument("--solvers", nargs="*", default=None, help="library solvers to tune (default: all)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -61,7 +62,7 @@ def main() -> None:
     peers: dict[str, tuple[Any, int]] = {k: (v, 1) for k, v in sa.peers_diffusers().items()}
     peers.update(sa.peers_kdiffusion())
     evals = sa.problems(args.batch)
-    calibs = {k: v[1] for k, v in _calibration(args.batch).items()}
+    calibs = {k: v[1] for k, v in _calibration(args.calib_batch).items()}
     results: dict[str, Any] = {}
     for pname, (den, z) in evals.items():
         x0 = z * SIG_MAX
