@@ -1,4 +1,4 @@
-"""Command line: help, demo, generate (PNG / npz / JSON), bench on a small problem, fid's clear errors."""
+"""Command line: help, demo, generate (PNG / npz / JSON), bench on a small problem (fid: tests/test_fid.py)."""
 
 from __future__ import annotations
 
@@ -60,14 +60,3 @@ def test_bench_small(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert by[("euler", 10)]["global_error"] < by[("euler", 5)]["global_error"]
     assert by[("stochastic", 9)]["global_error"] is None and by[("stochastic", 9)]["frechet"] > 0
     assert (tmp_path / "results.json").is_file()
-
-
-def test_fid_fails_clearly_without_torch_fidelity(tmp_path: Path) -> None:
-    try:
-        import torch_fidelity  # noqa: F401
-    except ImportError:
-        with pytest.raises(SystemExit, match="torch-fidelity"):
-            main(["fid", str(tmp_path), "--ref", str(tmp_path)])
-    else:
-        with pytest.raises(SystemExit, match="Inception"):
-            main(["fid", str(tmp_path), "--ref", str(tmp_path), "--inception-weights", str(tmp_path / "none.pth")])

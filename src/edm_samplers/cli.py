@@ -6,11 +6,15 @@ Commands:
     generate  seeds -> PNG grid and/or .npz, with any sampler and schedule of the library.
     bench     the NFE sweeps: global error vs a reference ODE solution, Frechet distance and sliced
               Wasserstein vs the true distribution, for every sampler and schedule (and peers).
-    fid       Inception-v3 FID of a folder of images against reference statistics (torch-fidelity).
+    fid       Inception-v3 FID (torch-fidelity's network, local weights only) of a folder of images or of
+              images generated on the fly from a model, against a folder or a mu/sigma .npz file.
 
-``generate`` and ``bench`` also run under ``torchrun --nproc_per_node=K``: seeds are split into fixed
-chunks dealt across ranks, every sample depends only on its seed, statistics are summed exactly across
-ranks (float64) and only rank 0 writes. Add ``--json`` for machine-readable output.
+Models (--model): digits (shipped), the named problems, or diffusers:PATH (a local diffusers
+UNet2DModel checkpoint with its scheduler config, wrapped by edm_samplers.from_diffusers).
+
+``generate``, ``bench`` and ``fid`` also run under ``torchrun --nproc_per_node=K``: seeds are split into
+fixed chunks dealt across ranks, every sample depends only on its seed, statistics are summed exactly
+across ranks (float64) and only rank 0 writes. Add ``--json`` for machine-readable output.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from torch import Tensor
 
 from . import __version__
 from . import _bench as B
+from . import _fid as F
+from .metrics import FeatureStats, frechet_distance_from_stats, load_stats
 from .noise import PerSampleNoise
 
 # ---- helpers -------------------------------------------------------------------------------------
@@ -60,7 +66,7 @@ def save_grid(images: Tensor, path: Path, *, scale: int = 4, pad: int = 1) -> No
         from PIL import Image
     except ImportError:
         raise ImportError("writing PNG images needs pillow: pip install 'edm-samplers[cli]'") from None
-    x = ((images.detach().to(torch.float32).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+    x = F.to_uint8(images).cpu()
     n, c, h, w = x.shape
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
@@ -76,34 +82,84 @@ def save_grid(images: Tensor, path: Path, *, scale: int = 4, pad: int = 1) -> No
     img.save(path)
 
 
-def _model(name: str) -> tuple[B.Problem, bool]:
-    """(problem, is_image) for --model."""
+DIFFUSERS = "diffusers:"
+
+
+def _no_features(x: Tensor) -> Tensor:
+    raise SystemExit("statistics of a diffusers model are Inception features: use edm-samplers fid --save-stats")
+
+
+def _device(name: str | None) -> torch.device:
+    """--device, defaulting to this rank's CUDA device when there is one."""
+    if name:
+        return torch.device(name)
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _model(name: str, device: torch.device | None = None) -> tuple[B.Problem, bool, torch.device]:
+    """(problem, is_image, device to sample on) for --model; built-in models sample on the CPU."""
+    cpu = torch.device("cpu")
     if name == "digits":
-        return B.digits_model_nodata(), True
+        return B.digits_model_nodata(), True, cpu
     if name in B.PROBLEMS:
         p = B.PROBLEMS[name]()
-        return p, len(p.shape) == 3
-    raise SystemExit(f"--model must be one of digits, {', '.join(B.PROBLEMS)}; got {name!r}")
+        return p, len(p.shape) == 3, cpu
+    if name.startswith(DIFFUSERS):
+        dev = device or _device(None)
+        den, shape, smin, smax = F.load_diffusers(name[len(DIFFUSERS) :], dev)
+
+        def truth(n: int) -> Tensor:
+            raise SystemExit(f"{name} has no known data distribution; compare it with edm-samplers fid")
+
+        p = B.Problem(name, den, shape, truth, _no_features, sigma_min=smin, sigma_max=smax, dtype=torch.float32,
+                      exact=False, description=f"diffusers checkpoint {name[len(DIFFUSERS) :]}")  # fmt: skip
+        return p, True, dev
+    raise SystemExit(f"--model must be one of digits, {', '.join(B.PROBLEMS)} or diffusers:PATH; got {name!r}")
+
+
+def _sample_chunk(problem: B.Problem, fn: Any, kwargs: dict[str, Any], seeds: Sequence[int], sigmas: Tensor,
+                  device: torch.device) -> tuple[Tensor, int]:  # fmt: skip
+    """Samples of ``seeds`` (one batch) on ``device`` and the NFE per sample; latents drawn per seed on the CPU."""
+    src = PerSampleNoise(seeds)
+    lat = src.randn((len(seeds), *problem.shape), dtype=torch.float64, device=torch.device("cpu"))
+    x = lat.to(device=device, dtype=problem.dtype) * float(sigmas[0])
+    den = B.CountingDenoiser(problem.denoiser)
+    with torch.no_grad():
+        out = fn(den, x, sigmas, noise=src, dtype=problem.dtype, **kwargs)
+    return out, den.calls
 
 
 def _sample_chunks(problem: B.Problem, fn: Any, kwargs: dict[str, Any], seeds: Sequence[int], sigmas: Tensor,
-                   chunk: int, progress: bool) -> tuple[list[tuple[int, Tensor]], int]:  # fmt: skip
-    """Sample this rank's chunks; returns [(global start, samples)] and the NFE per sample."""
+                   chunk: int, progress: bool, device: torch.device | None = None,
+                   ) -> tuple[list[tuple[int, Tensor]], int]:  # fmt: skip
+    """Sample this rank's chunks; returns [(global start, samples on the CPU)] and the NFE per sample."""
     out = []
     nfe = 0
     chunks = list(B.iter_chunks(seeds, chunk))
     bar = B._bar(len(chunks), progress, "generate")
     for start, sd in chunks:
-        src = PerSampleNoise(sd)
-        lat = src.randn((len(sd), *problem.shape), dtype=torch.float64, device=torch.device("cpu"))
-        x = lat.to(problem.dtype) * float(sigmas[0])
-        den = B.CountingDenoiser(problem.denoiser)
-        with torch.no_grad():
-            out.append((start, fn(den, x, sigmas, noise=src, dtype=problem.dtype, **kwargs)))
-        nfe = den.calls
+        x, nfe = _sample_chunk(problem, fn, kwargs, sd, sigmas, device or torch.device("cpu"))
+        out.append((start, x.cpu()))
         bar.update(1)
     bar.close()
     return out, nfe
+
+
+def _sampler_setup(args: argparse.Namespace, problem: B.Problem) -> tuple[Any, dict[str, Any], Tensor]:
+    """(sampler function, its knobs, sigmas) from --sampler / --opt / --schedule / --steps."""
+    avail = B.available_samplers()
+    if args.sampler not in avail:
+        raise SystemExit(f"--sampler must be one of {', '.join(avail)}; got {args.sampler!r}")
+    spec, fn = avail[args.sampler]
+    kwargs = dict(spec.kwargs)
+    for kv in args.opt or []:
+        k, _, v = kv.partition("=")
+        kwargs[k] = float(v) if v.replace(".", "", 1).replace("e", "", 1).replace("-", "").isdigit() else v
+    try:
+        sigmas = B.make_sigmas(args.schedule, args.steps, problem.sigma_min, problem.sigma_max)
+    except ValueError as e:
+        raise SystemExit(f"--schedule {args.schedule} --steps {args.steps}: {e}") from None
+    return fn, kwargs, sigmas
 
 
 def _nfe_counter(fn: Any, kwargs: dict[str, Any], shape: Sequence[int]) -> Any:
@@ -216,36 +272,30 @@ def _demo_analytic(args: argparse.Namespace, t0: float) -> int:
 def _generate(args: argparse.Namespace) -> int:
     B.init_distributed()
     rank, world = B.dist_info()
-    problem, is_image = _model(args.model)
-    avail = B.available_samplers()
-    if args.sampler not in avail:
-        raise SystemExit(f"--sampler must be one of {', '.join(avail)}; got {args.sampler!r}")
-    spec, fn = avail[args.sampler]
-    kwargs = dict(spec.kwargs)
-    for kv in args.opt or []:
-        k, _, v = kv.partition("=")
-        kwargs[k] = float(v) if v.replace(".", "", 1).replace("e", "", 1).replace("-", "").isdigit() else v
-    try:
-        sigmas = B.make_sigmas(args.schedule, args.steps, problem.sigma_min, problem.sigma_max)
-    except ValueError as e:
-        raise SystemExit(f"--schedule {args.schedule} --steps {args.steps}: {e}") from None
+    is_diffusers = args.model.startswith(DIFFUSERS)
+    if is_diffusers and args.stats:
+        raise SystemExit("--stats: for a diffusers model use edm-samplers fid --model ... --save-stats (Inception)")
+    problem, is_image, device = _model(args.model, _device(args.device) if is_diffusers else None)
+    fn, kwargs, sigmas = _sampler_setup(args, problem)
     seeds = args.seeds
     t0 = time.perf_counter()
-    parts, nfe = _sample_chunks(problem, fn, kwargs, seeds, sigmas, args.batch, args.progress and rank == 0)
+    parts, nfe = _sample_chunks(problem, fn, kwargs, seeds, sigmas, args.batch, args.progress and rank == 0, device)
     feats_dim = None
     stats = None
-    if parts:
+    if parts and not is_diffusers:
         f = problem.features(parts[0][1])
         feats_dim = f.shape[1]
-    from .metrics import FeatureStats
 
     # Every rank needs the dim even if it got no chunk: the features' width is fixed per model.
     if feats_dim is None:
-        feats_dim = problem.features(torch.zeros(2, *problem.shape, dtype=problem.dtype)).shape[1]
+        feats_dim = (
+            1 if is_diffusers else problem.features(torch.zeros(2, *problem.shape, dtype=problem.dtype)).shape[1]
+        )
     stats = FeatureStats(feats_dim)
-    for _, s in parts:
-        stats.update(problem.features(s))
-    stats.all_reduce()
+    if not is_diffusers:  # a diffusers model's statistics live in Inception space: edm-samplers fid
+        for _, s in parts:
+            stats.update(problem.features(s))
+    stats.all_reduce(group=F.stats_group())
     # Samples are written per rank-chunk into one file by rank 0 only: ranks send nothing but statistics,
     # so each rank writes its own shard file when several ranks run (rank 0 writes the summary).
     out_npz = Path(args.out) if args.out else None
@@ -264,16 +314,17 @@ def _generate(args: argparse.Namespace) -> int:
         else:
             raise SystemExit("--out must end in .npz, or .png for image models")
         written.append(str(target))
+    num = len(seeds) if is_diffusers else stats.n  # every seed is sampled by exactly one rank
     mu, cov = stats.mean_cov() if stats.n >= 2 else (None, None)
     if args.stats and rank == 0 and stats.n >= 2:
         stats.save(args.stats)
     payload = {
         "model": args.model, "sampler": args.sampler, "schedule": args.schedule, "steps": args.steps,
-        "nfe_per_sample": nfe, "num_samples": stats.n, "world_size": world, "files": written,
+        "nfe_per_sample": nfe, "num_samples": num, "world_size": world, "files": written,
         "stats_file": args.stats, "feature_mean_norm": None if mu is None else float(mu.norm()),
         "feature_cov_trace": None if cov is None else float(cov.trace()), "seconds": time.perf_counter() - t0,
     }  # fmt: skip
-    text = (f"{stats.n} samples ({args.sampler}, {args.schedule}, {args.steps} steps, {nfe} NFE) on {world} "
+    text = (f"{num} samples ({args.sampler}, {args.schedule}, {args.steps} steps, {nfe} NFE) on {world} "
             f"process(es) in {payload['seconds']:.1f} s; wrote {', '.join(written) or 'nothing'}")  # fmt: skip
     _emit(args, payload, text)
     return 0
@@ -325,42 +376,103 @@ def _bench(args: argparse.Namespace) -> int:
 # ---- fid -----------------------------------------------------------------------------------------
 
 
-def _fid(args: argparse.Namespace) -> int:
-    try:
-        import torch_fidelity
-    except ImportError:
-        raise SystemExit(
-            "fid needs torch-fidelity: pip install torch-fidelity (it uses Inception-v3 weights; place them "
-            "locally, e.g. in $TORCH_HOME/hub/checkpoints/weights-inception-2015-12-05-6726825d.pth, to work "
-            "offline)"
-        ) from None
-    import os
+def _stats_of_batches(batches: Any, feats: F.FeatureFn, num_chunks: int, progress: bool, desc: str,
+                      probe: Any) -> FeatureStats:  # fmt: skip
+    """FeatureStats of this rank's uint8 image batches, all-reduced over ranks (exact float64 sums).
 
-    weights = args.inception_weights or os.environ.get("EDM_SAMPLERS_INCEPTION")
-    if weights is not None and not Path(weights).is_file():
-        raise SystemExit(f"--inception-weights {weights} does not exist")
-    if weights is None:
-        hub = Path(torch.hub.get_dir()) / "checkpoints"
-        found = list(hub.glob("weights-inception-2015-12-05-*.pth")) if hub.is_dir() else []
-        if not found:
-            raise SystemExit(
-                f"Inception-v3 weights not found under {hub} and --inception-weights not given; nothing is "
-                "downloaded at run time. Copy weights-inception-2015-12-05-6726825d.pth there (from a machine "
-                "with internet: python -c 'import torch_fidelity' then run torch-fidelity once)."
-            )
-        weights = str(found[0])
-    kw: dict[str, Any] = {"input1": args.images, "fid": True, "verbose": False, "cuda": torch.cuda.is_available(),
-                          "feature_extractor_weights_path": weights}  # fmt: skip
-    if args.ref_stats:
-        raise SystemExit(
-            "--ref-stats: compute FID against a folder (--ref) with torch-fidelity, or use "
-            "edm_samplers.metrics.load_stats + frechet_distance_from_stats on saved statistics"
-        )
-    kw["input2"] = args.ref
-    m = torch_fidelity.calculate_metrics(**kw)
-    fid = float(m["frechet_inception_distance"])
-    _emit(args, {"fid": fid, "images": args.images, "ref": args.ref},
-          f"FID {fid:.3f} ({args.images} vs {args.ref})")  # fmt: skip
+    ``probe()`` gives one batch whose features fix the width on a rank that got no batch.
+    """
+    stats: FeatureStats | None = None
+    bar = B._bar(num_chunks, progress, desc)
+    for u8 in batches:
+        f = feats(u8)
+        if stats is None:
+            stats = FeatureStats(f.shape[1])
+        stats.update(f)
+        bar.update(1)
+    bar.close()
+    if stats is None:
+        stats = FeatureStats(feats(probe()).shape[1])
+    return stats.all_reduce(group=F.stats_group())
+
+
+def _folder_stats(folder: str, batch: int, feats: F.FeatureFn, progress: bool) -> FeatureStats:
+    """Statistics of every image under ``folder``: fixed chunks of the sorted file list, dealt across ranks."""
+    files = F.list_images(folder)
+    chunks = B.shard_chunks(len(files), batch)
+    return _stats_of_batches((F.read_images(files[a:b]) for a, b in chunks), feats, len(chunks), progress,
+                             Path(folder).name, lambda: F.read_images(files[:1]))  # fmt: skip
+
+
+def _model_stats(args: argparse.Namespace, feats: F.FeatureFn, device: torch.device) -> tuple[FeatureStats, int]:
+    """Statistics of images generated on the fly from --model for --seeds (never gathered); also the NFE."""
+    problem, is_image, dev = _model(args.model, device)
+    if not is_image or len(problem.shape) != 3:
+        raise SystemExit(f"--model {args.model}: FID needs an image model (digits or diffusers:PATH)")
+    if len(args.seeds) < 2:
+        raise SystemExit("--seeds: FID needs at least 2 images (the standard protocol uses 0-49999)")
+    fn, kwargs, sigmas = _sampler_setup(args, problem)
+    chunks = list(B.iter_chunks(args.seeds, args.batch))
+    nfe = [0]
+
+    def batches() -> Any:
+        for _, sd in chunks:
+            x, nfe[0] = _sample_chunk(problem, fn, kwargs, sd, sigmas, dev)
+            yield F.to_uint8(x)
+
+    def probe() -> Tensor:
+        return F.to_uint8(torch.zeros(1, *problem.shape))
+
+    stats = _stats_of_batches(batches(), feats, len(chunks), args.progress, "fid", probe)
+    return stats, nfe[0]
+
+
+def _fid(args: argparse.Namespace) -> int:
+    if (args.images is None) == (args.model is None):
+        raise SystemExit("fid: give exactly one of --images DIR (generated images) or --model SPEC (generate now)")
+    if (args.ref is None) == (args.ref_stats is None):
+        raise SystemExit("fid: give exactly one of --ref DIR (reference images) or --ref-stats FILE.npz (mu, sigma)")
+    ref_stats: tuple[Tensor, Tensor] | None = None
+    if args.ref_stats is not None:  # fail fast, before any sampling
+        if not Path(args.ref_stats).is_file():
+            raise SystemExit(f"--ref-stats {args.ref_stats}: no such file")
+        try:
+            ref_stats = load_stats(args.ref_stats)
+        except (ValueError, OSError) as e:
+            raise SystemExit(f"--ref-stats {args.ref_stats}: {e}") from None
+    weights = F.find_inception_weights(args.inception_weights)
+    B.init_distributed()
+    rank, world = B.dist_info()
+    device = _device(args.device)
+    feats = F.inception(weights, device)
+    progress = args.progress and rank == 0
+    t0 = time.perf_counter()
+    nfe = None
+    if args.images is not None:
+        stats = _folder_stats(args.images, args.batch, feats, progress)
+    else:
+        stats, nfe = _model_stats(args, feats, device)
+    ref = ref_stats if ref_stats is not None else _folder_stats(args.ref, args.batch, feats, progress).mean_cov()
+    if ref[0].shape != (stats.dim,):
+        raise SystemExit(f"reference statistics have {ref[0].shape[0]} features, the images {stats.dim}: "
+                         "both sides must come from the same network (Inception pool3: 2048)")  # fmt: skip
+    if args.save_stats and rank == 0:
+        stats.save(args.save_stats)
+    fid = frechet_distance_from_stats(stats, ref)
+    what = (
+        args.images
+        if args.images is not None
+        else f"{args.model} ({args.sampler}, {args.schedule}, {args.steps} steps)"
+    )
+    payload = {
+        "fid": fid, "images": args.images, "model": args.model, "num_images": stats.n, "nfe_per_sample": nfe,
+        "sampler": args.sampler if args.model else None, "schedule": args.schedule if args.model else None,
+        "steps": args.steps if args.model else None, "ref": args.ref, "ref_stats": args.ref_stats,
+        "saved_stats": args.save_stats, "inception_weights": weights, "world_size": world,
+        "seconds": time.perf_counter() - t0,
+    }  # fmt: skip
+    note = "" if stats.n >= 50_000 else " (standard protocol: 50,000 images; FID is biased upwards below that)"
+    _emit(args, payload, f"FID {fid:.4f}: {stats.n} images of {what} vs {args.ref or args.ref_stats}{note}")
     return 0
 
 
@@ -381,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_demo)
 
     g = sub.add_parser("generate", help="seeds -> PNG grid / .npz with any sampler and schedule (torchrun-ready)")
-    g.add_argument("--model", default="digits", help=f"digits or one of {', '.join(B.PROBLEMS)}")
+    g.add_argument("--model", default="digits", help=f"digits, one of {', '.join(B.PROBLEMS)}, or diffusers:PATH")
     g.add_argument("--seeds", type=_parse_seeds, default=_parse_seeds("0-63"), help="e.g. 0-63 or 1,5,9")
     g.add_argument("--sampler", default="heun", help=", ".join(samplers))
     g.add_argument("--schedule", default="karras", choices=B.SCHEDULES)
@@ -390,6 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch", type=int, default=256, help="seeds per batch (fixed chunks of global seed positions)")
     g.add_argument("--out", default=None, help="samples.npz, or grid.png for image models")
     g.add_argument("--stats", default=None, help="write feature statistics (mu, sigma) to this .npz")
+    g.add_argument("--device", default=None, help="diffusers models: default this rank's CUDA device, else cpu")
     g.add_argument("--progress", action="store_true", help="tqdm progress bar (only on a terminal)")
     g.add_argument("--json", action="store_true")
     g.set_defaults(func=_generate)
@@ -411,11 +524,26 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=_bench)
 
-    f = sub.add_parser("fid", help="Inception FID of an image folder vs a reference folder (torch-fidelity, offline)")
-    f.add_argument("images", help="folder of generated images (50,000 for the standard protocol)")
-    f.add_argument("--ref", required=True, help="folder of reference images")
-    f.add_argument("--ref-stats", default=None, help=argparse.SUPPRESS)
-    f.add_argument("--inception-weights", default=None, help="local Inception-v3 weights (.pth)")
+    f = sub.add_parser(
+        "fid", help="Inception-v3 FID of a folder or of a model's samples (local weights, torchrun-ready)"
+    )
+    src = f.add_mutually_exclusive_group()
+    src.add_argument("--images", default=None, help="folder of generated images (PNG/JPEG, searched recursively)")
+    src.add_argument("--model", default=None, help="generate on the fly: digits or diffusers:PATH (local checkpoint)")
+    f.add_argument("--seeds", type=_parse_seeds, default=_parse_seeds("0-49999"), help="with --model (default 0-49999)")
+    f.add_argument("--sampler", default="heun", help=", ".join(samplers))
+    f.add_argument("--schedule", default="karras", choices=B.SCHEDULES)
+    f.add_argument("--steps", type=int, default=18)
+    f.add_argument("--opt", nargs="*", help="sampler knobs as key=value, e.g. s_churn=40")
+    ref = f.add_mutually_exclusive_group()
+    ref.add_argument("--ref", default=None, help="folder of reference images")
+    ref.add_argument("--ref-stats", default=None, help="reference statistics .npz with arrays mu, sigma (EDM's files)")
+    f.add_argument("--save-stats", default=None, help="write the generated side's mu, sigma, n to this .npz")
+    hub = "else $EDM_SAMPLERS_INCEPTION, else torch hub's checkpoints"
+    f.add_argument("--inception-weights", default=None, help=f"local {F.INCEPTION_FILE} ({hub})")
+    f.add_argument("--batch", type=int, default=250, help="images per batch (fixed chunks of global positions)")
+    f.add_argument("--device", default=None, help="default: this rank's CUDA device, else cpu")
+    f.add_argument("--progress", action="store_true")
     f.add_argument("--json", action="store_true")
     f.set_defaults(func=_fid)
     return p
