@@ -23,6 +23,7 @@ scaling always uses the sigma the sampler asked for. See docs/adapters.md for di
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -67,7 +68,7 @@ def _unwrap_output(out: object) -> object:
     return out
 
 
-class _Adapter(nn.Module):
+class _Adapter(nn.Module, metaclass=abc.ABCMeta):
     """Shared forward: scale x, map sigma to the model's time, call, check, convert the prediction to D."""
 
     model: Callable[..., Any]
@@ -103,8 +104,9 @@ class _Adapter(nn.Module):
         self.learned_variance = bool(learned_variance)
         self.net_dtype = _check_net_dtype(net_dtype)
 
-    def sigma_to_t(self, sigma: Tensor) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def sigma_to_t(self, sigma: Tensor) -> Tensor:
+        """The model's time input for noise levels ``sigma``."""
 
     def round_sigma(self, sigma: Tensor | float) -> Tensor:
         """Identity: the model accepts any sigma in its range."""
