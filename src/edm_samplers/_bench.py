@@ -14,6 +14,7 @@ Private: the command line and the benchmark scripts are the public face.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -62,13 +63,27 @@ def init_distributed() -> bool:
     return True
 
 
+@functools.cache
+def cpu_group() -> object:
+    """A process group that can all-reduce CPU tensors: None (the default) under gloo, a gloo group under nccl.
+
+    Statistics and error sums are reduced as float64 CPU tensors, which nccl cannot do. Creating a group
+    is collective: every rank calls this at the same points, once (cached).
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_backend() == "gloo":
+        return None
+    return dist.new_group(backend="gloo")
+
+
 def exact_sum_all_ranks(values: Tensor) -> Tensor:
     """Sum float64 ``values`` over all ranks exactly (binned sums), so the result is rank-count invariant."""
     import torch.distributed as dist
 
     parts = _split_bins(values.detach().to(device="cpu", dtype=torch.float64))
     if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(parts, op=dist.ReduceOp.SUM)
+        dist.all_reduce(parts, op=dist.ReduceOp.SUM, group=cpu_group())
     return parts.sum(0)
 
 
@@ -538,7 +553,7 @@ def evaluate(problem: Problem, samples: Tensor, truth_stats: FeatureStats, truth
     every sample, so it is computed only in single-process runs (``gathered``).
     """
     feats = problem.features(samples)
-    st = FeatureStats(feats.shape[1]).update(feats).all_reduce()
+    st = FeatureStats(feats.shape[1]).update(feats).all_reduce(group=cpu_group())
     fd = frechet_distance_from_stats(st, truth_stats)
     err = None
     if ref is not None:

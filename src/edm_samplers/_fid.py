@@ -150,19 +150,6 @@ def inception(weights: str, device: torch.device) -> FeatureFn:
 # ---- distributed ---------------------------------------------------------------------------------
 
 
-@functools.cache
-def stats_group() -> object:
-    """A process group that can all-reduce CPU tensors: None (the default) under gloo, a gloo group under nccl.
-
-    Creating a group is collective; every rank calls this at the same points, once (cached).
-    """
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_backend() == "gloo":
-        return None
-    return dist.new_group(backend="gloo")
-
-
 # ---- diffusers checkpoints -----------------------------------------------------------------------
 
 

@@ -295,7 +295,7 @@ def _generate(args: argparse.Namespace) -> int:
     if not is_diffusers:  # a diffusers model's statistics live in Inception space: edm-samplers fid
         for _, s in parts:
             stats.update(problem.features(s))
-    stats.all_reduce(group=F.stats_group())
+    stats.all_reduce(group=B.cpu_group())
     # Samples are written per rank-chunk into one file by rank 0 only: ranks send nothing but statistics,
     # so each rank writes its own shard file when several ranks run (rank 0 writes the summary).
     out_npz = Path(args.out) if args.out else None
@@ -393,7 +393,7 @@ def _stats_of_batches(batches: Any, feats: F.FeatureFn, num_chunks: int, progres
     bar.close()
     if stats is None:
         stats = FeatureStats(feats(probe()).shape[1])
-    return stats.all_reduce(group=F.stats_group())
+    return stats.all_reduce(group=B.cpu_group())
 
 
 def _folder_stats(folder: str, batch: int, feats: F.FeatureFn, progress: bool) -> FeatureStats:
