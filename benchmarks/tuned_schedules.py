@@ -50,7 +50,7 @@ def main() -> None:
     ap.add_argument("--nfe", type=int, nargs="+", default=[5, 10])
     ap.add_argument("--batch", type=int, default=256, help="evaluation batch size")
     ap.add_argument("--calib-batch", type=int, default=256, help="calibration batch size (other seeds)")
-    ap.add_argument("--max-evals", type=int, default=400, help="sampling runs per schedule search")
+    ap.add_argument("--max-evals", type=int, default=1000, help="sampling runs per schedule search")
     ap.add_argument("--solvers", nargs="*", default=None, help="library solvers to tune (default: all)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
