@@ -33,6 +33,7 @@ sigma draws, the augmentation pipe (if it accepts ``generator=``) and the noise,
 
 from __future__ import annotations
 
+import abc
 import math
 from typing import Any
 
@@ -293,7 +294,31 @@ class EDMLoss:
         return loss
 
 
-class VPLoss:
+class _InverseSquareLoss(abc.ABC):
+    """Shared call of the Table 1 losses weighted by lambda = 1/sigma^2 (VP, VE); subclasses sample sigma."""
+
+    @abc.abstractmethod
+    def sample_sigmas(self, n: int, *, generator: torch.Generator | None = None, device: Any = None) -> Tensor:
+        """``n`` training noise levels."""
+
+    def weight(self, sigma: Tensor) -> Tensor:
+        return inverse_square_weight(sigma)
+
+    def __call__(
+        self,
+        denoiser: Denoiser,
+        images: Tensor,
+        labels: Tensor | None = None,
+        augment_pipe: AugmentPipeProtocol | None = None,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        images = _check_inputs(denoiser, images, labels, augment_pipe)
+        sigma = self.sample_sigmas(images.shape[0], generator=generator, device=images.device).to(images.dtype)
+        return _denoising_loss(denoiser, images, sigma, self.weight(sigma), labels, augment_pipe, generator)[0]
+
+
+class VPLoss(_InverseSquareLoss):
     """The VP loss of EDM Table 1 (Song et al. 2021): sigma = sigma_vp(t), t ~ U(eps_t, 1); lambda = 1/sigma^2.
 
     Args:
@@ -315,24 +340,8 @@ class VPLoss:
             n, beta_d=self.beta_d, beta_min=self.beta_min, eps_t=self.eps_t, generator=generator, device=device
         )
 
-    def weight(self, sigma: Tensor) -> Tensor:
-        return inverse_square_weight(sigma)
 
-    def __call__(
-        self,
-        denoiser: Denoiser,
-        images: Tensor,
-        labels: Tensor | None = None,
-        augment_pipe: AugmentPipeProtocol | None = None,
-        *,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        images = _check_inputs(denoiser, images, labels, augment_pipe)
-        sigma = self.sample_sigmas(images.shape[0], generator=generator, device=images.device).to(images.dtype)
-        return _denoising_loss(denoiser, images, sigma, self.weight(sigma), labels, augment_pipe, generator)[0]
-
-
-class VELoss:
+class VELoss(_InverseSquareLoss):
     """The VE loss of EDM Table 1 (Song et al. 2021): ln sigma ~ U(ln sigma_min, ln sigma_max); lambda = 1/sigma^2.
 
     Args:
@@ -351,19 +360,3 @@ class VELoss:
         return loguniform_sigmas(
             n, sigma_min=self.sigma_min, sigma_max=self.sigma_max, generator=generator, device=device
         )
-
-    def weight(self, sigma: Tensor) -> Tensor:
-        return inverse_square_weight(sigma)
-
-    def __call__(
-        self,
-        denoiser: Denoiser,
-        images: Tensor,
-        labels: Tensor | None = None,
-        augment_pipe: AugmentPipeProtocol | None = None,
-        *,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        images = _check_inputs(denoiser, images, labels, augment_pipe)
-        sigma = self.sample_sigmas(images.shape[0], generator=generator, device=images.device).to(images.dtype)
-        return _denoising_loss(denoiser, images, sigma, self.weight(sigma), labels, augment_pipe, generator)[0]
