@@ -324,3 +324,34 @@ def test_bad_inputs() -> None:
     xx = torch.randn(2, 3, 4, dtype=torch.float64)
     d = iDDPMPrecond(lambda x_in, c: torch.cat([torch.ones_like(x_in), 5 + x_in], 1), learned_variance=True)(xx, 0.5)
     torch.testing.assert_close(d, xx - 0.5, rtol=0, atol=1e-15)
+
+
+def test_float64_sampling_feeds_a_float32_network_float32() -> None:
+    # The paper's reference integrates in float64 around a float32 network: the wrapper must cast F's
+    # input (and c_noise) to the network's parameter dtype, and D back to float64.
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 4)
+    seen: list[tuple[torch.dtype, torch.dtype]] = []
+
+    def f(x_in: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+        seen.append((x_in.dtype, c_noise.dtype))
+        return net(x_in) * c_noise[:, None]
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = net
+
+        def forward(self, x_in: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+            return f(x_in, c_noise)
+
+    from edm_samplers import heun_sample, karras_sigmas
+
+    pre = EDMPrecond(Wrapped())
+    x = torch.randn(3, 4, dtype=torch.float64) * 80
+    out64 = heun_sample(pre, x, karras_sigmas(4), dtype=torch.float64)
+    assert out64.dtype == torch.float64
+    assert set(seen) == {(torch.float32, torch.float32)}
+    out32 = heun_sample(pre, x.float(), karras_sigmas(4))
+    # Same float32 network; the float64 state only changes round-off of the skip arithmetic.
+    torch.testing.assert_close(out64.float(), out32, rtol=1e-4, atol=1e-4)

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ._validate import check_float
-from .precond import _append_dims, _as_sigma, _check_net_dtype, _split_variance
+from .precond import _append_dims, _as_sigma, _check_net_dtype, _net_dtype, _split_variance
 from .schedules import vp_sigma, vp_sigma_inv
 
 __all__ = ["ContinuousDenoiser", "DDPMDenoiser", "from_diffusers", "sigmas_from_alphas_cumprod"]
@@ -128,10 +128,11 @@ class _Adapter(nn.Module, metaclass=abc.ABCMeta):
         sb = _append_dims(s, x.ndim)
         x_in = xc * torch.rsqrt(sb**2 + 1) if self.vp else xc
         t = self.sigma_to_t(s).to(cdt)
-        if self.net_dtype is not None:
-            x_in = x_in.to(self.net_dtype)
+        ndt = _net_dtype(self.model, self.net_dtype)
+        if ndt is not None and ndt != cdt:
+            x_in = x_in.to(ndt)
             # The time input stays at least float32: float16 cannot even represent t = 999.5.
-            t = t.to(torch.promote_types(self.net_dtype, torch.float32))
+            t = t.to(torch.promote_types(ndt, torch.float32))
         out = _unwrap_output(self.model(x_in, t, **cond))
         if not isinstance(out, Tensor):
             raise TypeError(f"model must return a torch.Tensor (or an output with .sample), got {type(out).__name__}")

@@ -19,8 +19,9 @@ network itself* (never a copy: ``precond.parameters()`` are the network's parame
 ``precond.net.load_state_dict(...)`` keeps working) and know their valid sigma range.
 
 Numerics: the coefficient arithmetic and the returned D use x's dtype promoted to at least float32
-(float64 stays float64). With ``net_dtype`` (e.g. ``torch.bfloat16``) only F runs in that dtype: its input
-c_in x is cast down and its output cast back up, as the paper's mixed-precision networks do.
+(float64 stays float64). F itself runs in ``net_dtype`` (e.g. ``torch.bfloat16``) or, by default, in the
+dtype of its parameters: its input c_in x is cast to that dtype and its output cast back up, as the
+paper's code does (so ``heun_sample(..., dtype=torch.float64)`` works with an ordinary float32 network).
 """
 
 from __future__ import annotations
@@ -171,6 +172,19 @@ def _check_net_dtype(net_dtype: object) -> torch.dtype | None:
     return net_dtype
 
 
+def _net_dtype(net: object, net_dtype: torch.dtype | None) -> torch.dtype | None:
+    """The dtype F runs in: ``net_dtype`` if given, else the dtype of an ``nn.Module``'s first floating
+    parameter (so float64 sampling feeds a float32 network float32 inputs, as the paper's code does),
+    else None (F runs in the compute dtype)."""
+    if net_dtype is not None:
+        return net_dtype
+    if isinstance(net, nn.Module):
+        for p in net.parameters():
+            if p.is_floating_point():
+                return p.dtype
+    return None
+
+
 def _append_dims(v: Tensor, ndim: int) -> Tensor:
     return v.reshape(v.shape + (1,) * (ndim - v.ndim))
 
@@ -185,7 +199,8 @@ class Precond(nn.Module, metaclass=abc.ABCMeta):
     Args:
         net: F(x_in, c_noise, **cond) -> Tensor of x's shape; ``c_noise`` has shape ``[batch]``.
         sigma_min, sigma_max: the valid noise-level range, used by :func:`clamp_to`.
-        net_dtype: dtype F runs in (e.g. ``torch.bfloat16``), or None for the compute dtype. Only F's
+        net_dtype: dtype F runs in (e.g. ``torch.bfloat16``), or None: the dtype of ``net``'s parameters
+            (for an ``nn.Module``), else the compute dtype. Only F's
             input and output are cast; coefficients and D stay in at least float32.
     """
 
@@ -236,9 +251,13 @@ class Precond(nn.Module, metaclass=abc.ABCMeta):
         sc = self.scalings(s)
         xc = x.to(cdt)
         x_in = _append_dims(sc.c_in, x.ndim) * xc
-        if self.net_dtype is not None:
-            x_in = x_in.to(self.net_dtype)
-        f = self._call_net(x_in, sc.c_noise, cond)
+        c_noise = sc.c_noise
+        ndt = _net_dtype(self.net, self.net_dtype)
+        if ndt is not None and ndt != cdt:
+            x_in = x_in.to(ndt)
+            # c_noise stays at least float32 (float16 cannot even represent an iDDPM time such as 999.5).
+            c_noise = c_noise.to(torch.promote_types(ndt, torch.float32))
+        f = self._call_net(x_in, c_noise, cond)
         if not isinstance(f, Tensor):
             raise TypeError(f"net must return a torch.Tensor, got {type(f).__name__}")
         if f.shape != x.shape:
