@@ -547,3 +547,18 @@ def test_nan_is_reported() -> None:
     for sampler in ALL:
         with pytest.raises(FloatingPointError, match="in 1 of 2 samples"):
             sampler(bad, torch.randn(2, 3), karras_sigmas(4))
+
+
+def test_lower_order_final_option() -> None:
+    # diffusers' lower_order_final: the last steps use at most as many past outputs as steps remain.
+    from edm_samplers.solvers.multistep import _plan_data
+
+    sig = karras_sigmas(6).numpy()
+    full = _plan_data(sig, order=3, variant="exact", eta=0.0, stochastic=False)
+    low = _plan_data(sig, order=3, variant="exact", eta=0.0, stochastic=False, lower_final=True)
+    assert full.nb == (1, 2, 3, 3, 3, 1) and low.nb == (1, 2, 3, 3, 2, 1)
+    gm, x = mixture(), x_init()
+    out = dpmpp_3m_sample(gm, x, karras_sigmas(6), lower_order_final=True)
+    assert torch.isfinite(out).all() and not torch.equal(out, dpmpp_3m_sample(gm, x, karras_sigmas(6)))
+    with pytest.raises(TypeError, match="lower_order_final must be True or False"):
+        dpmpp_3m_sample(gm, x, karras_sigmas(6), lower_order_final=1)  # type: ignore[arg-type]
