@@ -110,6 +110,16 @@ def state_dtype(x: Tensor, dtype: torch.dtype | None) -> torch.dtype:
     return dtype
 
 
+def check_denoiser(denoiser: object) -> None:
+    if not callable(denoiser):
+        raise TypeError(f"denoiser must be callable as denoiser(x, sigma, **cond), got {type(denoiser).__name__}")
+
+
+def check_callback(callback: object) -> None:
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable as callback(info), got {type(callback).__name__}")
+
+
 def check_cond(cond: object) -> dict[str, Any]:
     if cond is None:
         return {}

@@ -26,8 +26,10 @@ from torch import Tensor
 
 from .._types import Callback, Denoiser, NoiseSource, StepInfo
 from .._validate import (
+    check_callback,
     check_cond,
     check_denoised,
+    check_denoiser,
     check_float,
     check_int,
     check_sigmas,
@@ -245,8 +247,7 @@ def _prepare(
     ``sigmas`` may be passed already validated (a float64 CPU tensor from ``check_sigmas``) with
     ``validated=True`` to skip the second check.
     """
-    if not callable(denoiser):
-        raise TypeError(f"denoiser must be callable as denoiser(x, sigma, **cond), got {type(denoiser).__name__}")
+    check_denoiser(denoiser)
     x = check_x(x)
     s = sigmas if validated and isinstance(sigmas, Tensor) else check_sigmas(sigmas)
     sdt = state_dtype(x, dtype)
@@ -308,14 +309,12 @@ def _run(
     check_finite: bool,
 ) -> Tensor:
     # ---- validation: once, before the loop ---------------------------------------------------
-    if not callable(denoiser):
-        raise TypeError(f"denoiser must be callable as denoiser(x, sigma, **cond), got {type(denoiser).__name__}")
+    check_denoiser(denoiser)
     x = check_x(x)
     s = check_sigmas(sigmas)
     cond_d = check_cond(cond)
     state_dtype(x, dtype)
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable as callback(info), got {type(callback).__name__}")
+    check_callback(callback)
     src = as_noise_source(noise) if stochastic else None
     if noise is not None and not stochastic:
         as_noise_source(noise)  # still type-check it; deterministic samplers draw nothing

@@ -39,7 +39,16 @@ import torch
 from torch import Tensor
 
 from .._types import Callback, Denoiser, NoiseSource, StepInfo
-from .._validate import check_cond, check_denoised, check_float, check_sigmas, check_x, state_dtype
+from .._validate import (
+    check_callback,
+    check_cond,
+    check_denoised,
+    check_denoiser,
+    check_float,
+    check_sigmas,
+    check_x,
+    state_dtype,
+)
 from ..noise import as_noise_source
 from ..schedules import vp_sigma, vp_sigma_inv
 from .steps import churn_gammas
@@ -225,8 +234,7 @@ def generalized_sample(
         TypeError / ValueError: for invalid arguments (named), or a denoiser output of the wrong shape.
         FloatingPointError: if ``check_finite`` and the result is not finite.
     """
-    if not callable(denoiser):
-        raise TypeError(f"denoiser must be callable as denoiser(x, sigma, **cond), got {type(denoiser).__name__}")
+    check_denoiser(denoiser)
     x = check_x(x)
     s = check_sigmas(sigmas)
     cond_d = check_cond(cond)
@@ -250,8 +258,7 @@ def generalized_sample(
     bm = check_float(beta_min, "beta_min", nonnegative=True)
     if round_sigma is not None and not callable(round_sigma):
         raise TypeError("round_sigma must be a callable mapping a tensor of sigmas to supported sigmas")
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable as callback(info), got {type(callback).__name__}")
+    check_callback(callback)
     src = as_noise_source(noise)
 
     n = s.numel() - 1

@@ -44,7 +44,16 @@ from numpy.typing import NDArray
 from torch import Tensor
 
 from .._types import Callback, Denoiser, NoiseSource, StepInfo
-from .._validate import check_cond, check_float, check_int, check_sigmas, check_x, state_dtype
+from .._validate import (
+    check_callback,
+    check_cond,
+    check_denoiser,
+    check_float,
+    check_int,
+    check_sigmas,
+    check_x,
+    state_dtype,
+)
 from ..noise import as_noise_source
 from .coefficients import (
     ab_uniform,
@@ -293,14 +302,12 @@ def _entry(
     dtype: torch.dtype | None,
     stochastic: bool,
 ) -> _Entry:
-    if not callable(denoiser):
-        raise TypeError(f"denoiser must be callable as denoiser(x, sigma, **cond), got {type(denoiser).__name__}")
+    check_denoiser(denoiser)
     x = check_x(x)
     s = _strict_sigmas(sigmas)
     cond_d = check_cond(cond)
     sdt = state_dtype(x, dtype)
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable as callback(info), got {type(callback).__name__}")
+    check_callback(callback)
     src = as_noise_source(noise)  # type-checked always; deterministic samplers draw nothing
     return _Entry(_Checked(denoiser, sdt), x.to(sdt), s, cond_d, sdt, src if stochastic else None)
 
