@@ -240,16 +240,12 @@ def _prepare(
     s_noise: float,
     round_sigma: Callable[[Tensor], Tensor] | None,
     dtype: torch.dtype | None,
-    validated: bool = False,
 ) -> _Plan:
-    """Validate once and build the step table; may synchronise (it looks at the schedule).
-
-    ``sigmas`` may be passed already validated (a float64 CPU tensor from ``check_sigmas``) with
-    ``validated=True`` to skip the second check.
-    """
+    """Validate the denoiser, x, the schedule, dtype and churn knobs once, and build the step table;
+    may synchronise (it looks at the schedule)."""
     check_denoiser(denoiser)
     x = check_x(x)
-    s = sigmas if validated and isinstance(sigmas, Tensor) else check_sigmas(sigmas)
+    s = check_sigmas(sigmas)
     sdt = state_dtype(x, dtype)
     if round_sigma is not None and not callable(round_sigma):
         raise TypeError("round_sigma must be a callable mapping a tensor of sigmas to supported sigmas")
@@ -308,19 +304,15 @@ def _run(
     progress: bool,
     check_finite: bool,
 ) -> Tensor:
-    # ---- validation: once, before the loop ---------------------------------------------------
-    check_denoiser(denoiser)
-    x = check_x(x)
-    s = check_sigmas(sigmas)
+    # ---- validation: once, before the loop (the rest in _prepare) ----------------------------
     cond_d = check_cond(cond)
-    state_dtype(x, dtype)
     check_callback(callback)
     src = as_noise_source(noise) if stochastic else None
     if noise is not None and not stochastic:
         as_noise_source(noise)  # still type-check it; deterministic samplers draw nothing
     plan = _prepare(
-        name, denoiser, x, s, method=method, stochastic=stochastic, s_churn=s_churn, s_tmin=s_tmin,
-        s_tmax=s_tmax, s_noise=s_noise, round_sigma=round_sigma, dtype=dtype, validated=True,
+        name, denoiser, x, sigmas, method=method, stochastic=stochastic, s_churn=s_churn, s_tmin=s_tmin,
+        s_tmax=s_tmax, s_noise=s_noise, round_sigma=round_sigma, dtype=dtype,
     )  # fmt: skip
     x = plan(x, cond_d, src, callback, progress)
     if check_finite:

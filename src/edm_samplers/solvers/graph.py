@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 from .._types import Denoiser, NoiseSource
-from .._validate import check_cond, check_int, check_sigmas, state_dtype
+from .._validate import check_cond, check_int, state_dtype
 from ..noise import as_noise_source
 from .drivers import _finite_or_raise, _prepare
 
@@ -154,7 +154,6 @@ class GraphedSampler:
         shp = _check_shape(shape)
         dev = _device(device)
         sdt = state_dtype(torch.empty(0), dtype)
-        check_sigmas(sigmas)
         example = torch.empty(shp, dtype=sdt, device=dev)
         method: Literal["euler", "heun"] = "euler" if sampler == "euler" else "heun"
         if sampler == "stochastic":
