@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ._validate import check_float
-from .precond import _append_dims, _as_sigma, _check_net_dtype, _net_dtype, _split_variance
+from .precond import _append_dims, _as_sigma, _check_net_dtype, _compute_dtype_and_sigma, _net_dtype, _split_variance
 from .schedules import vp_sigma, vp_sigma_inv
 
 __all__ = ["ContinuousDenoiser", "DDPMDenoiser", "from_diffusers", "sigmas_from_alphas_cumprod"]
@@ -114,16 +114,7 @@ class _Adapter(nn.Module, metaclass=abc.ABCMeta):
 
     def forward(self, x: Tensor, sigma: Tensor | float, **cond: Any) -> Tensor:
         """D(x; sigma) for x ``[batch, ...]`` and sigma ``[batch]`` or a scalar; computed in >= float32."""
-        if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 1:
-            raise TypeError("x must be a floating-point tensor of shape [batch, ...]")
-        cdt = torch.promote_types(x.dtype, torch.float32)
-        s = _as_sigma(sigma).to(device=x.device, dtype=cdt)
-        if s.ndim == 0:
-            s = s.expand(x.shape[0])
-        elif s.shape != (x.shape[0],):
-            raise ValueError(
-                f"sigma must have shape [batch] = [{x.shape[0]}] or be a scalar, got shape {tuple(s.shape)}"
-            )
+        cdt, s = _compute_dtype_and_sigma(x, sigma)
         xc = x.to(cdt)
         sb = _append_dims(s, x.ndim)
         x_in = xc * torch.rsqrt(sb**2 + 1) if self.vp else xc

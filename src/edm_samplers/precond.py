@@ -185,6 +185,19 @@ def _net_dtype(net: object, net_dtype: torch.dtype | None) -> torch.dtype | None
     return None
 
 
+def _compute_dtype_and_sigma(x: object, sigma: SigmaLike) -> tuple[torch.dtype, Tensor]:
+    """Shared entry of every wrapper: x's dtype promoted to >= float32, and sigma as a ``[batch]`` tensor in it."""
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 1:
+        raise TypeError("x must be a floating-point tensor of shape [batch, ...]")
+    cdt = torch.promote_types(x.dtype, torch.float32)
+    s = _as_sigma(sigma).to(device=x.device, dtype=cdt)
+    if s.ndim == 0:
+        s = s.expand(x.shape[0])
+    elif s.shape != (x.shape[0],):
+        raise ValueError(f"sigma must have shape [batch] = [{x.shape[0]}] or be a scalar, got shape {tuple(s.shape)}")
+    return cdt, s
+
+
 def _append_dims(v: Tensor, ndim: int) -> Tensor:
     return v.reshape(v.shape + (1,) * (ndim - v.ndim))
 
@@ -238,16 +251,7 @@ class Precond(nn.Module, metaclass=abc.ABCMeta):
 
     def forward(self, x: Tensor, sigma: SigmaLike, **cond: Any) -> Tensor:
         """D(x; sigma) for ``x`` of shape ``[batch, ...]`` (any rank) and sigma ``[batch]`` or a scalar."""
-        if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 1:
-            raise TypeError("x must be a floating-point tensor of shape [batch, ...]")
-        cdt = torch.promote_types(x.dtype, torch.float32)
-        s = _as_sigma(sigma).to(device=x.device, dtype=cdt)
-        if s.ndim == 0:
-            s = s.expand(x.shape[0])
-        elif s.shape != (x.shape[0],):
-            raise ValueError(
-                f"sigma must have shape [batch] = [{x.shape[0]}] or be a scalar, got shape {tuple(s.shape)}"
-            )
+        cdt, s = _compute_dtype_and_sigma(x, sigma)
         sc = self.scalings(s)
         xc = x.to(cdt)
         x_in = _append_dims(sc.c_in, x.ndim) * xc
