@@ -232,7 +232,46 @@ def _denoising_loss(
     return _bcast(weight, y.ndim) * (denoised - y) ** 2, sigma
 
 
-class EDMLoss:
+class _TableLoss(abc.ABC):
+    """The call shared by the Table 1 losses: draw sigma, weight the squared denoising error by lambda(sigma)
+    (and, with a :class:`LearnedUncertainty`, apply EDM2's per-sigma uncertainty)."""
+
+    uncertainty: LearnedUncertainty | None = None
+
+    @abc.abstractmethod
+    def sample_sigmas(self, n: int, *, generator: torch.Generator | None = None, device: Any = None) -> Tensor:
+        """``n`` training noise levels."""
+
+    @abc.abstractmethod
+    def weight(self, sigma: Tensor) -> Tensor:
+        """lambda(sigma)."""
+
+    def __call__(
+        self,
+        denoiser: Denoiser,
+        images: Tensor,
+        labels: Tensor | None = None,
+        augment_pipe: AugmentPipeProtocol | None = None,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        images = _check_inputs(denoiser, images, labels, augment_pipe)
+        sigma = self.sample_sigmas(images.shape[0], generator=generator, device=images.device).to(images.dtype)
+        loss, sigma = _denoising_loss(denoiser, images, sigma, self.weight(sigma), labels, augment_pipe, generator)
+        if self.uncertainty is not None:
+            u = _bcast(self.uncertainty(sigma).to(loss.dtype), loss.ndim)
+            loss = loss / u.exp() + u
+        return loss
+
+
+class _InverseSquareLoss(_TableLoss):
+    """lambda = 1/sigma^2 (VP, VE); subclasses sample sigma."""
+
+    def weight(self, sigma: Tensor) -> Tensor:
+        return inverse_square_weight(sigma)
+
+
+class EDMLoss(_TableLoss):
     """EDM's training loss (Karras et al. 2022, Sec. 5 and Table 1).
 
     ln sigma ~ N(P_mean, P_std^2); lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2;
@@ -275,47 +314,6 @@ class EDMLoss:
 
     def weight(self, sigma: Tensor) -> Tensor:
         return edm_weight(sigma, self.sigma_data)
-
-    def __call__(
-        self,
-        denoiser: Denoiser,
-        images: Tensor,
-        labels: Tensor | None = None,
-        augment_pipe: AugmentPipeProtocol | None = None,
-        *,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        images = _check_inputs(denoiser, images, labels, augment_pipe)
-        sigma = self.sample_sigmas(images.shape[0], generator=generator, device=images.device).to(images.dtype)
-        loss, sigma = _denoising_loss(denoiser, images, sigma, self.weight(sigma), labels, augment_pipe, generator)
-        if self.uncertainty is not None:
-            u = _bcast(self.uncertainty(sigma).to(loss.dtype), loss.ndim)
-            loss = loss / u.exp() + u
-        return loss
-
-
-class _InverseSquareLoss(abc.ABC):
-    """Shared call of the Table 1 losses weighted by lambda = 1/sigma^2 (VP, VE); subclasses sample sigma."""
-
-    @abc.abstractmethod
-    def sample_sigmas(self, n: int, *, generator: torch.Generator | None = None, device: Any = None) -> Tensor:
-        """``n`` training noise levels."""
-
-    def weight(self, sigma: Tensor) -> Tensor:
-        return inverse_square_weight(sigma)
-
-    def __call__(
-        self,
-        denoiser: Denoiser,
-        images: Tensor,
-        labels: Tensor | None = None,
-        augment_pipe: AugmentPipeProtocol | None = None,
-        *,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        images = _check_inputs(denoiser, images, labels, augment_pipe)
-        sigma = self.sample_sigmas(images.shape[0], generator=generator, device=images.device).to(images.dtype)
-        return _denoising_loss(denoiser, images, sigma, self.weight(sigma), labels, augment_pipe, generator)[0]
 
 
 class VPLoss(_InverseSquareLoss):
