@@ -45,6 +45,20 @@ def test_init_and_reference_are_used() -> None:
     assert r.evaluations == 1 and r.error == r.initial_error
 
 
+def test_sigma_min_pins_the_last_level() -> None:
+    gm, x, ref = _problem()
+    r = optimize_schedule(gm, x, 4, reference=ref, sigma_min=0.01, max_evals=40)
+    s = r.sigmas
+    # Both ends are fixed exactly (not up to the softmax round trip), the inner levels move.
+    assert s[0].item() == 80.0 and s[-2].item() == 0.01 and s[-1].item() == 0.0
+    assert bool((s[1:] < s[:-1]).all())
+    assert r.error < r.initial_error
+    assert r.initial_error == pytest.approx(float(torch.mean((heun_sample(gm, x, karras_sigmas(4, 0.01)) - ref) ** 2)))
+    # Two levels pinned at both ends leave nothing to search: the initial schedule comes back.
+    r2 = optimize_schedule(gm, x, 2, reference=ref, sigma_min=0.01, max_evals=20)
+    assert torch.allclose(r2.sigmas, karras_sigmas(2, 0.01), rtol=1e-12)
+
+
 def test_save_load_roundtrip(tmp_path: Path) -> None:
     s = karras_sigmas(6)
     p = tmp_path / "s.json"
@@ -69,5 +83,11 @@ def test_errors() -> None:
         optimize_schedule(gm, x, 3, init=torch.tensor([80.0, 10.0, 1.0, 0.5]))
     with pytest.raises(ValueError, match="sigma_floor must be below"):
         optimize_schedule(gm, x, 3, reference=ref, sigma_floor=1.0)
+    with pytest.raises(ValueError, match="sigma_min must be below sigma_max"):
+        optimize_schedule(gm, x, 3, reference=ref, sigma_min=100.0)
+    with pytest.raises(ValueError, match="must equal sigma_min"):
+        optimize_schedule(gm, x, 3, reference=ref, init=karras_sigmas(3, 0.01), sigma_min=0.002)
+    with pytest.raises(ValueError, match="sigma_min must be"):
+        optimize_schedule(gm, x, 3, reference=ref, sigma_min=-1.0)
     with pytest.raises(ValueError, match="reference must be a tensor"):
         optimize_schedule(gm, x, 3, reference=x[:2])

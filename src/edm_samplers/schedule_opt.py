@@ -10,7 +10,8 @@ included, without differentiating through the network).
 
 Parameterisation: the N positive levels are sigma_0 = sigma_max > sigma_1 > ... > sigma_{N-1} >= sigma_floor,
 written as log-decrements ``softmax(u) * (ln sigma_max - ln sigma_floor)`` (N - 1 decrements plus one slack
-entry), so every candidate is a valid strictly decreasing schedule and the search is unconstrained.
+entry; with ``sigma_min`` given, the last level is pinned there and there is no slack), so every
+candidate is a valid strictly decreasing schedule and the search is unconstrained.
 The search has two deterministic phases, both monotone (never worse than the initial schedule):
 coordinate-wise line searches on a log grid between each level's neighbours (global along each
 coordinate: at 5 NFE the best schedule can be far from any rho-family schedule), then a compass
@@ -61,21 +62,27 @@ class ScheduleSearch:
     history: list[float] = field(default_factory=list)
 
 
-def _to_params(sigmas: Tensor, floor: float) -> Tensor:
+def _to_params(sigmas: Tensor, floor: float, pinned: bool) -> Tensor:
+    # pinned: the last level is fixed (= floor), so there is no slack entry.
     pos = sigmas[sigmas > 0].to(torch.float64)
     logs = torch.log(pos)
-    dec = logs[:-1] - logs[1:]
-    slack = logs[-1] - math.log(floor)
-    parts = torch.cat([dec, slack.reshape(1)]).clamp_min(1e-12)
-    return torch.log(parts)
+    parts = logs[:-1] - logs[1:]
+    if not pinned:
+        parts = torch.cat([parts, (logs[-1] - math.log(floor)).reshape(1)])
+    return torch.log(parts.clamp_min(1e-12))
 
 
-def _to_sigmas(u: Tensor, sigma_max: float, floor: float) -> Tensor:
+def _to_sigmas(u: Tensor, sigma_max: float, floor: float, pinned: bool) -> Tensor:
     total = math.log(sigma_max) - math.log(floor)
-    dec = torch.softmax(u, 0)[:-1] * total
+    # Each weight is kept above 1e-9 of the total so that no step has zero length (levels stay strictly
+    # decreasing even where the search drives a decrement towards 0).
+    w = (torch.softmax(u, 0) + 1e-9) / (1 + 1e-9 * u.numel())
+    dec = (w if pinned else w[:-1]) * total
     logs = math.log(sigma_max) - torch.cat([dec.new_zeros(1), torch.cumsum(dec, 0)])
     s = torch.exp(logs)
     s[0] = sigma_max
+    if pinned:
+        s[-1] = floor
     return torch.cat([s, s.new_zeros(1)])
 
 
@@ -88,6 +95,7 @@ def optimize_schedule(
     reference: Tensor | None = None,
     init: Tensor | None = None,
     sigma_max: float | None = None,
+    sigma_min: float | None = None,
     sigma_floor: float = 5e-4,
     max_evals: int = 400,
     step: float = 0.5,
@@ -110,7 +118,12 @@ def optimize_schedule(
             of :func:`karras_sigmas` from ``sigma_max``.
         init: initial schedule (N levels then 0); default ``karras_sigmas(N, 0.002, sigma_max)``.
         sigma_max: first level (default: ``init[0]`` or 80); it stays fixed.
-        sigma_floor: lower bound for the last positive level.
+        sigma_min: if given, the last positive level is fixed at this value as the first is at
+            ``sigma_max`` (``init``, when given, must end there). Default: it moves freely down to
+            ``sigma_floor``. Fix it when the schedule is to be compared with samplers that stop at a
+            given sigma_min: under a mean-squared objective a free last level may settle high, where the
+            final denoiser output is a blend of nearby modes, which lowers the error but blurs samples.
+        sigma_floor: lower bound for the last positive level when it is free.
         max_evals: budget of sampling runs.
         step, min_step: initial and final compass step in the log-decrement parameters (phase 2).
         sweeps, grid_points: phase 1 makes up to ``sweeps`` passes over the levels, trying
@@ -133,9 +146,12 @@ def optimize_schedule(
     grid_points = check_int(grid_points, "grid_points", minimum=1)
     step = check_float(step, "step", positive=True)
     min_step = check_float(min_step, "min_step", positive=True)
+    lo = None if sigma_min is None else check_float(sigma_min, "sigma_min", positive=True)
     if init is None:
         hi = 80.0 if sigma_max is None else check_float(sigma_max, "sigma_max", positive=True)
-        init_s = karras_sigmas(n, min(0.002, hi / 2), hi)
+        if lo is not None and not lo < hi:
+            raise ValueError(f"sigma_min must be below sigma_max = {hi}, got {lo}")
+        init_s = karras_sigmas(n, min(0.002, hi / 2) if lo is None else lo, hi)
     else:
         init_s = check_sigmas(init, name="init", final_zero=True)
         if init_s.numel() != n + 1:
@@ -143,7 +159,12 @@ def optimize_schedule(
         hi = float(init_s[0]) if sigma_max is None else check_float(sigma_max, "sigma_max", positive=True)
         if abs(float(init_s[0]) - hi) > 1e-12 * hi:
             raise ValueError(f"init[0] = {float(init_s[0])} must equal sigma_max = {hi}")
-    if not floor < float(init_s[-2]):
+        if lo is not None and abs(float(init_s[-2]) - lo) > 1e-12 * lo:
+            raise ValueError(f"init's last positive level {float(init_s[-2])} must equal sigma_min = {lo}")
+    pinned = lo is not None
+    if lo is not None:
+        floor = lo
+    elif not floor < float(init_s[-2]):
         raise ValueError(f"sigma_floor must be below the initial last level {float(init_s[-2])}, got {floor}")
     kw = dict(sampler_kwargs or {})
     kw.setdefault("check_finite", False)
@@ -174,10 +195,10 @@ def optimize_schedule(
     history = [best]
     for _ in range(sweeps):
         improved = False
-        for i in range(1, n):
-            lo = float(pos[i + 1]) if i + 1 < n else floor
+        for i in range(1, n - 1 if pinned else n):
+            lo_i = float(pos[i + 1]) if i + 1 < n else floor
             hi_i = float(pos[i - 1])
-            grid = torch.exp(torch.linspace(math.log(lo), math.log(hi_i), grid_points + 2, dtype=torch.float64))
+            grid = torch.exp(torch.linspace(math.log(lo_i), math.log(hi_i), grid_points + 2, dtype=torch.float64))
             for v in grid[1:-1].tolist():
                 if evals >= max_evals // 2:
                     break
@@ -197,7 +218,7 @@ def optimize_schedule(
     starts = [best_sigmas, init_s]
     for k_start, start in enumerate(starts):
         budget = evals + (max_evals - evals) // (len(starts) - k_start)
-        u = _to_params(start, floor)
+        u = _to_params(start, floor, pinned)
         cur = best if k_start == 0 else initial  # init_s was evaluated first of all
         delta = step
         while delta >= min_step and evals < budget:
@@ -208,7 +229,7 @@ def optimize_schedule(
                         break
                     cand_u = u.clone()
                     cand_u[k] += sign * delta
-                    cand_s = _to_sigmas(cand_u, hi, floor)
+                    cand_s = _to_sigmas(cand_u, hi, floor, pinned)
                     v = objective(cand_s)
                     if v < cur:
                         cur, u, improved = v, cand_u, True
