@@ -119,6 +119,31 @@ def test_nfe_counts(n: int) -> None:
     assert c.calls == count_nfe(sig[:-1] if n > 1 else [80.0, 1.0], "heun")
 
 
+_ALL_SAMPLERS = [
+    "euler", "heun", "dpm2", "euler_ancestral", "dpmpp_2m", "dpmpp_2m_sde",
+    "dpmpp_3m", "dpmpp_3m_sde", "unipc", "deis", "lms", "ipndm",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", _ALL_SAMPLERS)
+@pytest.mark.parametrize("n", [1, 2, 3, 10])
+@pytest.mark.parametrize("end_zero", [True, False])
+def test_count_nfe_matches_every_sampler(name: str, n: int, end_zero: bool) -> None:
+    import edm_samplers
+
+    sig = karras_sigmas(n) if end_zero else karras_sigmas(n + 1)[:-1]
+    sampler = getattr(edm_samplers, f"{name}_sample")
+    kw: dict[str, Any] = {"noise": torch.Generator().manual_seed(0)} if name.endswith(("_sde", "ancestral")) else {}
+    c = Counting(PointMass(torch.zeros(3)))
+    sampler(c, torch.randn(2, 3) * 80, sig, **kw)
+    assert c.calls == count_nfe(sig, name)
+
+
+def test_count_nfe_rejects_unknown_method() -> None:
+    with pytest.raises(ValueError, match=r"method must be one of .*'ipndm'.*got 'rk4'"):
+        count_nfe(karras_sigmas(4), "rk4")
+
+
 def test_denoiser_gets_batch_sigma_on_device_and_cond() -> None:
     seen: dict[str, Any] = {}
 

@@ -60,15 +60,40 @@ def initial_x(latents: Tensor, sigmas: Tensor) -> Tensor:
     return latents.to(dt) * float(s[0])
 
 
-def count_nfe(sigmas: Tensor | Sequence[float], method: Literal["euler", "heun"]) -> int:
-    """Network evaluations of one sampling run: N for Euler, 2N - (1 if sigmas ends in 0) for Heun."""
+_ONE_NFE_PER_STEP = frozenset(
+    {
+        "euler",
+        "euler_ancestral",
+        "dpmpp_2m",
+        "dpmpp_2m_sde",
+        "dpmpp_3m",
+        "dpmpp_3m_sde",
+        "unipc",
+        "deis",
+        "lms",
+        "ipndm",
+    }
+)
+_TWO_NFE_PER_STEP = frozenset({"heun", "dpm2"})
+
+
+def count_nfe(sigmas: Tensor | Sequence[float], method: str) -> int:
+    """Network evaluations of one sampling run with N = len(sigmas) - 1 steps.
+
+    ``method`` is a sampler's name without ``_sample``. One evaluation per step (N) for ``"euler"``,
+    ``"euler_ancestral"``, the multistep solvers (``"dpmpp_2m"``, ``"dpmpp_2m_sde"``, ``"dpmpp_3m"``,
+    ``"dpmpp_3m_sde"``, ``"unipc"``, ``"deis"``, ``"lms"``, ``"ipndm"``); two per step for ``"heun"`` and
+    ``"dpm2"``, less one when the schedule ends in 0 (that last step is Euler). ``stochastic_sample``
+    counts as ``"heun"`` (``solver="euler"``: as ``"euler"``).
+    """
     s = check_sigmas(sigmas)
     n = s.numel() - 1
-    if method == "euler":
+    if method in _ONE_NFE_PER_STEP:
         return n
-    if method == "heun":
+    if method in _TWO_NFE_PER_STEP:
         return 2 * n - int(s[-1] == 0)
-    raise ValueError(f"method must be 'euler' or 'heun', got {method!r}")
+    names = ", ".join(repr(m) for m in sorted(_ONE_NFE_PER_STEP | _TWO_NFE_PER_STEP))
+    raise ValueError(f"method must be one of {names}, got {method!r}")
 
 
 class _Checked:
