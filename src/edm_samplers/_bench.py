@@ -14,6 +14,7 @@ Private: the command line and the benchmark scripts are the public face.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import hashlib
 import importlib
@@ -60,7 +61,17 @@ def init_distributed() -> bool:
         dist.init_process_group(backend=backend)
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        # A process that exits with its group alive can abort (SIGABRT, "terminate called without an active
+        # exception"): gloo's worker threads outlive the interpreter's teardown. Destroy it while Python lives.
+        atexit.register(_destroy_process_group)
     return True
+
+
+def _destroy_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 @functools.cache
