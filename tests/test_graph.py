@@ -31,6 +31,7 @@ from edm_samplers import (
     karras_sigmas,
     stochastic_sample,
 )
+from edm_samplers.solvers import multistep
 from edm_samplers.solvers.drivers import _prepare
 from edm_samplers.solvers.steps import churn, euler_step, heun_step, step_table, unstack
 
@@ -452,3 +453,111 @@ def test_cuda_reuse_is_bitwise_equal() -> None:
         fast = heun_sample(net, x, sig)
         slow = heun_sample(net, x, sig, callback=lambda i: None)
     assert torch.equal(fast, slow)
+
+
+# ---- multistep solvers: prepared loops are capturable too ------------------------------------------------
+
+MS_KNOBS: dict[str, dict[str, Any]] = {
+    "dpmpp_2m": {},
+    "dpmpp_3m": {"order": 3},
+    "dpmpp_2m_sde": {"eta": 0.7},
+    "dpmpp_3m_sde": {"eta": 1.0, "lower_order_final": True},
+    "deis": {"order": 3},
+    "lms": {"order": 4},
+    "ipndm": {"order": 4},
+    "unipc": {"order": 2},
+    "euler_ancestral": {"eta": 1.0},
+    "dpm2": {"form": "data"},
+}
+MS_DRIVERS: dict[str, Sampler] = {name: getattr(multistep, f"{name}_sample") for name in MS_KNOBS}
+
+
+def test_every_multistep_sampler_is_listed() -> None:
+    assert sorted(MS_KNOBS) == sorted(multistep.MULTISTEP_SAMPLERS)
+
+
+@pytest.mark.parametrize("name", sorted(MS_KNOBS))
+def test_graphed_multistep_cpu_fallback_equals_driver(name: str) -> None:
+    x = start(4)
+    x_copy = x.clone()
+    gs = GraphedSampler(mixture(), karras_sigmas(6), x.shape, sampler=name, **MS_KNOBS[name])  # type: ignore[arg-type]
+    for seeds in ([0, 1, 2, 3], [7, 8, 9, 10]):
+        got = gs(x, noise=PerSampleNoise(seeds))
+        want = MS_DRIVERS[name](mixture(), x, karras_sigmas(6), noise=PerSampleNoise(seeds), **MS_KNOBS[name])
+        assert torch.equal(got, want)  # the same kernels in the same order: bitwise
+    assert torch.equal(x, x_copy)
+
+
+def test_multistep_loops_compile_fullgraph() -> None:
+    # One compile for three loop shapes: UniPC (corrector, history ring), DPM-Solver-2 (two calls per step)
+    # and 3M SDE (noise). float64, so inductor's reassociation stays far below any real discrepancy.
+    x = start(2, torch.float64)
+    sig = karras_sigmas(4)
+    loops = [
+        multistep.prepare_multistep("unipc", tiny_denoiser, x, sig, order=3),
+        multistep.prepare_multistep("dpm2", tiny_denoiser, x, sig),
+        multistep.prepare_multistep("dpmpp_3m_sde", tiny_denoiser, x, sig, eta=1.0),
+    ]
+    draws = torch.randn(4, *x.shape, dtype=torch.float64)
+
+    def run(x: torch.Tensor, draws: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(loop(x, {}, PrecomputedNoise(draws)) for loop in loops)
+
+    with torch.no_grad():
+        got = torch.compile(run, fullgraph=True)(x, draws)
+        want = run(x, draws)
+    # |x| <= ~300 over ~10 fused float64 ops: 2.2e-16 * 300 * 10 < 1e-12.
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_graphed_multistep_compile_option_matches_eager() -> None:
+    x = start(2)
+    sig = karras_sigmas(3)
+    gs = GraphedSampler(tiny_denoiser, sig, x.shape, sampler="dpmpp_2m_sde", eta=1.0, s_noise=1.01, compile=True)
+    got = gs(x, noise=PerSampleNoise([3, 4]))
+    want = multistep.dpmpp_2m_sde_sample(tiny_denoiser, x, sig, eta=1.0, s_noise=1.01, noise=PerSampleNoise([3, 4]))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=round_off(x))
+
+
+def test_graphed_multistep_validation() -> None:
+    x = start(2)
+    sig = karras_sigmas(4)
+    with pytest.raises(TypeError, match=r"unknown option.*'eta'.*accepts order, lower_order_final"):
+        GraphedSampler(tiny_denoiser, sig, x.shape, sampler="unipc", eta=1.0)
+    with pytest.raises(TypeError, match=r"'order'.*multistep samplers"):
+        GraphedSampler(tiny_denoiser, sig, x.shape, sampler="heun", order=2)
+    with pytest.raises(TypeError, match="churn knobs"):
+        GraphedSampler(tiny_denoiser, sig, x.shape, sampler="dpmpp_2m", s_churn=10.0)
+    with pytest.raises(TypeError, match="churn knobs"):  # s_noise means nothing to a deterministic solver
+        GraphedSampler(tiny_denoiser, sig, x.shape, sampler="deis", s_noise=1.01)
+    with pytest.raises(ValueError, match="order must be between 1 and 3"):
+        GraphedSampler(tiny_denoiser, sig, x.shape, sampler="unipc", order=4)
+    with pytest.raises(ValueError, match=r"sampler must be one of.*'dpm2'"):
+        GraphedSampler(tiny_denoiser, sig, x.shape, sampler="dpm3")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        GraphedSampler(tiny_denoiser, [80.0, 1.0, 1.0, 0.0], x.shape, sampler="lms")
+    with pytest.raises(TypeError, match="dpmpp_2m_sample got unknown option"):
+        multistep.prepare_multistep("dpmpp_2m", tiny_denoiser, x, sig, order=3)
+    assert multistep.solver_options("dpmpp_2m_sde") == ("eta", "s_noise", "lower_order_final")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", sorted(MS_KNOBS))
+def test_cuda_multistep_replay_equals_eager_without_syncs(name: str) -> None:
+    net, x, sig = _cuda_case()
+    gs = GraphedSampler(net, sig, x.shape, sampler=name, device="cuda", check_finite=False, **MS_KNOBS[name])  # type: ignore[arg-type]
+    loop = multistep.prepare_multistep(name, net, x, sig, **MS_KNOBS[name])
+    draws = torch.randn(len(sig) - 1, *x.shape, device="cuda")
+    with torch.no_grad():
+        for seeds in ([0, 1, 2, 3], [4, 5, 6, 7]):  # two replays with different seeds
+            got = gs(x, noise=PerSampleNoise(seeds))
+            want = MS_DRIVERS[name](net, x, sig, noise=PerSampleNoise(seeds), **MS_KNOBS[name])
+            torch.testing.assert_close(got, want, **CUDA_TOL)
+        loop(x, {}, PrecomputedNoise(draws))  # eager warm-up
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            loop(x, {}, PrecomputedNoise(draws))  # the prepared eager loop
+            gs(x, noise=PerSampleNoise([0, 1, 2, 3]))  # copies, noise fill, replay
+        finally:
+            torch.cuda.set_sync_debug_mode("default")

@@ -47,10 +47,16 @@ from .._types import Denoiser, NoiseSource
 from .._validate import check_cond, check_int, state_dtype
 from ..noise import as_noise_source
 from .drivers import _finite_or_raise, _prepare
+from .multistep import MULTISTEP_SAMPLERS, prepare_multistep, solver_options
 
 __all__ = ["GraphedSampler", "Loop"]
 
 Loop = Callable[[Tensor, Mapping[str, Any], NoiseSource], Tensor]
+_CORE = ("heun", "euler", "stochastic")
+SamplerName = Literal[
+    "heun", "euler", "stochastic", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "dpmpp_3m_sde", "deis", "lms", "ipndm",
+    "unipc", "euler_ancestral", "dpm2",
+]  # fmt: skip
 """``loop(x, cond, noise) -> x_final``: a sync-free sampling loop for one fixed schedule and shape."""
 
 
@@ -104,9 +110,12 @@ class GraphedSampler:
         denoiser: D(x, sigma, **cond).
         sigmas: the schedule (N + 1 entries), validated once.
         shape: the full state shape ``[batch, ...]``; every call must pass x of exactly this shape.
-        sampler: "heun" (:func:`heun_sample`), "euler" (:func:`euler_sample`) or "stochastic"
+        sampler: "heun" (:func:`heun_sample`), "euler" (:func:`euler_sample`), "stochastic"
             (:func:`stochastic_sample`, with ``solver``, ``s_churn``, ``s_tmin``, ``s_tmax``, ``s_noise``,
-            ``round_sigma``).
+            ``round_sigma``), or a low-NFE solver of :mod:`.multistep` by its name without ``_sample``
+            ("dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "dpmpp_3m_sde", "deis", "lms", "ipndm", "unipc",
+            "euler_ancestral", "dpm2"), whose knobs go in ``**options`` (``s_noise`` too for the SDE and
+            ancestral samplers).
         dtype: the state dtype; x must have it.
         device: where sampling runs (default CPU); x must live there. CUDA graphs are used on CUDA only.
         cond_example: cond as it will be passed on every call (tensors are copied into static buffers
@@ -115,6 +124,7 @@ class GraphedSampler:
         compile: run each step through ``torch.compile`` (library kernels fused; the denoiser is traced
             with them, graph breaks in it are allowed). Results then match eager to round-off only.
         warmup: eager warm-up runs on a side stream before capture (CUDA only), >= 1.
+        **options: knobs of a multistep ``sampler`` (e.g. ``order=2``, ``eta=1.0``, ``lower_order_final=True``).
 
     Raises:
         TypeError / ValueError: on invalid arguments, here or on each call.
@@ -126,7 +136,7 @@ class GraphedSampler:
         sigmas: Tensor | Sequence[float],
         shape: Sequence[int],
         *,
-        sampler: Literal["heun", "euler", "stochastic"] = "heun",
+        sampler: SamplerName = "heun",
         solver: Literal["heun", "euler"] = "heun",
         s_churn: float = 0.0,
         s_tmin: float = 0.0,
@@ -139,22 +149,42 @@ class GraphedSampler:
         check_finite: bool = True,
         compile: bool = False,
         warmup: int = 2,
+        **options: Any,
     ) -> None:
-        if sampler not in ("heun", "euler", "stochastic"):
-            raise ValueError(f"sampler must be 'heun', 'euler' or 'stochastic', got {sampler!r}")
+        if not isinstance(sampler, str) or sampler not in _CORE + MULTISTEP_SAMPLERS:
+            raise ValueError(
+                f"sampler must be one of {', '.join(map(repr, _CORE + MULTISTEP_SAMPLERS))}, got {sampler!r}"
+            )
         if solver not in ("heun", "euler"):
             raise ValueError(f"solver must be 'heun' or 'euler', got {solver!r}")
-        if sampler != "stochastic" and (s_churn, s_tmin, s_tmax, s_noise, round_sigma) != (
-            0.0, 0.0, float("inf"), 1.0, None,
+        multistep = sampler in MULTISTEP_SAMPLERS
+        if multistep and s_noise != 1.0 and "s_noise" in solver_options(sampler):
+            options = {**options, "s_noise": s_noise}  # the SDE / ancestral samplers' own noise inflation
+            s_noise = 1.0
+        if sampler != "stochastic" and (s_churn, s_tmin, s_tmax, s_noise, round_sigma, solver) != (
+            0.0, 0.0, float("inf"), 1.0, None, "heun",
         ):  # fmt: skip
             raise TypeError(
-                f"churn knobs (s_churn, s_tmin, s_tmax, s_noise, round_sigma) need sampler='stochastic', "
+                f"churn knobs (solver, s_churn, s_tmin, s_tmax, s_noise, round_sigma) need sampler='stochastic', "
                 f"got sampler={sampler!r}"
+            )
+        if options and not multistep:
+            raise TypeError(
+                f"unknown argument(s) {', '.join(map(repr, sorted(options)))} for sampler={sampler!r}; solver "
+                f"options (order, eta, ...) belong to the multistep samplers {', '.join(MULTISTEP_SAMPLERS)}"
             )
         shp = _check_shape(shape)
         dev = _device(device)
         sdt = state_dtype(torch.empty(0), dtype)
         example = torch.empty(shp, dtype=sdt, device=dev)
+        if multistep:
+            ms = prepare_multistep(sampler, denoiser, example, sigmas, dtype=sdt, **options)
+            run: Loop = ms  # deterministic solvers ignore the noise source
+            if compile:
+                # The whole loop (N unrolled steps, the denoiser inside) as one compiled region.
+                run = torch.compile(ms, dynamic=False)
+            self._init(run, shp, sdt, dev, cond_example, check_finite, warmup, ms.name)
+            return
         method: Literal["euler", "heun"] = "euler" if sampler == "euler" else "heun"
         if sampler == "stochastic":
             method = solver

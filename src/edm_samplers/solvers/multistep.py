@@ -34,8 +34,9 @@ Schedules must be strictly decreasing here (repeated levels would make interpola
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -64,6 +65,8 @@ from .coefficients import (
 from .drivers import _Checked, _finite_or_raise, _progress
 
 __all__ = [
+    "MULTISTEP_SAMPLERS",
+    "MultistepLoop",
     "deis_sample",
     "dpm2_sample",
     "dpmpp_2m_sample",
@@ -74,6 +77,8 @@ __all__ = [
     "ipndm_sample",
     "lms_sample",
     "multistep_plan",
+    "prepare_multistep",
+    "solver_options",
     "unipc_sample",
 ]
 
@@ -283,36 +288,7 @@ def _check_order(order: object, lo: int, hi: int) -> int:
     return o
 
 
-class _Entry(NamedTuple):
-    den: _Checked
-    x: Tensor
-    s: F64
-    cond: dict[str, Any]
-    sdt: torch.dtype
-    src: NoiseSource | None
-
-
-def _entry(
-    denoiser: Denoiser,
-    x: Tensor,
-    sigmas: Tensor | Sequence[float],
-    cond: Mapping[str, Any] | None,
-    noise: NoiseSource | torch.Generator | None,
-    callback: Callback | None,
-    dtype: torch.dtype | None,
-    stochastic: bool,
-) -> _Entry:
-    check_denoiser(denoiser)
-    x = check_x(x)
-    s = _strict_sigmas(sigmas)
-    cond_d = check_cond(cond)
-    sdt = state_dtype(x, dtype)
-    check_callback(callback)
-    src = as_noise_source(noise)  # type-checked always; deterministic samplers draw nothing
-    return _Entry(_Checked(denoiser, sdt), x.to(sdt), s, cond_d, sdt, src if stochastic else None)
-
-
-# ---- drivers -------------------------------------------------------------------------------------------
+# ---- prepared samplers: validation and device tables once, then a capturable loop ---------------------
 
 
 def _scalars(v: F64, sdt: torch.dtype, device: torch.device) -> list[Tensor]:
@@ -325,85 +301,288 @@ def _sigma_rows(s: F64, batch: int, sdt: torch.dtype, device: torch.device) -> T
     return t[:, None].expand(-1, batch).contiguous()
 
 
-def _run_plan(
+class MultistepLoop:
+    """A sampler of this module bound to one schedule, batch size, dtype and device.
+
+    Built by :func:`prepare_multistep`: everything host-side (validation, float64 coefficients, their
+    one copy to the device) is done, so ``loop(x, cond, noise)`` runs straight-line tensor code with no
+    host synchronisation or transfer. It follows the rules of :mod:`.graph`, hence
+    ``GraphedSampler.from_loop(loop, shape, ...)`` (or ``GraphedSampler(..., sampler=name)``) captures it.
+
+    Attributes:
+        name: the public sampler's name, e.g. ``"dpmpp_2m_sample"``.
+        stochastic: whether it draws noise (one state-shaped draw per step).
+        sigmas: the schedule as Python floats.
+        batch, dtype, device: what x must have.
+    """
+
+    def __init__(self, name: str, den: _Checked, s: F64, batch: int, sdt: torch.dtype, dev: torch.device) -> None:
+        self.name = name
+        self.den = den
+        self.sigmas: list[float] = s.tolist()
+        self.batch = batch
+        self.dtype = sdt
+        self.device = dev
+        self.stochastic = False
+        self.rows = _sigma_rows(s, batch, sdt, dev)
+
+    def __call__(
+        self,
+        x: Tensor,
+        cond: Mapping[str, Any],
+        noise: NoiseSource | None,
+        callback: Callback | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        raise NotImplementedError
+
+
+class _PlanLoop(MultistepLoop):
+    """``x_{i+1} = a_i x_i + e_i D_i + sum_j b_ij F_{i-j} (+ noise_i eps_i)``, with the UniPC corrector."""
+
+    def __init__(
+        self, name: str, den: _Checked, s: F64, plan: MultistepPlan, batch: int, sdt: torch.dtype, dev: torch.device
+    ) -> None:
+        super().__init__(name, den, s, batch, sdt, dev)
+        self.stochastic = plan.stochastic
+        self.a = _scalars(plan.a, sdt, dev)
+        self.e = _scalars(plan.e, sdt, dev)
+        self.uses_e = [bool(v != 0) for v in plan.e]
+        self.nz = _scalars(plan.noise, sdt, dev)
+        self.b = [_scalars(r, sdt, dev) for r in plan.b]
+        self.corr = [_scalars(r, sdt, dev) for r in plan.corr]
+        self.nb, self.ncorr = plan.nb, plan.ncorr
+        self.derivative = plan.family == "derivative"
+        self.inv = _scalars(np.where(s[:-1] > 0, 1.0 / np.where(s[:-1] > 0, s[:-1], 1.0), 0.0), sdt, dev)
+        self.keep = max(max(plan.nb), max(plan.ncorr), 1)
+
+    def __call__(
+        self,
+        x: Tensor,
+        cond: Mapping[str, Any],
+        noise: NoiseSource | None,
+        callback: Callback | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        host, rows, a, e, nz, b, corr, inv = (
+            self.sigmas,
+            self.rows,
+            self.a,
+            self.e,
+            self.nz,
+            self.b,
+            self.corr,
+            self.inv,
+        )
+        src = noise if self.stochastic else None
+        hist: list[Tensor] = []  # newest first; Python-level ring of at most `keep` tensors
+        for i in _progress(len(host) - 1, progress, self.name):
+            denoised = self.den(x, rows[i], **cond)
+            f = (x - denoised).mul_(inv[i]) if self.derivative else denoised
+            hist.insert(0, f)
+            del hist[self.keep :]
+            x_eval = x
+            for j in range(self.ncorr[i]):  # UniPC corrector (a new tensor: StepInfo keeps the evaluated x)
+                x = torch.addcmul(x, hist[j], corr[i][j]) if j == 0 else x.addcmul_(hist[j], corr[i][j])
+            x_next = torch.mul(x, a[i])
+            if self.uses_e[i]:
+                x_next.addcmul_(denoised, e[i])
+            for j in range(self.nb[i]):
+                x_next.addcmul_(hist[j], b[i][j])
+            if src is not None:  # drawn on every step, whatever eta / s_noise (settings never shift the stream)
+                eps = src.randn(x.shape, dtype=self.dtype, device=self.device)
+                x_next.addcmul_(eps, nz[i])
+            if callback is not None:
+                callback(StepInfo(i, host[i], host[i], host[i + 1], x_eval, denoised, x_next))
+            x = x_next
+        return x
+
+
+class _Dpm2Loop(MultistepLoop):
+    """DPM-Solver-2 / DPM-Solver++(2S): Euler to the lambda midpoint, then the midpoint update."""
+
+    def __init__(
+        self, den: _Checked, s: F64, form: Literal["noise", "data"], batch: int, sdt: torch.dtype, dev: torch.device
+    ) -> None:
+        super().__init__("dpm2_sample", den, s, batch, sdt, dev)
+        self.noise_form = form == "noise"
+        mid = np.sqrt(s[:-1] * s[1:])  # the lambda midpoint sigma_m = sqrt(sigma_i sigma_{i+1})
+        self.mid_rows = _sigma_rows(np.append(mid, 0.0), batch, sdt, dev)
+        self.ratio_mid = _scalars(mid / s[:-1], sdt, dev)
+        self.ratio = _scalars(s[1:] / s[:-1], sdt, dev)
+        # noise form: x_{i+1} = x_i + (sigma_{i+1} - sigma_i) (u - D_m) / sigma_m  (unused when mid = 0)
+        self.h_over_mid = _scalars((s[1:] - s[:-1]) / np.where(mid > 0, mid, 1.0), sdt, dev)
+
+    def __call__(
+        self,
+        x: Tensor,
+        cond: Mapping[str, Any],
+        noise: NoiseSource | None,
+        callback: Callback | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        host, rows, mid_rows = self.sigmas, self.rows, self.mid_rows
+        for i in _progress(len(host) - 1, progress, self.name):
+            denoised = self.den(x, rows[i], **cond)
+            if host[i + 1] == 0:  # last step to 0: Euler, 1 NFE, returns D exactly
+                x_next = torch.lerp(denoised, x, self.ratio[i])
+            else:
+                u = torch.lerp(denoised, x, self.ratio_mid[i])  # Euler (= DPM-Solver-1) to the midpoint
+                d_mid = self.den(u, mid_rows[i], **cond)
+                if self.noise_form:
+                    x_next = torch.addcmul(x, u - d_mid, self.h_over_mid[i])
+                else:
+                    x_next = torch.lerp(d_mid, x, self.ratio[i])
+            if callback is not None:
+                callback(StepInfo(i, host[i], host[i], host[i + 1], x, denoised, x_next))
+            x = x_next
+        return x
+
+
+# Each solver's knobs (validated here) -> its plan. The public samplers and GraphedSampler share these.
+
+
+def _p_dpmpp_2m(s: F64, *, lower_order_final: bool = False) -> MultistepPlan:
+    return _plan_data(s, order=2, variant="2m", eta=0.0, stochastic=False, lower_final=_check_lof(lower_order_final))
+
+
+def _p_dpmpp_3m(s: F64, *, order: int = 3, lower_order_final: bool = False) -> MultistepPlan:
+    o = _check_order(order, 1, 4)
+    return _plan_data(s, order=o, variant="exact", eta=0.0, stochastic=False, lower_final=_check_lof(lower_order_final))
+
+
+def _p_dpmpp_2m_sde(
+    s: F64, *, eta: float = 1.0, s_noise: float = 1.0, lower_order_final: bool = False
+) -> MultistepPlan:
+    eta, s_noise = _eta_noise(eta, s_noise)
+    plan = _plan_data(s, order=2, variant="2m", eta=eta, stochastic=True, lower_final=_check_lof(lower_order_final))
+    return plan._replace(noise=plan.noise * s_noise)
+
+
+def _p_dpmpp_3m_sde(
+    s: F64, *, eta: float = 1.0, s_noise: float = 1.0, lower_order_final: bool = False
+) -> MultistepPlan:
+    eta, s_noise = _eta_noise(eta, s_noise)
+    plan = _plan_data(s, order=3, variant="exact", eta=eta, stochastic=True, lower_final=_check_lof(lower_order_final))
+    return plan._replace(noise=plan.noise * s_noise)
+
+
+def _p_deis(s: F64, *, order: int = 3, lower_order_final: bool = False) -> MultistepPlan:
+    o = _check_order(order, 1, 3)
+    return _plan_derivative(s, order=o, variant="deis", lower_final=_check_lof(lower_order_final))
+
+
+def _p_lms(s: F64, *, order: int = 4, lower_order_final: bool = False) -> MultistepPlan:
+    o = _check_order(order, 1, 4)
+    return _plan_derivative(s, order=o, variant="lms", lower_final=_check_lof(lower_order_final))
+
+
+def _p_ipndm(s: F64, *, order: int = 4, lower_order_final: bool = False) -> MultistepPlan:
+    o = _check_order(order, 1, 4)
+    return _plan_derivative(s, order=o, variant="ipndm", lower_final=_check_lof(lower_order_final))
+
+
+def _p_unipc(s: F64, *, order: int = 3, lower_order_final: bool = False) -> MultistepPlan:
+    o = _check_order(order, 1, 3)
+    return _plan_data(s, order=o, variant="unipc", eta=0.0, stochastic=False, lower_final=_check_lof(lower_order_final))
+
+
+def _p_euler_ancestral(s: F64, *, eta: float = 1.0, s_noise: float = 1.0) -> MultistepPlan:
+    eta, s_noise = _eta_noise(eta, s_noise)
+    plan = _plan_ancestral(s, eta=eta)
+    return plan._replace(noise=plan.noise * s_noise)
+
+
+def _p_dpm2(s: F64, *, form: str = "noise") -> Literal["noise", "data"]:
+    if form not in ("noise", "data"):
+        raise ValueError(f"form must be 'noise' (DPM-Solver-2) or 'data' (DPM-Solver++(2S)), got {form!r}")
+    return "noise" if form == "noise" else "data"
+
+
+_PLANS: dict[str, Callable[..., Any]] = {
+    "dpmpp_2m": _p_dpmpp_2m,
+    "dpmpp_3m": _p_dpmpp_3m,
+    "dpmpp_2m_sde": _p_dpmpp_2m_sde,
+    "dpmpp_3m_sde": _p_dpmpp_3m_sde,
+    "deis": _p_deis,
+    "lms": _p_lms,
+    "ipndm": _p_ipndm,
+    "unipc": _p_unipc,
+    "euler_ancestral": _p_euler_ancestral,
+    "dpm2": _p_dpm2,
+}
+MULTISTEP_SAMPLERS: tuple[str, ...] = tuple(_PLANS)
+"""Names accepted by :func:`prepare_multistep` and ``GraphedSampler(sampler=...)``."""
+
+
+def solver_options(name: str) -> tuple[str, ...]:
+    """The knobs sampler ``name`` of this module accepts (e.g. ``("order", "lower_order_final")``)."""
+    if name not in _PLANS:
+        raise ValueError(f"unknown multistep sampler {name!r}; choose from {', '.join(MULTISTEP_SAMPLERS)}")
+    return tuple(inspect.signature(_PLANS[name]).parameters)[1:]
+
+
+def prepare_multistep(
     name: str,
-    ent: _Entry,
-    plan: MultistepPlan,
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor | Sequence[float],
+    *,
+    dtype: torch.dtype | None = None,
+    **options: Any,
+) -> MultistepLoop:
+    """Validate once and build the device tables of sampler ``name`` for states shaped like ``x``.
+
+    Args:
+        name: one of :data:`MULTISTEP_SAMPLERS` (``"dpmpp_2m"`` for :func:`dpmpp_2m_sample`, ...).
+        denoiser: D(x, sigma, **cond).
+        x: an example state: its batch size, device and (with ``dtype``) integration dtype are fixed.
+        sigmas: strictly decreasing schedule.
+        dtype: integration dtype (default: x's dtype promoted to at least float32).
+        **options: the sampler's knobs (``order``, ``eta``, ``s_noise``, ``lower_order_final``, ``form``).
+
+    Returns:
+        A :class:`MultistepLoop`; ``loop(x, cond, noise)`` samples without host synchronisation.
+    """
+    allowed = solver_options(name)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise TypeError(
+            f"{name}_sample got unknown option(s) {', '.join(map(repr, unknown))}; it accepts "
+            f"{', '.join(allowed) or 'none'}"
+        )
+    check_denoiser(denoiser)
+    x = check_x(x)
+    s = _strict_sigmas(sigmas)
+    sdt = state_dtype(x, dtype)
+    den = _Checked(denoiser, sdt)
+    if name == "dpm2":
+        return _Dpm2Loop(den, s, _p_dpm2(s, **options), x.shape[0], sdt, x.device)
+    plan = _PLANS[name](s, **options)
+    return _PlanLoop(f"{name}_sample", den, s, plan, x.shape[0], sdt, x.device)
+
+
+def _sample(
+    name: str,
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor | Sequence[float],
+    options: dict[str, Any],
+    cond: Mapping[str, Any] | None,
+    noise: NoiseSource | torch.Generator | None,
     callback: Callback | None,
+    dtype: torch.dtype | None,
     progress: bool,
     check_finite: bool,
 ) -> Tensor:
-    den, x, s, cond, sdt, src = ent
-    n = s.shape[0] - 1
-    dev = x.device
-    host = s.tolist()
-    rows = _sigma_rows(s, x.shape[0], sdt, dev)
-    a = _scalars(plan.a, sdt, dev)
-    e = _scalars(plan.e, sdt, dev)
-    nz = _scalars(plan.noise, sdt, dev)
-    b = [_scalars(r, sdt, dev) for r in plan.b]
-    corr = [_scalars(r, sdt, dev) for r in plan.corr]
-    derivative = plan.family == "derivative"
-    inv = _scalars(np.where(s[:-1] > 0, 1.0 / np.where(s[:-1] > 0, s[:-1], 1.0), 0.0), sdt, dev)
-    keep = max(max(plan.nb), max(plan.ncorr), 1)
-    hist: list[Tensor] = []  # newest first; Python-level ring of at most `keep` tensors
-
-    for i in _progress(n, progress, name):
-        denoised = den(x, rows[i], **cond)
-        f = (x - denoised).mul_(inv[i]) if derivative else denoised
-        hist.insert(0, f)
-        del hist[keep:]
-        x_eval = x
-        for j in range(plan.ncorr[i]):  # UniPC corrector (a new tensor: StepInfo keeps the evaluated x)
-            x = torch.addcmul(x, hist[j], corr[i][j]) if j == 0 else x.addcmul_(hist[j], corr[i][j])
-        x_next = torch.mul(x, a[i])
-        if plan.e[i] != 0:
-            x_next.addcmul_(denoised, e[i])
-        for j in range(plan.nb[i]):
-            x_next.addcmul_(hist[j], b[i][j])
-        if src is not None:  # drawn on every step, whatever eta / s_noise (settings never shift the stream)
-            eps = src.randn(x.shape, dtype=sdt, device=dev)
-            x_next.addcmul_(eps, nz[i])
-        if callback is not None:
-            callback(StepInfo(i, host[i], host[i], host[i + 1], x_eval, denoised, x_next))
-        x = x_next
-
+    loop = prepare_multistep(name, denoiser, x, sigmas, dtype=dtype, **options)
+    cond_d = check_cond(cond)
+    check_callback(callback)
+    src = as_noise_source(noise)  # type-checked always; deterministic samplers draw nothing
+    out = loop(x.to(loop.dtype), cond_d, src, callback, progress)
     if check_finite:
-        _finite_or_raise(x, name)
-    return x
-
-
-def _run_dpm2(
-    ent: _Entry, form: Literal["noise", "data"], callback: Callback | None, progress: bool, check_finite: bool
-) -> Tensor:
-    den, x, s, cond, sdt, _ = ent
-    n = s.shape[0] - 1
-    dev = x.device
-    host = s.tolist()
-    mid = np.sqrt(s[:-1] * s[1:])  # the lambda midpoint sigma_m = sqrt(sigma_i sigma_{i+1})
-    rows = _sigma_rows(s, x.shape[0], sdt, dev)
-    mid_rows = _sigma_rows(np.append(mid, 0.0), x.shape[0], sdt, dev)
-    ratio_mid = _scalars(mid / s[:-1], sdt, dev)
-    ratio = _scalars(s[1:] / s[:-1], sdt, dev)
-    # noise form: x_{i+1} = x_i + (sigma_{i+1} - sigma_i) (u - D_m) / sigma_m
-    h_over_mid = _scalars((s[1:] - s[:-1]) / np.where(mid > 0, mid, 1.0), sdt, dev)  # unused when mid = 0
-
-    for i in _progress(n, progress, "dpm2_sample"):
-        denoised = den(x, rows[i], **cond)
-        if host[i + 1] == 0:  # last step to 0: Euler, 1 NFE, returns D exactly
-            x_next = torch.lerp(denoised, x, ratio[i])
-        else:
-            u = torch.lerp(denoised, x, ratio_mid[i])  # Euler (= DPM-Solver-1) to the midpoint
-            d_mid = den(u, mid_rows[i], **cond)
-            noise_form = torch.addcmul(x, u - d_mid, h_over_mid[i]) if form == "noise" else None
-            x_next = noise_form if noise_form is not None else torch.lerp(d_mid, x, ratio[i])
-        if callback is not None:
-            callback(StepInfo(i, host[i], host[i], host[i + 1], x, denoised, x_next))
-        x = x_next
-
-    if check_finite:
-        _finite_or_raise(x, "dpm2_sample")
-    return x
+        _finite_or_raise(out, loop.name)
+    return out
 
 
 # ---- public samplers ----------------------------------------------------------------------------------
@@ -451,11 +630,19 @@ def dpmpp_2m_sample(
     progress: bool = False,
     check_finite: bool = True,
 ) -> Tensor:
-    ent = _entry(denoiser, x, sigmas, cond, noise, callback, dtype, False)
-    plan = _plan_data(
-        ent.s, order=2, variant="2m", eta=0.0, stochastic=False, lower_final=_check_lof(lower_order_final)
+    return _sample(
+        "dpmpp_2m",
+        denoiser,
+        x,
+        sigmas,
+        {"lower_order_final": lower_order_final},
+        cond,
+        noise,
+        callback,
+        dtype,
+        progress,
+        check_finite,
     )
-    return _run_plan("dpmpp_2m_sample", ent, plan, callback, progress, check_finite)
 
 
 dpmpp_2m_sample.__doc__ = _doc(
@@ -488,12 +675,19 @@ def dpmpp_3m_sample(
     progress: bool = False,
     check_finite: bool = True,
 ) -> Tensor:
-    o = _check_order(order, 1, 4)
-    ent = _entry(denoiser, x, sigmas, cond, noise, callback, dtype, False)
-    plan = _plan_data(
-        ent.s, order=o, variant="exact", eta=0.0, stochastic=False, lower_final=_check_lof(lower_order_final)
+    return _sample(
+        "dpmpp_3m",
+        denoiser,
+        x,
+        sigmas,
+        {"order": order, "lower_order_final": lower_order_final},
+        cond,
+        noise,
+        callback,
+        dtype,
+        progress,
+        check_finite,
     )
-    return _run_plan("dpmpp_3m_sample", ent, plan, callback, progress, check_finite)
 
 
 dpmpp_3m_sample.__doc__ = _doc(
@@ -530,11 +724,19 @@ def dpmpp_2m_sde_sample(
     progress: bool = False,
     check_finite: bool = True,
 ) -> Tensor:
-    eta, s_noise = _eta_noise(eta, s_noise)
-    ent = _entry(denoiser, x, sigmas, cond, noise, callback, dtype, True)
-    plan = _plan_data(ent.s, order=2, variant="2m", eta=eta, stochastic=True, lower_final=_check_lof(lower_order_final))
-    plan = plan._replace(noise=plan.noise * s_noise)
-    return _run_plan("dpmpp_2m_sde_sample", ent, plan, callback, progress, check_finite)
+    return _sample(
+        "dpmpp_2m_sde",
+        denoiser,
+        x,
+        sigmas,
+        {"eta": eta, "s_noise": s_noise, "lower_order_final": lower_order_final},
+        cond,
+        noise,
+        callback,
+        dtype,
+        progress,
+        check_finite,
+    )
 
 
 dpmpp_2m_sde_sample.__doc__ = _doc(
@@ -573,13 +775,19 @@ def dpmpp_3m_sde_sample(
     progress: bool = False,
     check_finite: bool = True,
 ) -> Tensor:
-    eta, s_noise = _eta_noise(eta, s_noise)
-    ent = _entry(denoiser, x, sigmas, cond, noise, callback, dtype, True)
-    plan = _plan_data(
-        ent.s, order=3, variant="exact", eta=eta, stochastic=True, lower_final=_check_lof(lower_order_final)
+    return _sample(
+        "dpmpp_3m_sde",
+        denoiser,
+        x,
+        sigmas,
+        {"eta": eta, "s_noise": s_noise, "lower_order_final": lower_order_final},
+        cond,
+        noise,
+        callback,
+        dtype,
+        progress,
+        check_finite,
     )
-    plan = plan._replace(noise=plan.noise * s_noise)
-    return _run_plan("dpmpp_3m_sde_sample", ent, plan, callback, progress, check_finite)
 
 
 dpmpp_3m_sde_sample.__doc__ = _doc(
@@ -614,10 +822,19 @@ def deis_sample(
     progress: bool = False,
     check_finite: bool = True,
 ) -> Tensor:
-    o = _check_order(order, 1, 3)
-    ent = _entry(denoiser, x, sigmas, cond, noise, callback, dtype, False)
-    plan = _plan_derivative(ent.s, order=o, variant="deis", lower_final=_check_lof(lower_order_final))
-    return _run_plan("deis_sample", ent, plan, callback, progress, check_finite)
+    return _sample(
+        "deis",
+        denoiser,
+        x,
+        sigmas,
+        {"order": order, "lower_order_final": lower_order_final},
+        cond,
+        noise,
+        callback,
+        dtype,
+        progress,
+        check_finite,
+    )
 
 
 deis_sample.__doc__ = _doc(
@@ -653,10 +870,19 @@ def lms_sample(
     progress: bool = False,
     check_finite: bool = True,
 ) -> Tensor:
-    o = _check_order(order, 1, 4)
-    ent = _entry(denoiser, x, sigmas, cond, noise, callback, dtype, False)
-    plan = _plan_derivative(ent.s, order=o, variant="lms", lower_final=_check_lof(lower_order_final))
-    return _run_plan("lms_sample", ent, plan, callback, progress, check_finite)
+    return _sample(
+        "lms",
+        denoiser,
+        x,
+        sigmas,
+        {"order": order, "lower_order_final": lower_order_final},
+        cond,
+        noise,
+        callback,
+        dtype,
+        progress,
+        check_finite,
+    )
 
 
 lms_sample.__doc__ = _doc(
@@ -691,10 +917,19 @@ def ipndm_sample(
     progress: bool = False,
     check_finite: bool = True,
 ) -> Tensor:
-    o = _check_order(order, 1, 4)
-    ent = _entry(denoiser, x, sigmas, cond, noise, callback, dtype, False)
-    plan = _plan_derivative(ent.s, order=o, variant="ipndm", lower_final=_check_lof(lower_order_final))
-    return _run_plan("ipndm_sample", ent, plan, callback, progress, check_finite)
+    return _sample(
+        "ipndm",
+        denoiser,
+        x,
+        sigmas,
+        {"order": order, "lower_order_final": lower_order_final},
+        cond,
+        noise,
+        callback,
+        dtype,
+        progress,
+        check_finite,
+    )
 
 
 ipndm_sample.__doc__ = _doc(
@@ -731,12 +966,19 @@ def unipc_sample(
     progress: bool = False,
     check_finite: bool = True,
 ) -> Tensor:
-    o = _check_order(order, 1, 3)
-    ent = _entry(denoiser, x, sigmas, cond, noise, callback, dtype, False)
-    plan = _plan_data(
-        ent.s, order=o, variant="unipc", eta=0.0, stochastic=False, lower_final=_check_lof(lower_order_final)
+    return _sample(
+        "unipc",
+        denoiser,
+        x,
+        sigmas,
+        {"order": order, "lower_order_final": lower_order_final},
+        cond,
+        noise,
+        callback,
+        dtype,
+        progress,
+        check_finite,
     )
-    return _run_plan("unipc_sample", ent, plan, callback, progress, check_finite)
 
 
 unipc_sample.__doc__ = _doc(
@@ -774,11 +1016,19 @@ def euler_ancestral_sample(
     progress: bool = False,
     check_finite: bool = True,
 ) -> Tensor:
-    eta, s_noise = _eta_noise(eta, s_noise)
-    ent = _entry(denoiser, x, sigmas, cond, noise, callback, dtype, True)
-    plan = _plan_ancestral(ent.s, eta=eta)
-    plan = plan._replace(noise=plan.noise * s_noise)
-    return _run_plan("euler_ancestral_sample", ent, plan, callback, progress, check_finite)
+    return _sample(
+        "euler_ancestral",
+        denoiser,
+        x,
+        sigmas,
+        {"eta": eta, "s_noise": s_noise},
+        cond,
+        noise,
+        callback,
+        dtype,
+        progress,
+        check_finite,
+    )
 
 
 euler_ancestral_sample.__doc__ = _doc(
@@ -809,10 +1059,7 @@ def dpm2_sample(
     progress: bool = False,
     check_finite: bool = True,
 ) -> Tensor:
-    if form not in ("noise", "data"):
-        raise ValueError(f"form must be 'noise' (DPM-Solver-2) or 'data' (DPM-Solver++(2S)), got {form!r}")
-    ent = _entry(denoiser, x, sigmas, cond, noise, callback, dtype, False)
-    return _run_dpm2(ent, form, callback, progress, check_finite)
+    return _sample("dpm2", denoiser, x, sigmas, {"form": form}, cond, noise, callback, dtype, progress, check_finite)
 
 
 dpm2_sample.__doc__ = _doc(
