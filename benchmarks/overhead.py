@@ -5,9 +5,9 @@ sampling loop add per NFE? overhead/NFE = (loop time - the same number of bare d
 
 Compared in the same process, interleaved round by round (the median over rounds is reported):
 
-- this library: ``euler_sample``, ``heun_sample``, ``stochastic_sample`` (s_churn=40, Heun) in eager
-  mode; the same through ``GraphedSampler(compile=True)`` ("compiled"); on CUDA also
-  ``GraphedSampler`` replay ("graphed");
+- this library: ``euler_sample``, ``heun_sample``, ``stochastic_sample`` (s_churn=40, Heun),
+  ``dpmpp_2m_sample`` and ``unipc_sample(order=3)`` in eager mode; the same through
+  ``GraphedSampler(compile=True)`` ("compiled"); on CUDA also ``GraphedSampler`` replay ("graphed");
 - peers written here: a straightforward float64 loop in the style of the EDM paper's reference code
   (Algorithm 2 with S_churn = 0, noise drawn every step as there), and a naive float32 Heun loop;
 - diffusers' ``EDMEulerScheduler`` and ``EDMDPMSolverMultistepScheduler`` loops (if importable);
@@ -209,15 +209,20 @@ def candidates(
         "edm_samplers.euler": (lambda: E.euler_sample(net, x, sig), steps),
         "edm_samplers.heun": (lambda: E.heun_sample(net, x, sig), n_heun),
         "edm_samplers.stochastic": (lambda: E.stochastic_sample(net, x, sig, s_churn=40.0, noise=gen), n_heun),
+        "edm_samplers.dpmpp_2m": (lambda: E.dpmpp_2m_sample(net, x, sig), steps),
+        "edm_samplers.unipc": (lambda: E.unipc_sample(net, x, sig, order=3), steps),
     }
     if compile_ or device.type == "cuda":
-        for name, kw in (("euler", {}), ("heun", {}), ("stochastic", {"s_churn": 40.0})):
+        knobs: tuple[tuple[str, dict[str, Any]], ...] = (
+            ("euler", {}), ("heun", {}), ("stochastic", {"s_churn": 40.0}), ("dpmpp_2m", {}), ("unipc", {"order": 3}),
+        )  # fmt: skip
+        for name, kw in knobs:
             modes = ([("compiled", True)] if compile_ else []) + ([("graphed", False)] if device.type == "cuda" else [])
             for mode, comp in modes:
                 gs = E.GraphedSampler(net, sig, shape, sampler=name, device=device, compile=comp, **kw)  # type: ignore[arg-type]
                 out[f"edm_samplers.{name}.{mode}"] = (
                     (lambda gs=gs: gs(x, noise=gen)),
-                    steps if name == "euler" else n_heun,
+                    n_heun if name in ("heun", "stochastic") else steps,
                 )
     out["peer.paper_float64"] = (lambda: paper_loop(net, x, sig), n_heun)
     out["peer.naive_float32_heun"] = (lambda: naive_heun(net, x, host), n_heun)

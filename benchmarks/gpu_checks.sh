@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The checks that need a CUDA device, in one go (issue 6): the CUDA tests, the graphed U-Net benchmark,
+# the sampler-overhead benchmark, then the whole suite. Logs and JSON go to $OUT (default ./gpu_out).
+# Usage: bash benchmarks/gpu_checks.sh   (from the repository root; uses src/ directly, no install needed)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu_out}
+mkdir -p "$OUT"
+PY=${PY:-python3}
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+QUICK=${QUICK:-0}  # 1: a fast dry run of the script itself (CPU)
+{ nvidia-smi -L 2>/dev/null; $PY -c 'import torch, platform; print("torch", torch.__version__, "cuda", torch.version.cuda, "python", platform.python_version(), torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU")'; } | tee "$OUT/machine.txt"
+echo "== CUDA tests"
+timeout 150 $PY -m pytest -q -p no:cacheprovider -m cuda tests/test_graph.py 2>&1 | tee "$OUT/cuda_tests.log" | tail -15
+echo "== graphed U-Net benchmark"
+if [ "$QUICK" = 1 ]; then args=(--nets digits --batches 1 --samplers heun unipc --rounds 1 --reps 1 --steps 3); else args=(); fi
+timeout 240 $PY benchmarks/graph_unet.py "${args[@]}" --json "$OUT/graph_unet.json" 2>&1 | tee "$OUT/graph_unet.log"
+echo "== sampler overhead (free denoiser)"
+if [ "$QUICK" = 1 ]; then args=(--shapes 1,3,32,32 --rounds 1); else args=(); fi
+timeout 120 $PY benchmarks/overhead.py --no-compile "${args[@]}" --json "$OUT/overhead.json" 2>&1 | grep '^#' | tee "$OUT/overhead.log"
+if [ "$QUICK" != 1 ]; then
+  echo "== whole test suite"
+  timeout "${SUITE_TIMEOUT:-150}" $PY -m pytest -q -p no:cacheprovider -x 2>&1 | tee "$OUT/suite.log" | tail -15
+fi
