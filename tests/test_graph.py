@@ -541,6 +541,22 @@ def test_graphed_multistep_validation() -> None:
     assert multistep.solver_options("dpmpp_2m_sde") == ("eta", "s_noise", "lower_order_final")
 
 
+def test_multistep_tables_are_cached_but_never_skip_validation() -> None:
+    x = start(2)
+    sig = karras_sigmas(5)
+    a = multistep.prepare_multistep("unipc", tiny_denoiser, x, sig, order=3)
+    b = multistep.prepare_multistep("unipc", mixture(), x, sig, order=3)
+    assert a.t is b.t  # type: ignore[attr-defined]  # device tables reused: no transfer on a repeat call
+    assert multistep.prepare_multistep("unipc", tiny_denoiser, x, sig, order=2).t is not a.t  # type: ignore[attr-defined]
+    assert multistep.prepare_multistep("unipc", tiny_denoiser, start(3), sig, order=3).t is not a.t  # type: ignore[attr-defined]
+    with pytest.raises(TypeError, match="order"):  # equal to a cached key's 3, but not an int
+        multistep.prepare_multistep("unipc", tiny_denoiser, x, sig, order=3.0)
+    with pytest.raises(TypeError, match="lower_order_final"):
+        multistep.prepare_multistep("unipc", tiny_denoiser, x, sig, order=3, lower_order_final=1)
+    with pytest.raises(TypeError, match="order"):  # unhashable: not cached, still validated
+        multistep.prepare_multistep("unipc", tiny_denoiser, x, sig, order=[3])
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("name", sorted(MS_KNOBS))
 def test_cuda_multistep_replay_equals_eager_without_syncs(name: str) -> None:

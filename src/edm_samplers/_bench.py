@@ -51,16 +51,18 @@ def dist_info() -> tuple[int, int]:
 
 
 def init_distributed() -> bool:
-    """Initialise torch.distributed from torchrun's environment (gloo on CPU, nccl on CUDA); False if absent."""
+    """Initialise torch.distributed (gloo) from torchrun's environment; False if not launched by torchrun."""
     import torch.distributed as dist
 
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ or not dist.is_available():
         return False
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        # gloo whatever the device: every collective here reduces small float64 CPU tensors (statistics,
+        # error sums) and sampling itself needs no communication. Ranks take the node's GPUs round-robin,
+        # so more processes than GPUs share them instead of failing (NCCL allows one rank per GPU).
+        dist.init_process_group(backend="gloo")
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
         # A process that exits with its group alive can abort (SIGABRT, "terminate called without an active
         # exception"): gloo's worker threads outlive the interpreter's teardown. Destroy it while Python lives.
         atexit.register(_destroy_process_group)

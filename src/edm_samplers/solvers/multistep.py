@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
@@ -291,14 +292,67 @@ def _check_order(order: object, lo: int, hi: int) -> int:
 # ---- prepared samplers: validation and device tables once, then a capturable loop ---------------------
 
 
-def _scalars(v: F64, sdt: torch.dtype, device: torch.device) -> list[Tensor]:
-    # One cast to the state dtype on the device, then 0-d views: no transfer inside the loop.
-    return list(torch.as_tensor(v, dtype=torch.float64).to(device=device, dtype=sdt).unbind(0))
+def _to_device(arrays: Sequence[F64], sdt: torch.dtype, device: torch.device) -> list[Tensor]:
+    """All of a loop's float64 tables in one host-to-device transfer, cast once to the state dtype."""
+    flat = np.concatenate([np.ravel(a) for a in arrays]).astype(np.float64)
+    t = torch.from_numpy(flat).to(device=device, dtype=sdt)
+    return [v.view(a.shape) for v, a in zip(torch.split(t, [a.size for a in arrays]), arrays, strict=True)]
 
 
-def _sigma_rows(s: F64, batch: int, sdt: torch.dtype, device: torch.device) -> Tensor:
-    t = torch.as_tensor(s[:-1], dtype=torch.float64).to(device=device, dtype=sdt)
-    return t[:, None].expand(-1, batch).contiguous()
+def _rows(sig: Tensor, batch: int) -> Tensor:
+    """``[N] -> [N, batch]``: each step's sigma as the ``[batch]`` row the denoiser takes (a device op)."""
+    return sig[:, None].expand(-1, batch).contiguous()
+
+
+class _PlanTables(NamedTuple):
+    rows: Tensor
+    a: list[Tensor]
+    e: list[Tensor]
+    nz: list[Tensor]
+    b: list[list[Tensor]]
+    corr: list[list[Tensor]]
+    inv: list[Tensor]
+    uses_e: list[bool]
+    nb: tuple[int, ...]
+    ncorr: tuple[int, ...]
+    keep: int
+    derivative: bool
+    stochastic: bool
+
+    @classmethod
+    def build(cls, s: F64, plan: MultistepPlan, batch: int, sdt: torch.dtype, dev: torch.device) -> _PlanTables:
+        inv = np.where(s[:-1] > 0, 1.0 / np.where(s[:-1] > 0, s[:-1], 1.0), 0.0)
+        sig, a, e, nz, b, corr, inv_t = _to_device(
+            [s[:-1], plan.a, plan.e, plan.noise, plan.b, plan.corr, inv], sdt, dev
+        )
+        return cls(
+            _rows(sig, batch), list(a.unbind(0)), list(e.unbind(0)), list(nz.unbind(0)),
+            [list(r.unbind(0)) for r in b], [list(r.unbind(0)) for r in corr], list(inv_t.unbind(0)),
+            [bool(v != 0) for v in plan.e], plan.nb, plan.ncorr, max(max(plan.nb), max(plan.ncorr), 1),
+            plan.family == "derivative", plan.stochastic,
+        )  # fmt: skip
+
+
+class _Dpm2Tables(NamedTuple):
+    rows: Tensor
+    mid_rows: Tensor
+    ratio_mid: list[Tensor]
+    ratio: list[Tensor]
+    h_over_mid: list[Tensor]
+    noise_form: bool
+
+    @classmethod
+    def build(
+        cls, s: F64, form: Literal["noise", "data"], batch: int, sdt: torch.dtype, dev: torch.device
+    ) -> _Dpm2Tables:
+        mid = np.sqrt(s[:-1] * s[1:])  # the lambda midpoint sigma_m = sqrt(sigma_i sigma_{i+1})
+        # noise form: x_{i+1} = x_i + (sigma_{i+1} - sigma_i) (u - D_m) / sigma_m  (unused when mid = 0)
+        h_over_mid = (s[1:] - s[:-1]) / np.where(mid > 0, mid, 1.0)
+        sig, mid_t, ratio_mid, ratio, hm = _to_device([s[:-1], mid, mid / s[:-1], s[1:] / s[:-1], h_over_mid], sdt, dev)
+        return cls(
+            _rows(sig, batch), _rows(mid_t, batch), list(ratio_mid.unbind(0)), list(ratio.unbind(0)),
+            list(hm.unbind(0)), form == "noise",
+        )  # fmt: skip
 
 
 class MultistepLoop:
@@ -316,15 +370,16 @@ class MultistepLoop:
         batch, dtype, device: what x must have.
     """
 
-    def __init__(self, name: str, den: _Checked, s: F64, batch: int, sdt: torch.dtype, dev: torch.device) -> None:
+    def __init__(
+        self, name: str, den: _Checked, s: list[float], batch: int, sdt: torch.dtype, dev: torch.device
+    ) -> None:
         self.name = name
         self.den = den
-        self.sigmas: list[float] = s.tolist()
+        self.sigmas = s
         self.batch = batch
         self.dtype = sdt
         self.device = dev
         self.stochastic = False
-        self.rows = _sigma_rows(s, batch, sdt, dev)
 
     def __call__(
         self,
@@ -341,20 +396,11 @@ class _PlanLoop(MultistepLoop):
     """``x_{i+1} = a_i x_i + e_i D_i + sum_j b_ij F_{i-j} (+ noise_i eps_i)``, with the UniPC corrector."""
 
     def __init__(
-        self, name: str, den: _Checked, s: F64, plan: MultistepPlan, batch: int, sdt: torch.dtype, dev: torch.device
+        self, name: str, den: _Checked, s: list[float], t: _PlanTables, batch: int, sdt: torch.dtype, dev: torch.device
     ) -> None:
         super().__init__(name, den, s, batch, sdt, dev)
-        self.stochastic = plan.stochastic
-        self.a = _scalars(plan.a, sdt, dev)
-        self.e = _scalars(plan.e, sdt, dev)
-        self.uses_e = [bool(v != 0) for v in plan.e]
-        self.nz = _scalars(plan.noise, sdt, dev)
-        self.b = [_scalars(r, sdt, dev) for r in plan.b]
-        self.corr = [_scalars(r, sdt, dev) for r in plan.corr]
-        self.nb, self.ncorr = plan.nb, plan.ncorr
-        self.derivative = plan.family == "derivative"
-        self.inv = _scalars(np.where(s[:-1] > 0, 1.0 / np.where(s[:-1] > 0, s[:-1], 1.0), 0.0), sdt, dev)
-        self.keep = max(max(plan.nb), max(plan.ncorr), 1)
+        self.t = t
+        self.stochastic = t.stochastic
 
     def __call__(
         self,
@@ -364,34 +410,25 @@ class _PlanLoop(MultistepLoop):
         callback: Callback | None = None,
         progress: bool = False,
     ) -> Tensor:
-        host, rows, a, e, nz, b, corr, inv = (
-            self.sigmas,
-            self.rows,
-            self.a,
-            self.e,
-            self.nz,
-            self.b,
-            self.corr,
-            self.inv,
-        )
-        src = noise if self.stochastic else None
+        t, host = self.t, self.sigmas
+        src = noise if t.stochastic else None
         hist: list[Tensor] = []  # newest first; Python-level ring of at most `keep` tensors
         for i in _progress(len(host) - 1, progress, self.name):
-            denoised = self.den(x, rows[i], **cond)
-            f = (x - denoised).mul_(inv[i]) if self.derivative else denoised
+            denoised = self.den(x, t.rows[i], **cond)
+            f = (x - denoised).mul_(t.inv[i]) if t.derivative else denoised
             hist.insert(0, f)
-            del hist[self.keep :]
+            del hist[t.keep :]
             x_eval = x
-            for j in range(self.ncorr[i]):  # UniPC corrector (a new tensor: StepInfo keeps the evaluated x)
-                x = torch.addcmul(x, hist[j], corr[i][j]) if j == 0 else x.addcmul_(hist[j], corr[i][j])
-            x_next = torch.mul(x, a[i])
-            if self.uses_e[i]:
-                x_next.addcmul_(denoised, e[i])
-            for j in range(self.nb[i]):
-                x_next.addcmul_(hist[j], b[i][j])
+            for j in range(t.ncorr[i]):  # UniPC corrector (a new tensor: StepInfo keeps the evaluated x)
+                x = torch.addcmul(x, hist[j], t.corr[i][j]) if j == 0 else x.addcmul_(hist[j], t.corr[i][j])
+            x_next = torch.mul(x, t.a[i])
+            if t.uses_e[i]:
+                x_next.addcmul_(denoised, t.e[i])
+            for j in range(t.nb[i]):
+                x_next.addcmul_(hist[j], t.b[i][j])
             if src is not None:  # drawn on every step, whatever eta / s_noise (settings never shift the stream)
                 eps = src.randn(x.shape, dtype=self.dtype, device=self.device)
-                x_next.addcmul_(eps, nz[i])
+                x_next.addcmul_(eps, t.nz[i])
             if callback is not None:
                 callback(StepInfo(i, host[i], host[i], host[i + 1], x_eval, denoised, x_next))
             x = x_next
@@ -402,16 +439,10 @@ class _Dpm2Loop(MultistepLoop):
     """DPM-Solver-2 / DPM-Solver++(2S): Euler to the lambda midpoint, then the midpoint update."""
 
     def __init__(
-        self, den: _Checked, s: F64, form: Literal["noise", "data"], batch: int, sdt: torch.dtype, dev: torch.device
+        self, den: _Checked, s: list[float], t: _Dpm2Tables, batch: int, sdt: torch.dtype, dev: torch.device
     ) -> None:
         super().__init__("dpm2_sample", den, s, batch, sdt, dev)
-        self.noise_form = form == "noise"
-        mid = np.sqrt(s[:-1] * s[1:])  # the lambda midpoint sigma_m = sqrt(sigma_i sigma_{i+1})
-        self.mid_rows = _sigma_rows(np.append(mid, 0.0), batch, sdt, dev)
-        self.ratio_mid = _scalars(mid / s[:-1], sdt, dev)
-        self.ratio = _scalars(s[1:] / s[:-1], sdt, dev)
-        # noise form: x_{i+1} = x_i + (sigma_{i+1} - sigma_i) (u - D_m) / sigma_m  (unused when mid = 0)
-        self.h_over_mid = _scalars((s[1:] - s[:-1]) / np.where(mid > 0, mid, 1.0), sdt, dev)
+        self.t = t
 
     def __call__(
         self,
@@ -421,18 +452,18 @@ class _Dpm2Loop(MultistepLoop):
         callback: Callback | None = None,
         progress: bool = False,
     ) -> Tensor:
-        host, rows, mid_rows = self.sigmas, self.rows, self.mid_rows
+        t, host = self.t, self.sigmas
         for i in _progress(len(host) - 1, progress, self.name):
-            denoised = self.den(x, rows[i], **cond)
+            denoised = self.den(x, t.rows[i], **cond)
             if host[i + 1] == 0:  # last step to 0: Euler, 1 NFE, returns D exactly
-                x_next = torch.lerp(denoised, x, self.ratio[i])
+                x_next = torch.lerp(denoised, x, t.ratio[i])
             else:
-                u = torch.lerp(denoised, x, self.ratio_mid[i])  # Euler (= DPM-Solver-1) to the midpoint
-                d_mid = self.den(u, mid_rows[i], **cond)
-                if self.noise_form:
-                    x_next = torch.addcmul(x, u - d_mid, self.h_over_mid[i])
+                u = torch.lerp(denoised, x, t.ratio_mid[i])  # Euler (= DPM-Solver-1) to the midpoint
+                d_mid = self.den(u, t.mid_rows[i], **cond)
+                if t.noise_form:
+                    x_next = torch.addcmul(x, u - d_mid, t.h_over_mid[i])
                 else:
-                    x_next = torch.lerp(d_mid, x, self.ratio[i])
+                    x_next = torch.lerp(d_mid, x, t.ratio[i])
             if callback is not None:
                 callback(StepInfo(i, host[i], host[i], host[i + 1], x, denoised, x_next))
             x = x_next
@@ -556,10 +587,35 @@ def prepare_multistep(
     s = _strict_sigmas(sigmas)
     sdt = state_dtype(x, dtype)
     den = _Checked(denoiser, sdt)
-    if name == "dpm2":
-        return _Dpm2Loop(den, s, _p_dpm2(s, **options), x.shape[0], sdt, x.device)
-    plan = _PLANS[name](s, **options)
-    return _PlanLoop(f"{name}_sample", den, s, plan, x.shape[0], sdt, x.device)
+    host: list[float] = s.tolist()
+    batch, dev = x.shape[0], x.device
+    # The device tables depend only on these; building them costs a transfer (a sync on CUDA) and ~0.1 ms
+    # of small ops, so they are cached (read-only, never written). Option types are part of the key, so a
+    # value that validation would reject (order=3.0, lower_order_final=1) never hits a valid entry.
+    key: tuple[Any, ...] | None = (name, tuple(host), tuple(sorted((k, type(v), v) for k, v in options.items())),
+                                   batch, sdt, dev)  # fmt: skip
+    try:
+        tables = _TABLES.get(key)  # type: ignore[arg-type]
+    except TypeError:  # an unhashable option value: no caching (validation below rejects it)
+        key, tables = None, None
+    if tables is None:
+        if name == "dpm2":
+            tables = _Dpm2Tables.build(s, _p_dpm2(s, **options), batch, sdt, dev)
+        else:
+            tables = _PlanTables.build(s, _PLANS[name](s, **options), batch, sdt, dev)
+        if key is not None:
+            _TABLES[key] = tables
+            while len(_TABLES) > _TABLE_CACHE_SIZE:
+                _TABLES.popitem(last=False)
+    elif key is not None:
+        _TABLES.move_to_end(key)
+    if isinstance(tables, _Dpm2Tables):
+        return _Dpm2Loop(den, host, tables, batch, sdt, dev)
+    return _PlanLoop(f"{name}_sample", den, host, tables, batch, sdt, dev)
+
+
+_TABLE_CACHE_SIZE = 16
+_TABLES: OrderedDict[tuple[Any, ...], _PlanTables | _Dpm2Tables] = OrderedDict()
 
 
 def _sample(
