@@ -216,6 +216,7 @@ def _tiny_diffusers(root: Path, bare: bool) -> Any:
 def test_generate_and_fid_from_local_diffusers_checkpoint(
     tmp_path: Path, standin: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
+    pytest.importorskip("diffusers")  # a test extra; CI installs it (pip install 'edm-samplers[test]')
     from edm_samplers import euler_sample, from_diffusers, karras_sigmas
     from edm_samplers.noise import PerSampleNoise
 
