@@ -528,6 +528,8 @@ def test_graphed_multistep_validation() -> None:
         GraphedSampler(tiny_denoiser, sig, x.shape, sampler="heun", order=2)
     with pytest.raises(TypeError, match="churn knobs"):
         GraphedSampler(tiny_denoiser, sig, x.shape, sampler="dpmpp_2m", s_churn=10.0)
+    with pytest.raises(TypeError, match="churn knobs"):  # solver= only chooses the stochastic sampler's steps
+        GraphedSampler(tiny_denoiser, sig, x.shape, sampler="heun", solver="euler")
     with pytest.raises(TypeError, match="churn knobs"):  # s_noise means nothing to a deterministic solver
         GraphedSampler(tiny_denoiser, sig, x.shape, sampler="deis", s_noise=1.01)
     with pytest.raises(ValueError, match="order must be between 1 and 3"):
