@@ -59,7 +59,8 @@ class Recorder:
     """Wraps the denoiser and keeps each call's sigma row, to replay the same calls without a solver."""
 
     def __init__(self, den: Callable[..., torch.Tensor]) -> None:
-        self.den, self.sigmas = den, []  # type: ignore[var-annotated]
+        self.den = den
+        self.sigmas: list[torch.Tensor] = []
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **cond: Any) -> torch.Tensor:
         self.sigmas.append(sigma.clone())

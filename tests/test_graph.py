@@ -10,6 +10,7 @@ skipped without a GPU (see conftest.py).
 from __future__ import annotations
 
 import itertools
+import typing
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -31,7 +32,7 @@ from edm_samplers import (
     karras_sigmas,
     stochastic_sample,
 )
-from edm_samplers.solvers import multistep
+from edm_samplers.solvers import graph, multistep
 from edm_samplers.solvers.drivers import _prepare
 from edm_samplers.solvers.steps import churn, euler_step, heun_step, step_table, unstack
 
@@ -474,6 +475,9 @@ MS_DRIVERS: dict[str, Sampler] = {name: getattr(multistep, f"{name}_sample") for
 
 def test_every_multistep_sampler_is_listed() -> None:
     assert sorted(MS_KNOBS) == sorted(multistep.MULTISTEP_SAMPLERS)
+    # the type hint of GraphedSampler(sampler=...) names exactly the samplers it accepts
+    assert typing.get_args(graph.SamplerName) == (*sorted(DRIVERS, key=list(graph._CORE).index),
+                                                  *multistep.MULTISTEP_SAMPLERS)  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(MS_KNOBS))

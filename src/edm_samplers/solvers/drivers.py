@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 from torch import Tensor
@@ -38,6 +38,8 @@ from .._validate import (
 )
 from ..noise import PerSampleNoise, as_noise_source
 from .steps import StepCoeffs, churn, churn_gammas, churn_sigma_hat, euler_step, heun_step, step_table, unstack
+
+_T = TypeVar("_T")
 
 __all__ = [
     "count_nfe",
@@ -282,31 +284,57 @@ def _prepare(
         if s_tmin > s_tmax:
             raise ValueError(f"s_tmin must be <= s_tmax, got s_tmin={s_tmin}, s_tmax={s_tmax}")
     host = s.tolist()
+
+    def build() -> tuple[list[StepCoeffs], list[float]]:
+        sigma_hat = None
+        if stochastic:
+            gammas = churn_gammas(s, s_churn, s_tmin, s_tmax)
+            sigma_hat = _checked_sigma_hat(s, churn_sigma_hat(s, gammas, round_sigma))
+        table = unstack(
+            step_table(s, batch=x.shape[0], dtype=sdt, device=x.device, sigma_hat=sigma_hat, s_noise=s_noise)
+        )
+        return table, host[:-1] if sigma_hat is None else sigma_hat.tolist()
+
     # The table depends only on these values; building and splitting it costs ~0.3 ms of small tensor
-    # ops, several us per NFE on short runs, so it is cached (read-only tensors; never written).
-    key = None
-    if round_sigma is None:
-        churn_key = (s_churn, s_tmin, s_tmax, s_noise) if stochastic else None
-        key = (tuple(host), churn_key, x.shape[0], sdt, x.device)
-        hit = _TABLES.get(key)
-        if hit is not None:
-            _TABLES.move_to_end(key)
-            return _Plan(name, _Checked(denoiser, sdt), hit[0], host, hit[1], method, stochastic, sdt, x.device)
-    sigma_hat = None
-    if stochastic:
-        gammas = churn_gammas(s, s_churn, s_tmin, s_tmax)
-        sigma_hat = _checked_sigma_hat(s, churn_sigma_hat(s, gammas, round_sigma))
-    table = unstack(step_table(s, batch=x.shape[0], dtype=sdt, device=x.device, sigma_hat=sigma_hat, s_noise=s_noise))
-    host_hat = host[:-1] if sigma_hat is None else sigma_hat.tolist()
-    if key is not None:
-        _TABLES[key] = (table, host_hat)
-        while len(_TABLES) > _TABLE_CACHE_SIZE:
-            _TABLES.popitem(last=False)
+    # ops, several us per NFE on short runs. round_sigma is an arbitrary callable: never cached.
+    churn_key = (s_churn, s_tmin, s_tmax, s_noise) if stochastic else None
+    key = None if round_sigma is not None else ("step_table", tuple(host), churn_key, x.shape[0], sdt, x.device)
+    table, host_hat = TABLES.get(key, build)
     return _Plan(name, _Checked(denoiser, sdt), table, host, host_hat, method, stochastic, sdt, x.device)
 
 
-_TABLE_CACHE_SIZE = 16
-_TABLES: OrderedDict[tuple[Any, ...], tuple[list[StepCoeffs], list[float]]] = OrderedDict()
+class TableCache:
+    """A small LRU of read-only coefficient tables, keyed by everything they depend on.
+
+    Building a sampler's device tables costs small host ops and a host-to-device copy (a sync on CUDA);
+    a repeat call with the same schedule, knobs, batch, dtype and device reuses them. Tables are never
+    written after they are built. Used by the core drivers and :mod:`.multistep`.
+    """
+
+    def __init__(self, size: int = 32) -> None:
+        self.size = size
+        self._entries: OrderedDict[Any, Any] = OrderedDict()
+
+    def get(self, key: tuple[Any, ...] | None, build: Callable[[], _T]) -> _T:
+        """The entry for ``key``, built (and kept) on a miss; ``key=None`` or unhashable: built, not kept."""
+        if key is None:
+            return build()
+        try:
+            hit = self._entries.get(key)
+        except TypeError:  # an unhashable part (e.g. a list option): no caching; validation in build() decides
+            return build()
+        if hit is not None:
+            self._entries.move_to_end(key)
+            value: _T = hit
+            return value
+        value = build()
+        self._entries[key] = value
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+        return value
+
+
+TABLES = TableCache()
 
 
 def _run(

@@ -52,12 +52,14 @@ from .multistep import MULTISTEP_SAMPLERS, prepare_multistep, solver_options
 __all__ = ["GraphedSampler", "Loop"]
 
 Loop = Callable[[Tensor, Mapping[str, Any], NoiseSource], Tensor]
+"""``loop(x, cond, noise) -> x_final``: a sync-free sampling loop for one fixed schedule and shape."""
+
 _CORE = ("heun", "euler", "stochastic")
 SamplerName = Literal[
     "heun", "euler", "stochastic", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "dpmpp_3m_sde", "deis", "lms", "ipndm",
     "unipc", "euler_ancestral", "dpm2",
 ]  # fmt: skip
-"""``loop(x, cond, noise) -> x_final``: a sync-free sampling loop for one fixed schedule and shape."""
+"""Every ``GraphedSampler(sampler=...)``: the core samplers, then :data:`~.multistep.MULTISTEP_SAMPLERS`."""
 
 
 class _RecordingNoise:

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections import OrderedDict
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
@@ -63,7 +63,7 @@ from .coefficients import (
     logsigma_lagrange_weights,
     sigma_lagrange_weights,
 )
-from .drivers import _Checked, _finite_or_raise, _progress
+from .drivers import TABLES, _Checked, _finite_or_raise, _progress
 
 __all__ = [
     "MULTISTEP_SAMPLERS",
@@ -355,7 +355,7 @@ class _Dpm2Tables(NamedTuple):
         )  # fmt: skip
 
 
-class MultistepLoop:
+class MultistepLoop(ABC):
     """A sampler of this module bound to one schedule, batch size, dtype and device.
 
     Built by :func:`prepare_multistep`: everything host-side (validation, float64 coefficients, their
@@ -381,6 +381,7 @@ class MultistepLoop:
         self.device = dev
         self.stochastic = False
 
+    @abstractmethod
     def __call__(
         self,
         x: Tensor,
@@ -389,7 +390,7 @@ class MultistepLoop:
         callback: Callback | None = None,
         progress: bool = False,
     ) -> Tensor:
-        raise NotImplementedError
+        """Sample from ``x`` at ``sigmas[0]``; ``noise`` is read by stochastic solvers only (one draw per step)."""
 
 
 class _PlanLoop(MultistepLoop):
@@ -482,20 +483,26 @@ def _p_dpmpp_3m(s: F64, *, order: int = 3, lower_order_final: bool = False) -> M
     return _plan_data(s, order=o, variant="exact", eta=0.0, stochastic=False, lower_final=_check_lof(lower_order_final))
 
 
+def _data_sde(
+    s: F64, order: int, variant: Literal["exact", "2m"], eta: float, s_noise: float, lower_order_final: bool
+) -> MultistepPlan:
+    eta, s_noise = _eta_noise(eta, s_noise)
+    plan = _plan_data(
+        s, order=order, variant=variant, eta=eta, stochastic=True, lower_final=_check_lof(lower_order_final)
+    )
+    return plan._replace(noise=plan.noise * s_noise)
+
+
 def _p_dpmpp_2m_sde(
     s: F64, *, eta: float = 1.0, s_noise: float = 1.0, lower_order_final: bool = False
 ) -> MultistepPlan:
-    eta, s_noise = _eta_noise(eta, s_noise)
-    plan = _plan_data(s, order=2, variant="2m", eta=eta, stochastic=True, lower_final=_check_lof(lower_order_final))
-    return plan._replace(noise=plan.noise * s_noise)
+    return _data_sde(s, 2, "2m", eta, s_noise, lower_order_final)
 
 
 def _p_dpmpp_3m_sde(
     s: F64, *, eta: float = 1.0, s_noise: float = 1.0, lower_order_final: bool = False
 ) -> MultistepPlan:
-    eta, s_noise = _eta_noise(eta, s_noise)
-    plan = _plan_data(s, order=3, variant="exact", eta=eta, stochastic=True, lower_final=_check_lof(lower_order_final))
-    return plan._replace(noise=plan.noise * s_noise)
+    return _data_sde(s, 3, "exact", eta, s_noise, lower_order_final)
 
 
 def _p_deis(s: F64, *, order: int = 3, lower_order_final: bool = False) -> MultistepPlan:
@@ -589,33 +596,19 @@ def prepare_multistep(
     den = _Checked(denoiser, sdt)
     host: list[float] = s.tolist()
     batch, dev = x.shape[0], x.device
-    # The device tables depend only on these; building them costs a transfer (a sync on CUDA) and ~0.1 ms
-    # of small ops, so they are cached (read-only, never written). Option types are part of the key, so a
-    # value that validation would reject (order=3.0, lower_order_final=1) never hits a valid entry.
-    key: tuple[Any, ...] | None = (name, tuple(host), tuple(sorted((k, type(v), v) for k, v in options.items())),
-                                   batch, sdt, dev)  # fmt: skip
-    try:
-        tables = _TABLES.get(key)  # type: ignore[arg-type]
-    except TypeError:  # an unhashable option value: no caching (validation below rejects it)
-        key, tables = None, None
-    if tables is None:
+
+    def build() -> _PlanTables | _Dpm2Tables:
         if name == "dpm2":
-            tables = _Dpm2Tables.build(s, _p_dpm2(s, **options), batch, sdt, dev)
-        else:
-            tables = _PlanTables.build(s, _PLANS[name](s, **options), batch, sdt, dev)
-        if key is not None:
-            _TABLES[key] = tables
-            while len(_TABLES) > _TABLE_CACHE_SIZE:
-                _TABLES.popitem(last=False)
-    elif key is not None:
-        _TABLES.move_to_end(key)
+            return _Dpm2Tables.build(s, _p_dpm2(s, **options), batch, sdt, dev)
+        return _PlanTables.build(s, _PLANS[name](s, **options), batch, sdt, dev)
+
+    # Cached like the core drivers' tables. Option types are part of the key, so a value that validation
+    # would reject (order=3.0, lower_order_final=1) never hits a valid entry.
+    opts = tuple(sorted((k, type(v), v) for k, v in options.items()))
+    tables = TABLES.get(("multistep", name, tuple(host), opts, batch, sdt, dev), build)
     if isinstance(tables, _Dpm2Tables):
         return _Dpm2Loop(den, host, tables, batch, sdt, dev)
     return _PlanLoop(f"{name}_sample", den, host, tables, batch, sdt, dev)
-
-
-_TABLE_CACHE_SIZE = 16
-_TABLES: OrderedDict[tuple[Any, ...], _PlanTables | _Dpm2Tables] = OrderedDict()
 
 
 def _sample(
