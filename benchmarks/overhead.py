@@ -222,7 +222,7 @@ def candidates(
                 gs = E.GraphedSampler(net, sig, shape, sampler=name, device=device, compile=comp, **kw)  # type: ignore[arg-type]
                 out[f"edm_samplers.{name}.{mode}"] = (
                     (lambda gs=gs: gs(x, noise=gen)),
-                    n_heun if name in ("heun", "stochastic") else steps,
+                    E.count_nfe(sig, "heun" if name == "stochastic" else name),
                 )
     out["peer.paper_float64"] = (lambda: paper_loop(net, x, sig), n_heun)
     out["peer.naive_float32_heun"] = (lambda: naive_heun(net, x, host), n_heun)
