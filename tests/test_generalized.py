@@ -17,6 +17,7 @@ from edm_samplers import (
     StepInfo,
     euler_sample,
     gaussian_ode_solution,
+    generalized_sample,
     heun_sample,
     iddpm_sigmas,
     karras_sigmas,
@@ -24,7 +25,6 @@ from edm_samplers import (
     ve_sigmas,
     vp_sigmas,
 )
-from edm_samplers.solvers.generalized import generalized_sample
 
 MIX = GaussianMixture(
     torch.tensor([[1.0, 0.0], [-1.0, 2.0]], dtype=torch.float64), torch.tensor([0.3, 0.5], dtype=torch.float64)

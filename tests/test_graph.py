@@ -10,7 +10,6 @@ skipped without a GPU (see conftest.py).
 from __future__ import annotations
 
 import itertools
-import typing
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -21,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import edm_samplers
 from edm_samplers import (
     GaussianMixture,
     GraphedSampler,
@@ -32,8 +32,8 @@ from edm_samplers import (
     karras_sigmas,
     stochastic_sample,
 )
-from edm_samplers.solvers import graph, multistep
-from edm_samplers.solvers.drivers import _prepare
+from edm_samplers.solvers import registry
+from edm_samplers.solvers.runtime import prepare
 from edm_samplers.solvers.steps import churn, euler_step, heun_step, step_table, unstack
 
 Sampler = Callable[..., torch.Tensor]
@@ -94,10 +94,7 @@ def test_whole_loop_compiles_fullgraph() -> None:
     # The prepared loop (validation done outside) traces as one graph: no syncs, host-float branching only.
     # float64, so round-off of the fused kernels is far below any real discrepancy.
     x = start(2, torch.float64)
-    plan = _prepare(
-        "heun", tiny_denoiser, x, karras_sigmas(3), method="heun", stochastic=True, s_churn=5.0, s_tmin=0.0,
-        s_tmax=float("inf"), s_noise=1.0, round_sigma=None, dtype=None,
-    )  # fmt: skip
+    plan = prepare(registry.get("stochastic"), tiny_denoiser, x, karras_sigmas(3), {"s_churn": 5.0})
     draws = torch.randn(3, *x.shape, dtype=torch.float64)
 
     def loop(x: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
@@ -324,7 +321,7 @@ def test_graphed_validation() -> None:
         GraphedSampler(tiny_denoiser, sig, x.shape, sampler="dpm")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="solver must be"):
         GraphedSampler(tiny_denoiser, sig, x.shape, sampler="stochastic", solver="rk4")  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="need sampler='stochastic'"):
+    with pytest.raises(TypeError, match="'s_churn' is a knob of sampler='stochastic'"):
         GraphedSampler(tiny_denoiser, sig, x.shape, s_churn=10.0)
     with pytest.raises(TypeError, match="shape must be a sequence"):
         GraphedSampler(tiny_denoiser, sig, 5)  # type: ignore[arg-type]
@@ -419,10 +416,7 @@ def test_cuda_different_seeds_give_their_eager_results() -> None:
 @pytest.mark.parametrize("name", sorted(DRIVERS))
 def test_cuda_loop_has_no_host_syncs(name: str) -> None:
     net, x, sig = _cuda_case()
-    plan = _prepare(
-        name, net, x, sig, method="euler" if name == "euler" else "heun", stochastic=name == "stochastic",
-        s_churn=20.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0, round_sigma=None, dtype=None,
-    )  # fmt: skip
+    plan = prepare(registry.get(name), net, x, sig, {"s_churn": 20.0} if name == "stochastic" else {})
     draws = torch.randn(6, *x.shape, device="cuda")
     gs = GraphedSampler(
         net,
@@ -470,14 +464,12 @@ MS_KNOBS: dict[str, dict[str, Any]] = {
     "euler_ancestral": {"eta": 1.0},
     "dpm2": {"form": "data"},
 }
-MS_DRIVERS: dict[str, Sampler] = {name: getattr(multistep, f"{name}_sample") for name in MS_KNOBS}
+MS_DRIVERS: dict[str, Sampler] = {name: getattr(edm_samplers, f"{name}_sample") for name in MS_KNOBS}
 
 
-def test_every_multistep_sampler_is_listed() -> None:
-    assert sorted(MS_KNOBS) == sorted(multistep.MULTISTEP_SAMPLERS)
-    # the type hint of GraphedSampler(sampler=...) names exactly the samplers it accepts
-    assert typing.get_args(graph.SamplerName) == (*sorted(DRIVERS, key=list(graph._CORE).index),
-                                                  *multistep.MULTISTEP_SAMPLERS)  # fmt: skip
+def test_every_sampler_is_listed() -> None:
+    # every registered sampler is tested here (the generalized one in test_graphed_generalized_*)
+    assert sorted([*DRIVERS, *MS_KNOBS, "generalized"]) == sorted(registry.names())
 
 
 @pytest.mark.parametrize("name", sorted(MS_KNOBS))
@@ -498,9 +490,9 @@ def test_multistep_loops_compile_fullgraph() -> None:
     x = start(2, torch.float64)
     sig = karras_sigmas(4)
     loops = [
-        multistep.prepare_multistep("unipc", tiny_denoiser, x, sig, order=3),
-        multistep.prepare_multistep("dpm2", tiny_denoiser, x, sig),
-        multistep.prepare_multistep("dpmpp_3m_sde", tiny_denoiser, x, sig, eta=1.0),
+        prepare(registry.get("unipc"), tiny_denoiser, x, sig, {"order": 3}),
+        prepare(registry.get("dpm2"), tiny_denoiser, x, sig, {}),
+        prepare(registry.get("dpmpp_3m_sde"), tiny_denoiser, x, sig, {"eta": 1.0}),
     ]
     draws = torch.randn(4, *x.shape, dtype=torch.float64)
 
@@ -519,22 +511,22 @@ def test_graphed_multistep_compile_option_matches_eager() -> None:
     sig = karras_sigmas(3)
     gs = GraphedSampler(tiny_denoiser, sig, x.shape, sampler="dpmpp_2m_sde", eta=1.0, s_noise=1.01, compile=True)
     got = gs(x, noise=PerSampleNoise([3, 4]))
-    want = multistep.dpmpp_2m_sde_sample(tiny_denoiser, x, sig, eta=1.0, s_noise=1.01, noise=PerSampleNoise([3, 4]))
+    want = edm_samplers.dpmpp_2m_sde_sample(tiny_denoiser, x, sig, eta=1.0, s_noise=1.01, noise=PerSampleNoise([3, 4]))
     torch.testing.assert_close(got, want, rtol=1e-5, atol=round_off(x))
 
 
 def test_graphed_multistep_validation() -> None:
     x = start(2)
     sig = karras_sigmas(4)
-    with pytest.raises(TypeError, match=r"unknown option.*'eta'.*accepts order, lower_order_final"):
+    with pytest.raises(TypeError, match=r"unknown option.*'eta'.*accepts order \(int\), lower_order_final \(bool\)"):
         GraphedSampler(tiny_denoiser, sig, x.shape, sampler="unipc", eta=1.0)
-    with pytest.raises(TypeError, match=r"'order'.*multistep samplers"):
+    with pytest.raises(TypeError, match=r"'order' is a knob of sampler='dpmpp_3m', 'deis'"):
         GraphedSampler(tiny_denoiser, sig, x.shape, sampler="heun", order=2)
-    with pytest.raises(TypeError, match="churn knobs"):
+    with pytest.raises(TypeError, match="'s_churn' is a knob of sampler='stochastic', 'generalized'"):
         GraphedSampler(tiny_denoiser, sig, x.shape, sampler="dpmpp_2m", s_churn=10.0)
-    with pytest.raises(TypeError, match="churn knobs"):  # solver= only chooses the stochastic sampler's steps
+    with pytest.raises(TypeError, match="'solver' is a knob of"):  # solver= only chooses the churn samplers' steps
         GraphedSampler(tiny_denoiser, sig, x.shape, sampler="heun", solver="euler")
-    with pytest.raises(TypeError, match="churn knobs"):  # s_noise means nothing to a deterministic solver
+    with pytest.raises(TypeError, match=r"deis_sample got unknown option.*'s_noise'"):  # not a deterministic knob
         GraphedSampler(tiny_denoiser, sig, x.shape, sampler="deis", s_noise=1.01)
     with pytest.raises(ValueError, match="order must be between 1 and 3"):
         GraphedSampler(tiny_denoiser, sig, x.shape, sampler="unipc", order=4)
@@ -543,24 +535,24 @@ def test_graphed_multistep_validation() -> None:
     with pytest.raises(ValueError, match="strictly decreasing"):
         GraphedSampler(tiny_denoiser, [80.0, 1.0, 1.0, 0.0], x.shape, sampler="lms")
     with pytest.raises(TypeError, match="dpmpp_2m_sample got unknown option"):
-        multistep.prepare_multistep("dpmpp_2m", tiny_denoiser, x, sig, order=3)
-    assert multistep.solver_options("dpmpp_2m_sde") == ("eta", "s_noise", "lower_order_final")
+        prepare(registry.get("dpmpp_2m"), tiny_denoiser, x, sig, {"order": 3})
+    assert registry.get("dpmpp_2m_sde").knob_names == ("eta", "s_noise", "lower_order_final")
 
 
 def test_multistep_tables_are_cached_but_never_skip_validation() -> None:
     x = start(2)
     sig = karras_sigmas(5)
-    a = multistep.prepare_multistep("unipc", tiny_denoiser, x, sig, order=3)
-    b = multistep.prepare_multistep("unipc", mixture(), x, sig, order=3)
-    assert a.t is b.t  # type: ignore[attr-defined]  # device tables reused: no transfer on a repeat call
-    assert multistep.prepare_multistep("unipc", tiny_denoiser, x, sig, order=2).t is not a.t  # type: ignore[attr-defined]
-    assert multistep.prepare_multistep("unipc", tiny_denoiser, start(3), sig, order=3).t is not a.t  # type: ignore[attr-defined]
+    a = prepare(registry.get("unipc"), tiny_denoiser, x, sig, {"order": 3})
+    b = prepare(registry.get("unipc"), mixture(), x, sig, {"order": 3})
+    assert a.program is b.program  # device tables reused: no transfer on a repeat call
+    assert prepare(registry.get("unipc"), tiny_denoiser, x, sig, {"order": 2}).program is not a.program
+    assert prepare(registry.get("unipc"), tiny_denoiser, start(3), sig, {"order": 3}).program is not a.program
     with pytest.raises(TypeError, match="order"):  # equal to a cached key's 3, but not an int
-        multistep.prepare_multistep("unipc", tiny_denoiser, x, sig, order=3.0)
+        prepare(registry.get("unipc"), tiny_denoiser, x, sig, {"order": 3.0})
     with pytest.raises(TypeError, match="lower_order_final"):
-        multistep.prepare_multistep("unipc", tiny_denoiser, x, sig, order=3, lower_order_final=1)
+        prepare(registry.get("unipc"), tiny_denoiser, x, sig, {"order": 3, "lower_order_final": 1})
     with pytest.raises(TypeError, match="order"):  # unhashable: not cached, still validated
-        multistep.prepare_multistep("unipc", tiny_denoiser, x, sig, order=[3])
+        prepare(registry.get("unipc"), tiny_denoiser, x, sig, {"order": [3]})
 
 
 @pytest.mark.cuda
@@ -568,7 +560,7 @@ def test_multistep_tables_are_cached_but_never_skip_validation() -> None:
 def test_cuda_multistep_replay_equals_eager_without_syncs(name: str) -> None:
     net, x, sig = _cuda_case()
     gs = GraphedSampler(net, sig, x.shape, sampler=name, device="cuda", check_finite=False, **MS_KNOBS[name])  # type: ignore[arg-type]
-    loop = multistep.prepare_multistep(name, net, x, sig, **MS_KNOBS[name])
+    loop = prepare(registry.get(name), net, x, sig, MS_KNOBS[name])
     draws = torch.randn(len(sig) - 1, *x.shape, device="cuda")
     with torch.no_grad():
         for seeds in ([0, 1, 2, 3], [4, 5, 6, 7]):  # two replays with different seeds

@@ -473,7 +473,7 @@ def test_bad_knobs() -> None:
         euler_ancestral_sample(den, x, sig, s_noise=float("nan"))
     with pytest.raises(ValueError, match="form must be 'noise'"):
         dpm2_sample(den, x, sig, form="eps")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="method must be one of"):
+    with pytest.raises(ValueError, match="sampler must be one of"):
         multistep_plan(sig, "rk4")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="one seed per batch row"):
         dpmpp_2m_sde_sample(den, x, sig, noise=PerSampleNoise([1]))
@@ -492,11 +492,9 @@ def test_nan_is_reported() -> None:
 
 def test_lower_order_final_option() -> None:
     # diffusers' lower_order_final: the last steps use at most as many past outputs as steps remain.
-    from edm_samplers.solvers.multistep import _plan_data
-
-    sig = karras_sigmas(6).numpy()
-    full = _plan_data(sig, order=3, variant="exact", eta=0.0, stochastic=False)
-    low = _plan_data(sig, order=3, variant="exact", eta=0.0, stochastic=False, lower_final=True)
+    sig = karras_sigmas(6)
+    full = multistep_plan(sig, "dpmpp_3m", order=3)
+    low = multistep_plan(sig, "dpmpp_3m", order=3, lower_order_final=True)
     assert full.nb == (1, 2, 3, 3, 3, 1) and low.nb == (1, 2, 3, 3, 2, 1)
     gm, x = mixture(), x_init()
     out = dpmpp_3m_sample(gm, x, karras_sigmas(6), lower_order_final=True)

@@ -139,8 +139,8 @@ def test_count_nfe_matches_every_sampler(name: str, n: int, end_zero: bool) -> N
     assert c.calls == count_nfe(sig, name)
 
 
-def test_count_nfe_rejects_unknown_method() -> None:
-    with pytest.raises(ValueError, match=r"method must be one of .*'ipndm'.*got 'rk4'"):
+def test_count_nfe_rejects_unknown_sampler() -> None:
+    with pytest.raises(ValueError, match=r"sampler must be one of .*'ipndm'.*got 'rk4'"):
         count_nfe(karras_sigmas(4), "rk4")
 
 

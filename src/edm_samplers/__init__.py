@@ -70,24 +70,24 @@ from .schedules import ve_sigmas as ve_sigmas
 from .schedules import vp_sigma as vp_sigma
 from .schedules import vp_sigma_inv as vp_sigma_inv
 from .schedules import vp_sigmas as vp_sigmas
+from .solvers import GraphedSampler as GraphedSampler
 from .solvers import count_nfe as count_nfe
+from .solvers import deis_sample as deis_sample
+from .solvers import dpm2_sample as dpm2_sample
+from .solvers import dpmpp_2m_sample as dpmpp_2m_sample
+from .solvers import dpmpp_2m_sde_sample as dpmpp_2m_sde_sample
+from .solvers import dpmpp_3m_sample as dpmpp_3m_sample
+from .solvers import dpmpp_3m_sde_sample as dpmpp_3m_sde_sample
+from .solvers import euler_ancestral_sample as euler_ancestral_sample
 from .solvers import euler_sample as euler_sample
+from .solvers import generalized_sample as generalized_sample
 from .solvers import generate as generate
 from .solvers import heun_sample as heun_sample
 from .solvers import initial_x as initial_x
+from .solvers import ipndm_sample as ipndm_sample
+from .solvers import lms_sample as lms_sample
 from .solvers import stochastic_sample as stochastic_sample
-from .solvers.generalized import generalized_sample as generalized_sample
-from .solvers.graph import GraphedSampler as GraphedSampler
-from .solvers.multistep import deis_sample as deis_sample
-from .solvers.multistep import dpm2_sample as dpm2_sample
-from .solvers.multistep import dpmpp_2m_sample as dpmpp_2m_sample
-from .solvers.multistep import dpmpp_2m_sde_sample as dpmpp_2m_sde_sample
-from .solvers.multistep import dpmpp_3m_sample as dpmpp_3m_sample
-from .solvers.multistep import dpmpp_3m_sde_sample as dpmpp_3m_sde_sample
-from .solvers.multistep import euler_ancestral_sample as euler_ancestral_sample
-from .solvers.multistep import ipndm_sample as ipndm_sample
-from .solvers.multistep import lms_sample as lms_sample
-from .solvers.multistep import unipc_sample as unipc_sample
+from .solvers import unipc_sample as unipc_sample
 
 try:
     __version__ = version("edm-samplers")

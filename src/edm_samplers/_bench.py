@@ -133,16 +133,16 @@ class SamplerSpec:
         return fn if callable(fn) else None
 
 
-_S = "edm_samplers.solvers.drivers"
+_S = "edm_samplers.solvers.samplers"
 _M = "edm_samplers.solvers.multistep"
-_G = "edm_samplers.solvers.generalized"
+_G = "edm_samplers.solvers.samplers"
 _EDM_CHURN = {"s_churn": 40.0, "s_tmin": 0.05, "s_tmax": 50.0, "s_noise": 1.0}
 
 SAMPLERS: tuple[SamplerSpec, ...] = (
     SamplerSpec("euler", _S, "euler_sample"),
     SamplerSpec("heun", _S, "heun_sample"),
     SamplerSpec("midpoint", _G, "generalized_sample", {"alpha": 0.5}),
-    SamplerSpec("dpm2", _M, "dpm2_sample"),
+    SamplerSpec("dpm2", _S, "dpm2_sample"),
     SamplerSpec("dpmpp_2m", _M, "dpmpp_2m_sample"),
     SamplerSpec("dpmpp_3m", _M, "dpmpp_3m_sample"),
     SamplerSpec("unipc", _M, "unipc_sample"),
@@ -150,7 +150,7 @@ SAMPLERS: tuple[SamplerSpec, ...] = (
     SamplerSpec("ipndm", _M, "ipndm_sample"),
     SamplerSpec("lms", _M, "lms_sample"),
     SamplerSpec("stochastic", _S, "stochastic_sample", dict(_EDM_CHURN), stochastic=True),
-    SamplerSpec("euler_ancestral", _M, "euler_ancestral_sample", stochastic=True),
+    SamplerSpec("euler_ancestral", _S, "euler_ancestral_sample", stochastic=True),
     SamplerSpec("dpmpp_2m_sde", _M, "dpmpp_2m_sde_sample", stochastic=True),
     SamplerSpec("dpmpp_3m_sde", _M, "dpmpp_3m_sde_sample", stochastic=True),
 )

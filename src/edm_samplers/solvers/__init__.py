@@ -1,22 +1,34 @@
-"""Samplers (drivers) and their pure step functions."""
+"""Samplers: one registry of solvers (:mod:`.registry`), one runtime that runs them (:mod:`.runtime`), the
+public ``*_sample`` functions (:mod:`.samplers`, :mod:`.multistep`), :func:`generate` and
+:class:`GraphedSampler`. ``docs/architecture.md`` draws the layers and the path of one call."""
 
-from .drivers import count_nfe, euler_sample, generate, heun_sample, initial_x, stochastic_sample
+from .generate import generate, initial_x
+from .graph import GraphedSampler
 from .multistep import (
     deis_sample,
-    dpm2_sample,
     dpmpp_2m_sample,
     dpmpp_2m_sde_sample,
     dpmpp_3m_sample,
     dpmpp_3m_sde_sample,
-    euler_ancestral_sample,
     ipndm_sample,
     lms_sample,
     multistep_plan,
     unipc_sample,
 )
+from .registry import SolverSpec, count_nfe, register
+from .samplers import (
+    dpm2_sample,
+    euler_ancestral_sample,
+    euler_sample,
+    generalized_sample,
+    heun_sample,
+    stochastic_sample,
+)
 from .steps import StepCoeffs, churn, churn_gammas, euler_step, heun_step, step_table
 
 __all__ = [
+    "GraphedSampler",
+    "SolverSpec",
     "StepCoeffs",
     "churn",
     "churn_gammas",
@@ -30,6 +42,7 @@ __all__ = [
     "euler_ancestral_sample",
     "euler_sample",
     "euler_step",
+    "generalized_sample",
     "generate",
     "heun_sample",
     "heun_step",
@@ -37,6 +50,7 @@ __all__ = [
     "ipndm_sample",
     "lms_sample",
     "multistep_plan",
+    "register",
     "step_table",
     "stochastic_sample",
     "unipc_sample",

@@ -38,7 +38,7 @@ valid across replays.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -46,20 +46,13 @@ from torch import Tensor
 from .._types import Denoiser, NoiseSource
 from .._validate import check_cond, check_int, state_dtype
 from ..noise import as_noise_source
-from .drivers import _finite_or_raise, _prepare
-from .multistep import MULTISTEP_SAMPLERS, prepare_multistep, solver_options
+from .registry import get
+from .runtime import finite_or_raise, prepare
 
 __all__ = ["GraphedSampler", "Loop"]
 
 Loop = Callable[[Tensor, Mapping[str, Any], NoiseSource], Tensor]
 """``loop(x, cond, noise) -> x_final``: a sync-free sampling loop for one fixed schedule and shape."""
-
-_CORE = ("heun", "euler", "stochastic")
-SamplerName = Literal[
-    "heun", "euler", "stochastic", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "dpmpp_3m_sde", "deis", "lms", "ipndm",
-    "unipc", "euler_ancestral", "dpm2",
-]  # fmt: skip
-"""Every ``GraphedSampler(sampler=...)``: the core samplers, then :data:`~.multistep.MULTISTEP_SAMPLERS`."""
 
 
 class _RecordingNoise:
@@ -102,8 +95,8 @@ class GraphedSampler:
                             device="cuda", cond_example={"class_labels": labels})
         x0 = gs(latents * 80.0, noise=PerSampleNoise(range(16)), cond={"class_labels": labels})
 
-    ``gs(x, noise=..., cond=...)`` returns what ``heun_sample`` / ``euler_sample`` /
-    ``stochastic_sample`` return for the same arguments (bitwise on CPU; on CUDA the replay runs the
+    ``gs(x, noise=..., cond=...)`` returns what the sampler's ``*_sample`` function returns for the same
+    arguments (bitwise on CPU; on CUDA the replay runs the
     same kernels as eager mode). The graph is built lazily on the first call (warm-up on a side stream,
     then capture), so building the object is cheap. Sampling runs without autograd; the denoiser must
     be capturable (no host syncs, static shapes: a plain ``nn.Module`` in eval mode usually is).
@@ -112,21 +105,19 @@ class GraphedSampler:
         denoiser: D(x, sigma, **cond).
         sigmas: the schedule (N + 1 entries), validated once.
         shape: the full state shape ``[batch, ...]``; every call must pass x of exactly this shape.
-        sampler: "heun" (:func:`heun_sample`), "euler" (:func:`euler_sample`), "stochastic"
-            (:func:`stochastic_sample`, with ``solver``, ``s_churn``, ``s_tmin``, ``s_tmax``, ``s_noise``,
-            ``round_sigma``), or a low-NFE solver of :mod:`.multistep` by its name without ``_sample``
-            ("dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "dpmpp_3m_sde", "deis", "lms", "ipndm", "unipc",
-            "euler_ancestral", "dpm2"), whose knobs go in ``**options`` (``s_noise`` too for the SDE and
-            ancestral samplers).
+        sampler: any registry name (``"heun"`` for :func:`heun_sample`, ``"stochastic"``, ``"generalized"``,
+            ``"unipc"``, ...: the public function's name without ``_sample``).
         dtype: the state dtype; x must have it.
         device: where sampling runs (default CPU); x must live there. CUDA graphs are used on CUDA only.
         cond_example: cond as it will be passed on every call (tensors are copied into static buffers
             of the same shape/dtype/device; other values must compare equal on each call).
         check_finite: raise ``FloatingPointError`` if a result is not finite (one sync after the loop).
-        compile: run each step through ``torch.compile`` (library kernels fused; the denoiser is traced
-            with them, graph breaks in it are allowed). Results then match eager to round-off only.
+        compile: run through ``torch.compile``: each step of EDM's Euler/Heun/churn loop, the whole loop of the
+            other solvers (library kernels fused; the denoiser is traced with them, graph breaks in it are
+            allowed). Results then match eager to round-off only.
         warmup: eager warm-up runs on a side stream before capture (CUDA only), >= 1.
-        **options: knobs of a multistep ``sampler`` (e.g. ``order=2``, ``eta=1.0``, ``lower_order_final=True``).
+        **knobs: the sampler's knobs (e.g. ``s_churn=40`` for ``"stochastic"``, ``order=2`` for ``"unipc"``),
+            checked like the sampler checks them.
 
     Raises:
         TypeError / ValueError: on invalid arguments, here or on each call.
@@ -138,71 +129,29 @@ class GraphedSampler:
         sigmas: Tensor | Sequence[float],
         shape: Sequence[int],
         *,
-        sampler: SamplerName = "heun",
-        solver: Literal["heun", "euler"] = "heun",
-        s_churn: float = 0.0,
-        s_tmin: float = 0.0,
-        s_tmax: float = float("inf"),
-        s_noise: float = 1.0,
-        round_sigma: Callable[[Tensor], Tensor] | None = None,
+        sampler: str = "heun",
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
         cond_example: Mapping[str, Any] | None = None,
         check_finite: bool = True,
         compile: bool = False,
         warmup: int = 2,
-        **options: Any,
+        **knobs: Any,
     ) -> None:
-        if not isinstance(sampler, str) or sampler not in _CORE + MULTISTEP_SAMPLERS:
-            raise ValueError(
-                f"sampler must be one of {', '.join(map(repr, _CORE + MULTISTEP_SAMPLERS))}, got {sampler!r}"
-            )
-        if solver not in ("heun", "euler"):
-            raise ValueError(f"solver must be 'heun' or 'euler', got {solver!r}")
-        multistep = sampler in MULTISTEP_SAMPLERS
-        if multistep and s_noise != 1.0 and "s_noise" in solver_options(sampler):
-            options = {**options, "s_noise": s_noise}  # the SDE / ancestral samplers' own noise inflation
-            s_noise = 1.0
-        if sampler != "stochastic" and (s_churn, s_tmin, s_tmax, s_noise, round_sigma, solver) != (
-            0.0, 0.0, float("inf"), 1.0, None, "heun",
-        ):  # fmt: skip
-            raise TypeError(
-                f"churn knobs (solver, s_churn, s_tmin, s_tmax, s_noise, round_sigma) need sampler='stochastic', "
-                f"got sampler={sampler!r}"
-            )
-        if options and not multistep:
-            raise TypeError(
-                f"unknown argument(s) {', '.join(map(repr, sorted(options)))} for sampler={sampler!r}; solver "
-                f"options (order, eta, ...) belong to the multistep samplers {', '.join(MULTISTEP_SAMPLERS)}"
-            )
+        spec = get(sampler)
         shp = _check_shape(shape)
         dev = _device(device)
         sdt = state_dtype(torch.empty(0), dtype)
         example = torch.empty(shp, dtype=sdt, device=dev)
-        if multistep:
-            ms = prepare_multistep(sampler, denoiser, example, sigmas, dtype=sdt, **options)
-            run: Loop = ms  # deterministic solvers ignore the noise source
-            if compile:
-                # The whole loop (N unrolled steps, the denoiser inside) as one compiled region.
-                run = torch.compile(ms, dynamic=False)
-            self._init(run, shp, sdt, dev, cond_example, check_finite, warmup, ms.name)
-            return
-        method: Literal["euler", "heun"] = "euler" if sampler == "euler" else "heun"
-        if sampler == "stochastic":
-            method = solver
-        plan = _prepare(
-            f"GraphedSampler({sampler})", denoiser, example, sigmas, method=method,
-            stochastic=sampler == "stochastic", s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise,
-            round_sigma=round_sigma, dtype=sdt,
-        )  # fmt: skip
+        prepared = prepare(spec, denoiser, example, sigmas, knobs, dtype=sdt)
+        loop: Loop = prepared  # deterministic solvers ignore the noise source
         if compile:
-            plan.compile()
-        stochastic = sampler == "stochastic"
-
-        def loop(x: Tensor, cond: Mapping[str, Any], noise: NoiseSource) -> Tensor:
-            return plan(x, cond, noise if stochastic else None)
-
-        self._init(loop, shp, sdt, dev, cond_example, check_finite, warmup, plan.name)
+            step_compiled = getattr(prepared.program, "compiled", None)
+            if step_compiled is not None:  # EDM's loop: each step compiled (the denoiser traced once per step kind)
+                prepared.program = step_compiled()
+            else:  # the whole loop (N unrolled steps, the denoiser inside) as one compiled region
+                loop = torch.compile(prepared, dynamic=False)
+        self._init(loop, shp, sdt, dev, cond_example, check_finite, warmup, f"{spec.name}_sample")
 
     @classmethod
     def from_loop(
@@ -328,7 +277,7 @@ class GraphedSampler:
                     self._capture(x, c)
                 out = self._replay(x, c, src)
         if self.check_finite:
-            _finite_or_raise(out, self._name)
+            finite_or_raise(out, self._name)
         return out
 
     def _capture(self, x: Tensor, cond: dict[str, Any]) -> None:

@@ -1,0 +1,227 @@
+"""Float64 plans of the linear multistep solvers: every step's scalars, computed once per schedule on the host.
+
+**One linear update.** With lambda = -log sigma, the EDM ODE dx/dsigma = (x - D) / sigma has the exact
+solution x_{i+1} = (sigma_{i+1} / sigma_i) x_i + sigma_{i+1} int_{lambda_i}^{lambda_{i+1}} e^lambda D dlambda.
+Every multistep solver replaces D (or the derivative d = (x - D) / sigma) by a polynomial through past
+model outputs, so each step is linear in the state and the stored outputs::
+
+    x_{i+1} = a_i x_i + e_i D_i + sum_j b_{i,j} F_{i-j},   F = D ("data" family) or d ("derivative" family).
+
+The scalars a, e, b (and the SDE noise scales) are computed once per schedule, in float64, on the host
+(:mod:`.coefficients`), and cast once to the state dtype on x's device. The loop then runs straight-line
+tensor code: no host synchronisation, no branching on tensor values; which columns a step uses
+(lower orders while warming up, the final step to 0) is decided on Python ints, so the whole sampler
+is capturable for a fixed schedule. The history is a ring of at most ``order`` (UniPC: ``order + 1``)
+state-sized tensors of past F.
+
+**Orders.** The order k of a multistep solver needs k past outputs, so the first steps use orders
+1, 2, ..., k. Their local errors (O(h^2) for the first step) are multiplied by the derivative of D at
+sigma_max, which is O(sigma_data^2 / sigma_max) for any data distribution; at sigma_max = 80 that
+start-up error stays below the order-k error up to several hundred steps (the tests check 400).
+
+**The final step to sigma = 0.** lambda = +inf there, where exponential integrators of order >= 2 would
+extrapolate D to infinity; all data-family solvers and DEIS therefore take a first-order (Euler) step,
+which returns D(x_{N-1}; sigma_{N-1}) exactly, like the core samplers. LMS and iPNDM, whose polynomials live
+in sigma itself, integrate to 0 at full order (as in k-diffusion).
+
+Schedules must be strictly decreasing here (repeated levels would make interpolation nodes coincide).
+The loop that runs a plan is :mod:`.linear`; the registry entries are in :mod:`.registry`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .coefficients import ab_uniform, exp_lagrange_weights, logsigma_lagrange_weights, sigma_lagrange_weights
+
+__all__ = ["PLANS", "MultistepPlan"]
+
+F64 = NDArray[np.float64]
+
+# ---- plans: every step's scalars, float64, host ------------------------------------------------
+
+
+class MultistepPlan(NamedTuple):
+    """Float64 coefficient table of a linear multistep solver over one schedule (N steps).
+
+    Step i: optionally correct the state with the new output (UniPC),
+    ``x_i <- x_i + sum_{j < ncorr_i} corr[i, j] F_{i-j}``; then
+    ``x_{i+1} = a[i] x_i + e[i] D_i + sum_{j < nb_i} b[i, j] F_{i-j} + noise[i] eps_i``.
+
+    Attributes:
+        family: ``"data"`` (F = D) or ``"derivative"`` (F = (x - D) / sigma).
+        a, e, noise: ``[N]``.
+        b: ``[N, K]`` weights, newest output first; ``nb[i]`` columns are used.
+        corr: ``[N, K + 1]`` corrector weights (zeros except for UniPC); ``ncorr[i]`` columns are used.
+        nb, ncorr: columns used per step (Python ints: the order actually applied).
+        stochastic: whether the sampler draws noise (once per step, whatever ``noise`` holds).
+    """
+
+    family: Literal["data", "derivative"]
+    a: F64
+    e: F64
+    b: F64
+    nb: tuple[int, ...]
+    corr: F64
+    ncorr: tuple[int, ...]
+    noise: F64
+    stochastic: bool
+
+
+def _lambdas(s: F64) -> F64:
+    with np.errstate(divide="ignore"):
+        out: F64 = -np.log(s)  # +inf at a final sigma = 0: handled explicitly by every builder
+    return out
+
+
+def _empty(n: int, k: int) -> tuple[F64, F64, F64, F64, F64]:
+    z = np.zeros
+    return z(n), z(n), z((n, max(k, 1))), z((n, max(k, 1) + 1)), z(n)
+
+
+def _plan_data(
+    s: F64,
+    *,
+    order: int,
+    variant: Literal["exact", "2m", "unipc"],
+    eta: float,
+    stochastic: bool,
+    lower_final: bool = False,
+) -> MultistepPlan:
+    """Data-family plans: DPM-Solver++ (2M as published, kM exact), UniPC-bh2, SDE variants (eta)."""
+    n = s.shape[0] - 1
+    lam = _lambdas(s)
+    rate = 1.0 + eta
+    a, e, b, corr, noise = _empty(n, order)
+    nb: list[int] = []
+    ncorr = [0] * n
+    for i in range(n):
+        if s[i + 1] == 0:  # final step to 0: Euler, x_N = D_{N-1} exactly
+            b[i, 0] = 1.0
+            nb.append(1)
+            continue
+        h = lam[i + 1] - lam[i]
+        a[i] = s[i + 1] / s[i] * math.exp(-eta * h)
+        big_b = -math.expm1(-rate * h)
+        noise[i] = s[i + 1] * math.sqrt(-math.expm1(-2.0 * eta * h)) if stochastic else 0.0
+        k = min(order, i + 1, n - i if lower_final else order)
+        if k == 1:
+            b[i, 0] = big_b
+        elif variant == "2m" or (variant == "unipc" and k == 2):
+            # DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2): D' = (1 + 1/(2r)) D_i - 1/(2r) D_{i-1},
+            # r = h_{i-1} / h. UniPC-bh2 with one difference uses the same rho = 1/2 with B(h) = 1 - e^{-h}.
+            r = (lam[i] - lam[i - 1]) / h
+            b[i, 0] = big_b * (1.0 + 0.5 / r)
+            b[i, 1] = -big_b * 0.5 / r
+        else:
+            b[i, :k] = exp_lagrange_weights(lam[i - np.arange(k)] - lam[i], h, rate)
+        nb.append(k)
+    if variant == "unipc":
+        for i in range(1, n):
+            # UniC at the start of step i corrects x_i with D_i = D(x_i^pred), reusing the evaluation the
+            # next predictor needs anyway (Zhao et al. 2023, Alg. 1): order q + 1 after a q-th order predictor.
+            q = nb[i - 1]
+            hp = lam[i] - lam[i - 1]
+            if q == 1:
+                big = -math.expm1(-hp)  # bh2, UniC-1: rho = 1/2 on (D_i - D_{i-1})
+                wc = np.array([0.5 * big, 0.5 * big])
+            else:
+                nodes = np.concatenate([[lam[i] - lam[i - 1]], lam[i - 1 - np.arange(q)] - lam[i - 1]])
+                wc = exp_lagrange_weights(nodes, hp, 1.0)
+            wc[1:] -= b[i - 1, :q]
+            corr[i, : q + 1] = wc
+            ncorr[i] = q + 1
+    return MultistepPlan("data", a, e, b, tuple(nb), corr, tuple(ncorr), noise, stochastic)
+
+
+def _plan_derivative(
+    s: F64, *, order: int, variant: Literal["lms", "ipndm", "deis"], lower_final: bool = False
+) -> MultistepPlan:
+    """Derivative-family plans: x_{i+1} = x_i + sum_j c_j d_{i-j}, d = (x - D) / sigma."""
+    n = s.shape[0] - 1
+    lam = _lambdas(s)
+    a, e, b, corr, noise = _empty(n, order)
+    nb: list[int] = []
+    for i in range(n):
+        k = min(order, i + 1, n - i if lower_final else order)
+        if variant == "deis" and s[i + 1] == 0:
+            e[i] = 1.0  # final step to 0: x_N = D_{N-1} exactly (log sigma = -inf: no extrapolation)
+            nb.append(0)
+            continue
+        a[i] = 1.0
+        if variant == "ipndm":
+            b[i, :k] = (s[i + 1] - s[i]) * np.asarray(ab_uniform(k))
+        elif variant == "lms":
+            b[i, :k] = sigma_lagrange_weights(s[i - np.arange(k)] - s[i], float(s[i]), float(s[i + 1]))
+        else:
+            b[i, :k] = logsigma_lagrange_weights(lam[i - np.arange(k)] - lam[i], float(s[i]), lam[i + 1] - lam[i])
+        nb.append(k)
+    return MultistepPlan("derivative", a, e, b, tuple(nb), corr, (0,) * n, noise, False)
+
+
+def _plan_ancestral(s: F64, *, eta: float) -> MultistepPlan:
+    """Euler ancestral (k-diffusion's sample_euler_ancestral): DDIM-like split into a deterministic step
+    down to sigma_down and fresh noise of std sigma_up, sigma_down^2 + sigma_up^2 = sigma_{i+1}^2."""
+    n = s.shape[0] - 1
+    a, e, b, corr, noise = _empty(n, 1)
+    for i in range(n):
+        sc, sn = float(s[i]), float(s[i + 1])
+        up = min(sn, eta * math.sqrt(max(sn**2 * (sc**2 - sn**2) / sc**2, 0.0)))
+        down = math.sqrt(max(sn**2 - up**2, 0.0))
+        a[i] = down / sc
+        b[i, 0] = 1.0 - down / sc
+        noise[i] = up
+    return MultistepPlan("data", a, e, b, (1,) * n, corr, (0,) * n, noise, True)
+
+
+# ---- each registered solver's knobs -> its plan (knobs already checked by the registry) ---------------
+
+
+def _lof(k: Mapping[str, Any]) -> bool:
+    return bool(k.get("lower_order_final", False))
+
+
+def _sde(order: int, variant: Literal["exact", "2m"]) -> Callable[[F64, Mapping[str, Any]], MultistepPlan]:
+    def plan(s: F64, k: Mapping[str, Any]) -> MultistepPlan:
+        p = _plan_data(s, order=order, variant=variant, eta=k["eta"], stochastic=True, lower_final=_lof(k))
+        return p._replace(noise=p.noise * k["s_noise"])
+
+    return plan
+
+
+def _ancestral(s: F64, k: Mapping[str, Any]) -> MultistepPlan:
+    p = _plan_ancestral(s, eta=k["eta"])
+    return p._replace(noise=p.noise * k["s_noise"])
+
+
+def _data(variant: Literal["exact", "2m", "unipc"]) -> Callable[[F64, Mapping[str, Any]], MultistepPlan]:
+    def plan(s: F64, k: Mapping[str, Any]) -> MultistepPlan:
+        return _plan_data(s, order=k.get("order", 2), variant=variant, eta=0.0, stochastic=False, lower_final=_lof(k))
+
+    return plan
+
+
+def _derivative(variant: Literal["lms", "ipndm", "deis"]) -> Callable[[F64, Mapping[str, Any]], MultistepPlan]:
+    def plan(s: F64, k: Mapping[str, Any]) -> MultistepPlan:
+        return _plan_derivative(s, order=k["order"], variant=variant, lower_final=_lof(k))
+
+    return plan
+
+
+PLANS: dict[str, Callable[[F64, Mapping[str, Any]], MultistepPlan]] = {
+    "dpmpp_2m": _data("2m"),
+    "dpmpp_3m": _data("exact"),
+    "dpmpp_2m_sde": _sde(2, "2m"),
+    "dpmpp_3m_sde": _sde(3, "exact"),
+    "deis": _derivative("deis"),
+    "lms": _derivative("lms"),
+    "ipndm": _derivative("ipndm"),
+    "unipc": _data("unipc"),
+    "euler_ancestral": _ancestral,
+}
+"""Registry name -> plan builder ``plan(sigmas, knobs)`` of every solver the linear loop runs."""
