@@ -1,6 +1,6 @@
 """Exact-denoiser accuracy suite: which sampler reaches a given error with the fewest NFE?
 
-Thin wrapper over ``edm-samplers bench`` (see ``benchmarks/README.md``). Problems with a known data
+Thin wrapper over ``benchmarks/bench.py`` (see ``benchmarks/README.md``). Problems with a known data
 distribution: ``ring2d``, ``mixture64d`` (closed-form Gaussian-mixture denoisers) and
 ``digits-empirical`` (the ideal denoiser of the 1797 real digits; needs scikit-learn). For every sampler
 and schedule of the library and the installed peers (k-diffusion, diffusers): global RMS error against a
@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import sys
 
-from edm_samplers.cli import main
+from bench import main
 
 if __name__ == "__main__":
     args = sys.argv[1:]
     if "--problems" not in args:
         args = ["--problems", "ring2d", "mixture64d", "digits-empirical", *args]
-    sys.exit(main(["bench", *args]))
+    sys.exit(main(args))

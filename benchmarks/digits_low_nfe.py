@@ -41,9 +41,15 @@ from edm_samplers.models import digits, digits_features
 from edm_samplers.models.digits import load_digits_images
 from edm_samplers.models.schedules import SCHEDULES_FILE
 from edm_samplers.schedule_opt import optimize_schedule
+from edm_samplers.solvers.registry import label, parse_label
 
 SIG_MAX, SIG_MIN = 80.0, 0.002
-TUNED = ["euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc3", "deis3", "ipndm4", "lms4"]
+TUNED = ["euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc:order=3", "deis:order=3", "ipndm:order=4", "lms:order=4"]
+"""Registry labels; the shipped schedules are keyed by the full label (every knob, defaults resolved)."""
+
+
+def key(text: str) -> str:
+    return label(*parse_label(text), full=True)
 
 
 def latents(seeds: range) -> torch.Tensor:
@@ -81,7 +87,7 @@ def tune(den: Any, nfes: list[int], max_evals: int) -> dict[str, dict[str, list[
                 init=es.karras_sigmas(n, SIG_MIN, SIG_MAX),
                 max_evals=max_evals,
             )
-            out.setdefault(name, {})[str(nfe)] = [round(v, 7) for v in r.sigmas.tolist()]
+            out.setdefault(key(name), {})[str(nfe)] = [round(v, 7) for v in r.sigmas.tolist()]
             print(
                 f"tuned {name} NFE {nfe}: mse {r.initial_error:.3e} -> {r.error:.3e} "
                 f"({r.evaluations} runs, {time.time() - t0:.0f} s)",
@@ -147,7 +153,7 @@ def main() -> None:
             n = sa.steps_for(nfe, per)
             row = {"rho7": fd(run(f, den, x0, es.karras_sigmas(n, SIG_MIN, SIG_MAX)))}
             with contextlib.suppress(KeyError):
-                row["tuned"] = fd(run(f, den, x0, es.models.digits_schedule(name, nfe)))
+                row["tuned"] = fd(run(f, den, x0, es.models.digits_schedule(key(name), nfe)))
             rows[name] = row
         for name, (f, per) in peers.items():
             n = sa.steps_for(nfe, per)

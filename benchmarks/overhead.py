@@ -219,11 +219,8 @@ def candidates(
         for name, kw in knobs:
             modes = ([("compiled", True)] if compile_ else []) + ([("graphed", False)] if device.type == "cuda" else [])
             for mode, comp in modes:
-                gs = E.GraphedSampler(net, sig, shape, sampler=name, device=device, compile=comp, **kw)  # type: ignore[arg-type]
-                out[f"edm_samplers.{name}.{mode}"] = (
-                    (lambda gs=gs: gs(x, noise=gen)),
-                    E.count_nfe(sig, "heun" if name == "stochastic" else name),
-                )
+                gs = E.GraphedSampler(net, sig, shape, sampler=name, device=device, compile=comp, **kw)
+                out[f"edm_samplers.{name}.{mode}"] = ((lambda gs=gs: gs(x, noise=gen)), E.count_nfe(sig, name, **kw))
     out["peer.paper_float64"] = (lambda: paper_loop(net, x, sig), n_heun)
     out["peer.naive_float32_heun"] = (lambda: naive_heun(net, x, host), n_heun)
     try:

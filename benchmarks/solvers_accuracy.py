@@ -32,6 +32,8 @@ import torch
 
 import edm_samplers as es
 from edm_samplers.reference import ode_reference
+from edm_samplers.solvers.api import sampler_function
+from edm_samplers.solvers.registry import get, parse_label
 
 Sampler = Callable[[Any, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -63,26 +65,23 @@ def problems(batch: int) -> dict[str, tuple[Any, torch.Tensor]]:
 # ---- the library's solvers (NFE -> schedule) ---------------------------------------------------------------
 
 
+LIBRARY = ("euler", "heun", "dpm2", "dpmpp_2m", "dpmpp_3m", "dpmpp_3m:order=4", "unipc:order=2", "unipc:order=3",
+           "deis:order=2", "deis:order=3", "lms:order=4", "ipndm:order=4")  # fmt: skip
+"""The library's configurations compared here, as registry labels (``name`` or ``name:knob=value``)."""
+
+
 def ours() -> dict[str, tuple[Sampler, int]]:
-    """name -> (sampler, NFE per step); the last step to 0 of a 2-NFE solver costs 1."""
+    """label -> (sampler, NFE per step, from the registry); the last step to 0 of a 2-NFE solver costs 1."""
+    out: dict[str, tuple[Sampler, int]] = {}
+    for text in LIBRARY:
+        name, knobs = parse_label(text)
+        spec = get(name)
 
-    def p(f: Any, **kw: Any) -> Sampler:
-        return lambda d, x, s: f(d, x, s, **kw)
+        def run(d: Any, x: torch.Tensor, s: torch.Tensor, _name: str = name, _kw: Any = knobs) -> torch.Tensor:
+            return sampler_function(_name)(d, x, s, **_kw)
 
-    return {
-        "euler": (es.euler_sample, 1),
-        "heun": (es.heun_sample, 2),
-        "dpm2": (es.dpm2_sample, 2),
-        "dpmpp_2m": (es.dpmpp_2m_sample, 1),
-        "dpmpp_3m": (es.dpmpp_3m_sample, 1),
-        "dpmpp_4m": (p(es.dpmpp_3m_sample, order=4), 1),
-        "unipc2": (p(es.unipc_sample, order=2), 1),
-        "unipc3": (p(es.unipc_sample, order=3), 1),
-        "deis2": (p(es.deis_sample, order=2), 1),
-        "deis3": (p(es.deis_sample, order=3), 1),
-        "lms4": (p(es.lms_sample, order=4), 1),
-        "ipndm4": (p(es.ipndm_sample, order=4), 1),
-    }
+        out[text] = (run, spec.nfe(1, False, spec.resolve(knobs)))
+    return out
 
 
 def steps_for(nfe: int, per_step: int) -> int:

@@ -37,6 +37,8 @@ from ._types import Denoiser
 from ._validate import check_float, check_int, check_sigmas, check_x
 from .schedules import karras_sigmas
 from .solvers import heun_sample
+from .solvers.api import sampler_function
+from .solvers.registry import get
 
 __all__ = ["ScheduleSearch", "load_schedule", "optimize_schedule", "save_schedule"]
 
@@ -91,7 +93,7 @@ def optimize_schedule(
     x: Tensor,
     num_steps: int,
     *,
-    sampler: Sampler = heun_sample,
+    sampler: str | Sampler = "heun",
     reference: Tensor | None = None,
     init: Tensor | None = None,
     sigma_max: float | None = None,
@@ -103,7 +105,7 @@ def optimize_schedule(
     sweeps: int = 2,
     grid_points: int = 7,
     cond: Mapping[str, Any] | None = None,
-    sampler_kwargs: Mapping[str, Any] | None = None,
+    **knobs: Any,
 ) -> ScheduleSearch:
     """Find the ``num_steps``-level schedule that minimises ``sampler``'s error on a calibration batch.
 
@@ -113,7 +115,8 @@ def optimize_schedule(
             A few dozen to a few hundred samples are enough; the schedule is a property of the model.
         num_steps: N >= 2 positive levels (Heun then costs 2N - 1 NFE; first-order and multistep
             solvers N NFE).
-        sampler: any deterministic sampler of the library (same signature as :func:`heun_sample`).
+        sampler: a deterministic sampler: a registry name (``"heun"``, ``"unipc"``, ...) or a function with the
+            signature of :func:`heun_sample`.
         reference: the converged final samples for ``x``; default: :func:`heun_sample` with 512 steps
             of :func:`karras_sigmas` from ``sigma_max``.
         init: initial schedule (N levels then 0); default ``karras_sigmas(N, 0.002, sigma_max)``.
@@ -129,7 +132,7 @@ def optimize_schedule(
         sweeps, grid_points: phase 1 makes up to ``sweeps`` passes over the levels, trying
             ``grid_points`` log-spaced values of each between its neighbours (at most half the budget).
         cond: denoiser conditioning.
-        sampler_kwargs: extra keyword arguments for ``sampler``.
+        **knobs: the sampler's knobs (e.g. ``order=3`` for ``"unipc"``), checked before the search starts.
 
     Returns:
         A :class:`ScheduleSearch` with the best schedule found (never worse than ``init`` on the
@@ -166,7 +169,10 @@ def optimize_schedule(
         floor = lo
     elif not floor < float(init_s[-2]):
         raise ValueError(f"sigma_floor must be below the initial last level {float(init_s[-2])}, got {floor}")
-    kw = dict(sampler_kwargs or {})
+    if isinstance(sampler, str):
+        get(sampler).resolve(knobs)  # an unknown sampler or a bad knob fails now, not after the reference solution
+    run = sampler_function(sampler)
+    kw = dict(knobs)
     kw.setdefault("check_finite", False)
     if reference is None:
         with torch.no_grad():
@@ -181,7 +187,7 @@ def optimize_schedule(
         nonlocal evals
         evals += 1
         with torch.no_grad():
-            out = sampler(denoiser, x, s, cond=cond, **kw)
+            out = run(denoiser, x, s, cond=cond, **kw)
         err = torch.mean((out.to(ref.dtype) - ref) ** 2)
         v = float(err)  # one sync per sampling run: the search is host-side by design
         return v if math.isfinite(v) else math.inf

@@ -2,9 +2,12 @@
 
 Made by ``benchmarks/digits_low_nfe.py --tune`` with :func:`edm_samplers.schedule_opt.optimize_schedule`
 (global error against a converged solution on 64 calibration seeds that the evaluation never uses) and
-shipped as plain JSON (``digits_schedules.json``): ``{"meta": {...}, "schedules": {solver: {nfe: [sigmas]}}}``.
-Solver names are those of the benchmarks: ``euler``, ``heun``, ``dpmpp_2m``, ``dpmpp_3m``, ``unipc3``,
-``deis3``, ``ipndm4``, ``lms4``.
+shipped as plain JSON (``digits_schedules.json``): ``{"meta": {...}, "schedules": {key: {nfe: [sigmas]}}}``.
+
+A key is the sampler's registry name with every knob the schedule was tuned with
+(:func:`edm_samplers.solvers.registry.label` with ``full=True``), e.g.
+``"unipc:order=3,lower_order_final=false"``: a schedule answers only for the exact configuration it was tuned
+for, even after a default changes.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 from torch import Tensor
 
 from .._validate import check_sigmas
+from ..solvers.registry import label, parse_label
 
 __all__ = ["SCHEDULES_FILE", "digits_schedule", "digits_schedules"]
 
@@ -33,28 +37,31 @@ def _load() -> dict[str, Any]:
 
 
 def digits_schedules() -> dict[str, list[int]]:
-    """The tuned schedules on offer: ``{solver: [nfe, ...]}``."""
+    """The tuned schedules on offer: ``{key: [nfe, ...]}``, keys as ``"unipc:order=3,lower_order_final=false"``."""
     return {k: sorted(int(n) for n in v) for k, v in _load()["schedules"].items()}
 
 
-def digits_schedule(solver: str, nfe: int, *, dtype: torch.dtype = torch.float64) -> Tensor:
-    """The schedule tuned for ``solver`` at ``nfe`` network evaluations on the shipped digits model.
+def digits_schedule(sampler: str, nfe: int, *, dtype: torch.dtype = torch.float64, **knobs: Any) -> Tensor:
+    """The schedule tuned for ``sampler`` with ``knobs`` at ``nfe`` network evaluations on the digits model.
+
+    ``sampler`` is a registry name (or a key of :func:`digits_schedules`, knobs included); knobs not given
+    take their registry defaults, and the schedule must have been tuned with exactly the resulting knobs.
 
     Example::
 
         import edm_samplers as es
         den = es.models.digits()
-        sig = es.models.digits_schedule("unipc3", 5)
-        imgs = es.generate(den, range(64), (1, 8, 8), sig, sampler=es.unipc_sample, order=3)
+        knobs = {"order": 3, "lower_order_final": False}
+        sig = es.models.digits_schedule("unipc", 5, **knobs)
+        imgs = es.generate(den, range(64), (1, 8, 8), sig, sampler="unipc", **knobs)
 
     Raises:
-        KeyError: if no schedule was tuned for that solver and NFE (the message lists those on offer).
+        KeyError: if no schedule was tuned for that configuration and NFE (the message lists those on offer).
     """
-    table = _load()["schedules"]
+    name, given = parse_label(sampler)
+    key = label(name, {**given, **knobs}, full=True)
     try:
-        values = table[solver][str(int(nfe))]
+        values = _load()["schedules"][key][str(int(nfe))]
     except KeyError:
-        raise KeyError(
-            f"no tuned digits schedule for solver={solver!r} at nfe={nfe}; available: {digits_schedules()}"
-        ) from None
+        raise KeyError(f"no tuned digits schedule for {key!r} at nfe={nfe}; available: {digits_schedules()}") from None
     return check_sigmas(values, name="tuned schedule", final_zero=True).to(dtype)

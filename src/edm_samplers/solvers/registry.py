@@ -111,6 +111,14 @@ class SolverSpec:
             f"{self.name}_sample got unknown option(s) {', '.join(map(repr, unknown))}; it accepts {valid}{hint}"
         )
 
+    def steps_for(self, nfe: int, knobs: Mapping[str, Any] | None = None, *, end_zero: bool = True) -> int:
+        """The most steps N whose run costs at most ``nfe`` evaluations (0 if even one step costs more)."""
+        values = self.resolve(knobs or {})
+        n = 0
+        while self.nfe(n + 1, end_zero, values) <= nfe:
+            n += 1
+        return n
+
     def count(self, sigmas: Tensor | Sequence[float], knobs: Mapping[str, Any] | None = None) -> int:
         """Network evaluations of one run on ``sigmas`` with ``knobs``."""
         s = check_sigmas(sigmas)

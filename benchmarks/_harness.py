@@ -1,21 +1,17 @@
-"""Machinery behind ``edm-samplers bench`` / ``generate`` and the scripts in ``benchmarks/``.
+"""The NFE-sweep harness behind ``benchmarks/bench.py`` (and accuracy.py, digits_fid.py): not installed.
 
-- a registry of the library's samplers and schedules (resolved lazily, so samplers added later appear
-  automatically) and of peer samplers (k-diffusion, diffusers) driven on the same denoiser;
-- named problems with a known data distribution (analytic mixtures, the empirical denoiser of the
-  real digits) and the shipped digits model;
-- the NFE sweep: same seeds (per-seed noise), same initial noise and same NFE for everyone; global
-  error against :func:`~edm_samplers.reference.ode_reference`, Frechet distance, sliced Wasserstein;
-- sharding over ``torch.distributed`` ranks: seeds split into fixed chunks by global position, each
-  rank samples its chunks, statistics are summed exactly across ranks (never gathered as samples).
-
-Private: the command line and the benchmark scripts are the public face.
+- the samplers of the library, read from the solver registry (every registered name with its default knobs,
+  plus the variants in :data:`EXTRA`), and peer samplers (k-diffusion, diffusers) driven on the same
+  denoiser;
+- the NFE sweep over the named problems of ``edm_samplers._named``: same seeds (per-seed noise), same
+  initial noise and same NFE for everyone; global error against
+  :func:`~edm_samplers.reference.ode_reference`, Frechet distance, sliced Wasserstein;
+- sharding over ``torch.distributed`` ranks: seeds split into fixed chunks by global position, each rank
+  samples its chunks, statistics are summed exactly across ranks (never gathered as samples).
 """
 
 from __future__ import annotations
 
-import atexit
-import functools
 import hashlib
 import importlib
 import importlib.util
@@ -24,194 +20,52 @@ import os
 import platform
 import sys
 import types
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .analytic import GaussianMixture, empirical_denoiser
-from .metrics import FeatureStats, _split_bins, frechet_distance_from_stats, sliced_wasserstein
-from .noise import PerSampleNoise
+from edm_samplers import GaussianMixture, PerSampleNoise, generate
+from edm_samplers._dist import cpu_group, dist_info, shard_chunks
+from edm_samplers._named import Problem, make_sigmas
+from edm_samplers.metrics import FeatureStats, frechet_distance_from_stats, sliced_wasserstein
+from edm_samplers.solvers.registry import REGISTRY, get, parse_label
 
-SamplerFn = Callable[..., Tensor]
+# ---- the library's samplers, from the registry --------------------------------------------------------
 
-# ---- distributed helpers -------------------------------------------------------------------------
-
-
-def dist_info() -> tuple[int, int]:
-    """(rank, world size); (0, 1) without an initialised process group."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+EXTRA = (
+    "generalized:alpha=0.5",  # the explicit midpoint rule of EDM's generalized sampler
+    "stochastic:s_churn=40,s_tmin=0.05,s_tmax=50",  # EDM's ImageNet-64 churn
+)
+"""Configurations swept besides every registry name with its defaults (labels :func:`parse_label` reads)."""
 
 
-def init_distributed() -> bool:
-    """Initialise torch.distributed (gloo) from torchrun's environment; False if not launched by torchrun."""
-    import torch.distributed as dist
+def library_samplers() -> list[str]:
+    """Every sampler of the library as a label: registry names, then :data:`EXTRA`."""
+    return [*REGISTRY, *EXTRA]
 
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ or not dist.is_available():
+
+def _valid(text: str) -> bool:
+    try:
+        parse_label(text)
+    except (TypeError, ValueError):
         return False
-    if not dist.is_initialized():
-        # gloo whatever the device: every collective here reduces small float64 CPU tensors (statistics,
-        # error sums) and sampling itself needs no communication. Ranks take the node's GPUs round-robin,
-        # so more processes than GPUs share them instead of failing (NCCL allows one rank per GPU).
-        dist.init_process_group(backend="gloo")
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
-        # A process that exits with its group alive can abort (SIGABRT, "terminate called without an active
-        # exception"): gloo's worker threads outlive the interpreter's teardown. Destroy it while Python lives.
-        atexit.register(_destroy_process_group)
     return True
 
 
-def _destroy_process_group() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-@functools.cache
-def cpu_group() -> object:
-    """A process group that can all-reduce CPU tensors: None (the default) under gloo, a gloo group under nccl.
-
-    Statistics and error sums are reduced as float64 CPU tensors, which nccl cannot do. Creating a group
-    is collective: every rank calls this at the same points, once (cached).
-    """
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_backend() == "gloo":
-        return None
-    return dist.new_group(backend="gloo")
+def run_label(text: str, den: Callable[..., Tensor], seeds: Sequence[int], shape: Sequence[int], sig: Tensor,
+              dtype: torch.dtype) -> Tensor:  # fmt: skip
+    """Samples of ``seeds`` with the sampler ``text`` (``"name"`` or ``"name:k=v,..."``), as generate() makes them."""
+    name, knobs = parse_label(text)
+    return generate(den, seeds, shape, sig, sampler=name, dtype=dtype, **knobs)
 
 
-def exact_sum_all_ranks(values: Tensor) -> Tensor:
-    """Sum float64 ``values`` over all ranks exactly (binned sums), so the result is rank-count invariant."""
-    import torch.distributed as dist
-
-    parts = _split_bins(values.detach().to(device="cpu", dtype=torch.float64))
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(parts, op=dist.ReduceOp.SUM, group=cpu_group())
-    return parts.sum(0)
-
-
-def shard_chunks(num: int, chunk: int) -> list[tuple[int, int]]:
-    """This rank's ``(start, stop)`` index ranges: global chunks of ``chunk`` items, dealt round-robin.
-
-    Chunks depend on global position only, so every sample is computed in the same batch (hence
-    bit-identically) whatever the number of ranks.
-    """
-    rank, world = dist_info()
-    all_chunks = [(s, min(s + chunk, num)) for s in range(0, num, chunk)]
-    return all_chunks[rank::world]
-
-
-# ---- samplers ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SamplerSpec:
-    """A sampler of the library: module path, function, fixed knobs, whether it draws noise."""
-
-    name: str
-    module: str
-    func: str
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    stochastic: bool = False
-
-    def resolve(self) -> SamplerFn | None:
-        try:
-            mod = importlib.import_module(self.module)
-        except ImportError:
-            return None
-        fn = getattr(mod, self.func, None)
-        return fn if callable(fn) else None
-
-
-_S = "edm_samplers.solvers.samplers"
-_M = "edm_samplers.solvers.multistep"
-_G = "edm_samplers.solvers.samplers"
-_EDM_CHURN = {"s_churn": 40.0, "s_tmin": 0.05, "s_tmax": 50.0, "s_noise": 1.0}
-
-SAMPLERS: tuple[SamplerSpec, ...] = (
-    SamplerSpec("euler", _S, "euler_sample"),
-    SamplerSpec("heun", _S, "heun_sample"),
-    SamplerSpec("midpoint", _G, "generalized_sample", {"alpha": 0.5}),
-    SamplerSpec("dpm2", _S, "dpm2_sample"),
-    SamplerSpec("dpmpp_2m", _M, "dpmpp_2m_sample"),
-    SamplerSpec("dpmpp_3m", _M, "dpmpp_3m_sample"),
-    SamplerSpec("unipc", _M, "unipc_sample"),
-    SamplerSpec("deis", _M, "deis_sample"),
-    SamplerSpec("ipndm", _M, "ipndm_sample"),
-    SamplerSpec("lms", _M, "lms_sample"),
-    SamplerSpec("stochastic", _S, "stochastic_sample", dict(_EDM_CHURN), stochastic=True),
-    SamplerSpec("euler_ancestral", _S, "euler_ancestral_sample", stochastic=True),
-    SamplerSpec("dpmpp_2m_sde", _M, "dpmpp_2m_sde_sample", stochastic=True),
-    SamplerSpec("dpmpp_3m_sde", _M, "dpmpp_3m_sde_sample", stochastic=True),
-)
-
-
-def available_samplers() -> dict[str, tuple[SamplerSpec, SamplerFn]]:
-    """The registered samplers that this installation provides."""
-    out = {}
-    for spec in SAMPLERS:
-        fn = spec.resolve()
-        if fn is not None:
-            out[spec.name] = (spec, fn)
-    return out
-
-
-def _schedule(name: str, steps: int, sigma_min: float, sigma_max: float) -> Tensor:
-    from . import schedules as sch
-
-    if name == "karras":
-        return sch.karras_sigmas(steps, sigma_min, sigma_max)
-    if name == "loglinear":
-        return sch.loglinear_sigmas(steps, sigma_min, sigma_max)
-    if name == "vp":
-        return sch.vp_sigmas(steps)
-    if name == "iddpm":
-        return sch.iddpm_sigmas(steps, sigma_min, sigma_max)
-    raise ValueError(f"schedule must be one of {SCHEDULES}, got {name!r}")
-
-
-SCHEDULES = ("karras", "loglinear", "vp", "iddpm")
-
-
-def make_sigmas(name: str, steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0) -> Tensor:
-    """A schedule by name: karras / loglinear (on [sigma_min, sigma_max]), vp (Table 1's), iddpm (its grid)."""
-    return _schedule(name, steps, sigma_min, sigma_max)
-
-
-class CountingDenoiser:
-    """Wraps a denoiser and counts its calls (network function evaluations)."""
-
-    def __init__(self, fn: Callable[..., Tensor]) -> None:
-        self.fn = fn
-        self.calls = 0
-
-    def __call__(self, x: Tensor, sigma: Tensor, /, **cond: Any) -> Tensor:
-        self.calls += 1
-        return self.fn(x, sigma, **cond)
-
-
-def measure_nfe(run: Callable[[Callable[..., Tensor]], object]) -> int:
-    """NFE of one sampling run, measured by running it on a trivial denoiser (D = 0, batch 1)."""
-    c = CountingDenoiser(lambda x, s, **k: torch.zeros_like(x))
-    run(c)
-    return c.calls
-
-
-def _nfe_of(run_with: Callable[[Callable[..., Tensor], int], object]) -> Callable[[int], int]:
-    def nfe(n: int) -> int:
-        return measure_nfe(lambda d: run_with(d, n))
-
-    return nfe
+def nfe_of_label(text: str, sig: Tensor) -> int:
+    name, knobs = parse_label(text)
+    return get(name).count(sig, knobs)
 
 
 def steps_for_nfe(nfe_of_steps: Callable[[int], int], targets: Sequence[int], max_steps: int = 400) -> list[int]:
@@ -227,8 +81,7 @@ def steps_for_nfe(nfe_of_steps: Callable[[int], int], targets: Sequence[int], ma
     for t in targets:
         best = None
         for n in range(1, max_steps + 1):
-            v = nfe(n)
-            if v > t:
+            if nfe(n) > t:
                 break
             best = n
         if best is not None:
@@ -236,104 +89,16 @@ def steps_for_nfe(nfe_of_steps: Callable[[int], int], targets: Sequence[int], ma
     return sorted(out)
 
 
-# ---- problems ------------------------------------------------------------------------------------
+class CountingDenoiser:
+    """Wraps a denoiser and counts its calls (network function evaluations): how peers are measured."""
 
+    def __init__(self, fn: Callable[..., Tensor]) -> None:
+        self.fn = fn
+        self.calls = 0
 
-@dataclass
-class Problem:
-    """A denoiser with a known (or empirical) data distribution and a feature map for the metrics."""
-
-    name: str
-    denoiser: Callable[..., Tensor]
-    shape: tuple[int, ...]
-    true_samples: Callable[[int], Tensor]  # n -> [n, *shape] float64 draws of the data distribution
-    features: Callable[[Tensor], Tensor]  # [n, *shape] -> [n, F] float64
-    sigma_min: float = 0.002
-    sigma_max: float = 80.0
-    dtype: torch.dtype = torch.float64
-    exact: bool = True  # the denoiser is the exact one of the data distribution
-    description: str = ""
-
-
-def _flat(x: Tensor) -> Tensor:
-    return x.reshape(x.shape[0], -1).to(torch.float64)
-
-
-def _gm_problem(name: str, gm: GaussianMixture, description: str) -> Problem:
-    def truth(n: int) -> Tensor:
-        return gm.sample(n, generator=torch.Generator().manual_seed(123_456))
-
-    return Problem(name, gm, gm.sample_shape, truth, _flat, description=description)
-
-
-def ring2d() -> Problem:
-    """8 Gaussians (std 0.05) on the unit circle: sharp, well separated modes in 2-D."""
-    ang = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
-    gm = GaussianMixture(torch.stack([ang.cos(), ang.sin()], 1), stds=0.05)
-    return _gm_problem("ring2d", gm, "2-D: 8 Gaussians of std 0.05 on the unit circle")
-
-
-def mixture64d() -> Problem:
-    """16 Gaussians in 64-D with means ~ N(0, 0.25 I) and stds in [0.05, 0.3], unequal weights."""
-    g = torch.Generator().manual_seed(64)
-    means = torch.randn(16, 64, generator=g, dtype=torch.float64) * 0.5
-    stds = 0.05 + 0.25 * torch.rand(16, generator=g, dtype=torch.float64)
-    weights = 0.5 + torch.rand(16, generator=g, dtype=torch.float64)
-    gm = GaussianMixture(means, stds, weights)
-    return _gm_problem("mixture64d", gm, "64-D: 16 Gaussians, stds 0.05..0.3, unequal weights")
-
-
-def digits_empirical() -> Problem:
-    """The ideal denoiser of the 1797 real 8x8 digits (needs scikit-learn: benchmark only)."""
-    from .models.digits import load_digits_images
-
-    data = load_digits_images()
-    assert isinstance(data, Tensor)
-    emp = empirical_denoiser(data.to(torch.float64))
-
-    def truth(n: int) -> Tensor:
-        idx = torch.randint(0, data.shape[0], (n,), generator=torch.Generator().manual_seed(7))
-        return data.to(torch.float64)[idx]
-
-    return Problem(
-        "digits-empirical", emp, (1, 8, 8), truth, _flat,
-        description="empirical denoiser of the 1797 real 8x8 digits (sampling returns training images)",
-    )  # fmt: skip
-
-
-def digits_model() -> Problem:
-    """The shipped digits U-Net; truth = the real digits, metrics in the shipped classifier's features."""
-    from .models import digits, digits_features
-    from .models.digits import load_digits_images
-
-    den = digits()
-
-    def truth(n: int) -> Tensor:
-        del n  # the data set is what it is: all 1797 images (loaded only here: needs scikit-learn)
-        data = load_digits_images()
-        assert isinstance(data, Tensor)
-        return data.to(torch.float64)
-
-    def model(x: Tensor, sigma: Tensor, /, **cond: Any) -> Tensor:
-        with torch.no_grad():
-            out: Tensor = den(x.to(torch.float32), sigma.to(torch.float32), **cond)
-        return out.to(x.dtype)
-
-    return Problem(
-        "digits-model", model, (1, 8, 8), truth, lambda x: digits_features(x.to(torch.float32)),
-        dtype=torch.float32, exact=False,
-        description="shipped digits U-Net; Frechet distance in the shipped classifier's 64-D features",
-    )  # fmt: skip
-
-
-digits_model_nodata = digits_model  # the real data are loaded only when a metric needs them
-
-PROBLEMS: dict[str, Callable[[], Problem]] = {
-    "ring2d": ring2d,
-    "mixture64d": mixture64d,
-    "digits-empirical": digits_empirical,
-    "digits-model": digits_model,
-}
+    def __call__(self, x: Tensor, sigma: Tensor, /, **cond: Any) -> Tensor:
+        self.calls += 1
+        return self.fn(x, sigma, **cond)
 
 
 # ---- peers ---------------------------------------------------------------------------------------
@@ -516,7 +281,7 @@ def machine_info() -> dict[str, Any]:
 def latents_for(seeds: Sequence[int], shape: Sequence[int], sigma0: float, dtype: torch.dtype) -> Tensor:
     """x at sigma0 for each seed: the first draw of that seed's generator (as ``generate()`` does)."""
     src = PerSampleNoise(seeds)
-    return src.randn((len(seeds), *shape), dtype=torch.float64, device=torch.device("cpu")).to(dtype) * sigma0
+    return src.randn((len(seeds), *shape), dtype=dtype, device=torch.device("cpu")) * sigma0
 
 
 def reference_cached(problem: Problem, seeds: Sequence[int], smin: float, smax: float,
@@ -530,7 +295,7 @@ def reference_cached(problem: Problem, seeds: Sequence[int], smin: float, smax: 
         rtol = 1e-9 if problem.exact else 1e-5
     import numpy as np
 
-    from .reference import ode_reference
+    from edm_samplers.reference import ode_reference
 
     key = hashlib.sha256(
         f"{problem.name}|{list(seeds)}|{smin!r}|{smax!r}|{rtol!r}|{problem.shape}".encode()
@@ -577,9 +342,10 @@ def evaluate(problem: Problem, samples: Tensor, truth_stats: FeatureStats, truth
     err = None
     if ref is not None:
         d2 = (samples.to(torch.float64) - ref).reshape(samples.shape[0], -1).square().sum(1)
-        tot = exact_sum_all_ranks(torch.stack([d2.sum(), torch.tensor(float(d2.shape[0]), dtype=torch.float64)]))
+        # Exact float64 sums over ranks (FeatureStats' binned sums): rank-count invariant.
+        tot = FeatureStats(1).update(d2[:, None]).all_reduce(group=cpu_group())
         dim = math.prod(problem.shape)
-        err = math.sqrt(float(tot[0]) / float(tot[1]) / dim)  # RMS per coordinate
+        err = math.sqrt(float(tot.sums()[0][0]) / tot.n / dim)  # RMS per coordinate
     sw = sliced_wasserstein(feats, truth_feats, num_projections=128) if gathered and truth_feats is not None else None
     return err, fd, sw
 
@@ -600,8 +366,8 @@ def sweep(
 ) -> tuple[list[Result], dict[str, Any]]:
     """Run every (sampler, schedule, NFE) on ``problem`` for seeds seed0 .. seed0 + num_samples - 1."""
     rank, world = dist_info()
-    avail = available_samplers()
-    names = list(avail) if samplers is None else [s for s in samplers if s in avail or s.startswith(("kdiff", "diff"))]
+    lib = library_samplers()
+    names = lib if samplers is None else [s for s in samplers if s.startswith(("kdiff", "diff")) or _valid(s)]
     seeds_all = list(range(seed0, seed0 + num_samples))
     mine = [i for a, b in shard_chunks(num_samples, chunk) for i in range(a, b)]
     my_seeds = [seeds_all[i] for i in mine]
@@ -634,45 +400,34 @@ def sweep(
             if key not in refs and (problem.exact or sched == schedules[0]):
                 refs[key] = reference_cached(problem, my_seeds, smin, smax, cache_dir)
         for name in names:
-            if name not in avail:
+            if name.startswith(("kdiff", "diff")):
                 continue
-            spec, fn = avail[name]
 
-            def run_with(den: Callable[..., Tensor], n: int, _fn: SamplerFn = fn, _spec: SamplerSpec = spec,
-                         _sched: str = sched) -> Tensor:  # fmt: skip
-                sig = make_sigmas(_sched, n, problem.sigma_min, problem.sigma_max)
-                x = latents_for([0], problem.shape, float(sig[0]), problem.dtype)
-                return _fn(den, x, sig, noise=PerSampleNoise([0]), dtype=problem.dtype, **_spec.kwargs)
+            def nfe_of(n: int, _name: str = name, _sched: str = sched) -> int:
+                return nfe_of_label(_name, make_sigmas(_sched, n, problem.sigma_min, problem.sigma_max))
 
             try:
-                steps = steps_for_nfe(_nfe_of(run_with), nfes)
+                steps = steps_for_nfe(nfe_of, nfes)
             except ValueError:
                 steps = []
             for n in steps:
                 jobs.append((name, sched, n))
     bar = _bar(len(jobs), progress and rank == 0, problem.name)
     for name, sched, n in jobs:
-        spec, fn = avail[name]
+        stochastic = get(parse_label(name)[0]).stochastic
         try:
             sig = make_sigmas(sched, n, problem.sigma_min, problem.sigma_max)
         except ValueError:
             bar.update(1)
             continue
-        src = PerSampleNoise(my_seeds)
-        x0 = src.randn((len(my_seeds), *problem.shape), dtype=torch.float64, device=torch.device("cpu"))
-        x0 = x0.to(problem.dtype) * float(sig[0])
-        counter = CountingDenoiser(problem.denoiser)
-        outs = []
-        for a in range(0, len(my_seeds), chunk):
-            part = PerSampleNoise(my_seeds[a : a + chunk])
-            part.randn((len(part), *problem.shape), dtype=torch.float64, device=torch.device("cpu"))  # the latent draw
-            with torch.no_grad():
-                outs.append(fn(counter, x0[a : a + chunk], sig, noise=part, dtype=problem.dtype, **spec.kwargs))
-        out = torch.cat(outs)
-        nfe = counter.calls // max(1, math.ceil(len(my_seeds) / chunk))
-        ref = None if spec.stochastic else refs.get((round(float(sig[-2]), 12), round(float(sig[0]), 12)))
+        with torch.no_grad():
+            outs = [run_label(name, problem.denoiser, my_seeds[a : a + chunk], problem.shape, sig, problem.dtype)
+                    for a in range(0, len(my_seeds), chunk)]  # fmt: skip
+        out = torch.cat(outs) if outs else torch.zeros(0, *problem.shape, dtype=problem.dtype)
+        nfe = nfe_of_label(name, sig)
+        ref = None if stochastic else refs.get((round(float(sig[-2]), 12), round(float(sig[0]), 12)))
         err, fd, sw = evaluate(problem, out, truth_stats, truth_feats, ref, world == 1)
-        results.append(Result(problem.name, name, sched, n, nfe, spec.stochastic, False, err, fd, sw))
+        results.append(Result(problem.name, name, sched, n, nfe, stochastic, False, err, fd, sw))
         log(f"{problem.name} {name} {sched} steps={n} nfe={nfe} err={err} fd={fd:.4g}")
         bar.update(1)
     bar.close()
@@ -786,9 +541,3 @@ def plot(results: Sequence[Result], metric: str, path: Path, title: str) -> bool
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
-
-
-def iter_chunks(seeds: Sequence[int], chunk: int) -> Iterator[tuple[int, list[int]]]:
-    """This rank's chunks of ``seeds`` as (global start index, seeds)."""
-    for a, b in shard_chunks(len(seeds), chunk):
-        yield a, list(seeds[a:b])
