@@ -68,6 +68,12 @@ def test_shipped_files_are_small_safetensors() -> None:
 def test_digits_loads_offline_and_samples_deterministically() -> None:
     den = es.models.digits()
     assert isinstance(den, es.EDMPrecond) and not den.training
+    # frozen for inference: no autograd graph through the network, but gradients to x still flow
+    assert not any(p.requires_grad for p in den.parameters())
+    assert not any(p.requires_grad for p in es.models.digits_classifier().parameters())
+    x = torch.randn(1, 1, 8, 8, requires_grad=True)
+    (g,) = torch.autograd.grad(es.heun_sample(den, x * 80, es.karras_sigmas(3)).sum(), x)
+    assert bool(torch.isfinite(g).all())
     n_params = sum(p.numel() for p in den.parameters())
     assert 500_000 < n_params < 2_500_000
     sigmas = es.karras_sigmas(6, sigma_min=den.sigma_min, sigma_max=den.sigma_max)

@@ -220,6 +220,37 @@ def test_gradients_flow_through_sampling() -> None:
     assert mu.grad is not None and bool(torch.isfinite(mu.grad).all())
 
 
+def test_gradients_flow_through_heun_sample_to_x_and_follow_grad_mode() -> None:
+    # Gaussian data: D is linear in x, so the whole sampler is a linear map x -> c x (zero mean) and its
+    # gradient is the response to a unit shift of x. float64 outputs ~0.5, shift ~6e-3: round-off of the
+    # difference is ~1e-16 * 0.5 / 6e-3 ~ 1e-14 relative, so rtol 1e-9 leaves a wide margin.
+    gm = GaussianMixture(torch.zeros(1, 3, dtype=torch.float64), 0.5)
+    sig = karras_sigmas(6)
+    x = (torch.randn(2, 3, dtype=torch.float64) * 80).requires_grad_(True)
+    out = heun_sample(gm, x, sig)
+    assert out.grad_fn is not None  # the caller's grad mode (on) is honoured
+    out.sum().backward()
+    with torch.no_grad():
+        shift = heun_sample(gm, x + 1, sig) - heun_sample(gm, x, sig)
+        assert not heun_sample(gm, x, sig).requires_grad  # and so is torch.no_grad()
+    assert x.grad is not None and bool((x.grad != 0).all())
+    torch.testing.assert_close(x.grad, shift, rtol=1e-9, atol=0)
+
+
+def test_generate_builds_no_autograd_graph() -> None:
+    w = torch.nn.Parameter(torch.tensor(0.9, dtype=torch.float64))
+    gm = _gm()
+
+    def den(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return w * gm(x, sigma)
+
+    for sampler in ("heun", "stochastic", "unipc"):
+        out = generate(den, [0, 1], (2, 2), karras_sigmas(4), sampler=sampler, dtype=torch.float64)
+        assert not out.requires_grad and out.grad_fn is None
+    # the *_sample functions, called directly, record (gradients through sampling stay possible)
+    assert heun_sample(den, torch.ones(2, 2, 2, dtype=torch.float64), karras_sigmas(4)).grad_fn is not None
+
+
 # ---- randomness -----------------------------------------------------------------------------
 
 

@@ -104,7 +104,10 @@ def _missing(path: Path, script: str) -> FileNotFoundError:
 
 
 def digits(device: torch.device | str | None = None) -> EDMPrecond:
-    """The shipped digits denoiser D(x; sigma) for ``[B, 1, 8, 8]`` images in [-1, 1], in eval mode.
+    """The shipped digits denoiser D(x; sigma) for ``[B, 1, 8, 8]`` images in [-1, 1], frozen for inference.
+
+    Eval mode, and no parameter requires grad: sampling builds no autograd graph through the network
+    (gradients with respect to ``x`` still flow; call ``requires_grad_(True)`` to fine-tune it).
 
     An :class:`~edm_samplers.precond.EDMPrecond` (sigma_data = 0.5, valid range [0.002, 80]) around a
     1.03M-parameter :class:`UNet` (``digits.json`` holds its configuration) holding the EMA weights
@@ -127,7 +130,7 @@ def digits(device: torch.device | str | None = None) -> EDMPrecond:
     den = EDMPrecond(
         net, sigma_data=float(pc["sigma_data"]), sigma_min=float(pc["sigma_min"]), sigma_max=float(pc["sigma_max"])
     )
-    return den.eval().to(device if device is not None else "cpu")
+    return den.eval().requires_grad_(False).to(device if device is not None else "cpu")
 
 
 class DigitsClassifier(nn.Module):
@@ -160,15 +163,15 @@ def _cached_classifier(device: str) -> DigitsClassifier:
         raise _missing(CLASSIFIER_WEIGHTS, "examples/train_digits_classifier.py")
     net = DigitsClassifier()
     net.load_state_dict({k: v.to(torch.float32) for k, v in load_file(CLASSIFIER_WEIGHTS).items()})
-    return net.eval().to(device)
+    return net.eval().requires_grad_(False).to(device)
 
 
 def digits_classifier(device: torch.device | str | None = None) -> DigitsClassifier:
-    """The shipped digits classifier (eval mode; a fresh copy each call)."""
+    """The shipped digits classifier (eval mode, parameters frozen; a fresh copy each call)."""
     src = _cached_classifier("cpu")
     net = DigitsClassifier()
     net.load_state_dict(src.state_dict())
-    return net.eval().to(device if device is not None else "cpu")
+    return net.eval().requires_grad_(False).to(device if device is not None else "cpu")
 
 
 def digits_features(images: Tensor, *, batch_size: int = 2048) -> Tensor:
