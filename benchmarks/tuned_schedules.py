@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256, help="evaluation batch size")
     ap.add_argument("--calib-batch", type=int, default=256, help="calibration batch size (other seeds)")
     ap.add_argument("--max-evals", type=int, default=1000, help="sampling runs per schedule search")
-    ap.add_argument("--solvers", nargs="*", default=None, help="library solvers to tune (default: all)")
+    ap.add_argument("--samplers", nargs="*", default=None, help="library samplers (labels) to tune (default: all)")
     ap.add_argument("--problems", nargs="*", default=None, help="problems to run (default: all)")
     ap.add_argument(
         "--free-end",
@@ -66,8 +66,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t0 = time.time()
     lib = sa.ours()
-    if args.solvers:
-        lib = {k: v for k, v in lib.items() if k in args.solvers}
+    if args.samplers:
+        lib = {k: v for k, v in lib.items() if k in args.samplers}
     peers: dict[str, tuple[Any, int]] = {k: (v, 1) for k, v in sa.peers_diffusers().items()}
     peers.update(sa.peers_kdiffusion())
     evals = sa.problems(args.batch)
