@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     sigmas = es.karras_sigmas(args.steps, sigma_min=0.002, sigma_max=80.0)
     t0 = time.time()
     with torch.no_grad():
-        gen = es.generate(den, range(half_b.shape[0]), (1, 8, 8), sigmas, sampler=es.heun_sample).clamp(-1, 1)
+        gen = es.generate(den, range(half_b.shape[0]), (1, 8, 8), sigmas, sampler="heun").clamp(-1, 1)
     t_sample = time.time() - t0
 
     fa, fb, fg = digits_features(half_a), digits_features(half_b), digits_features(gen)

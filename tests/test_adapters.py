@@ -13,7 +13,8 @@ from torch import Tensor, nn
 
 from edm_samplers import euler_sample, karras_sigmas
 from edm_samplers.adapters import ContinuousDenoiser, DDPMDenoiser, sigmas_from_alphas_cumprod
-from edm_samplers.precond import VPPrecond, clamp_to
+from edm_samplers.precond import VPPrecond
+from edm_samplers.schedules import clamp_sigmas
 
 sigma_st = st.floats(min_value=1e-3, max_value=200.0)
 
@@ -104,7 +105,7 @@ def test_ddpm_timestep_mapping() -> None:
     torch.testing.assert_close(q.sigma_to_t(torch.stack([s2, s3])), torch.tensor([500.0, 501.0]).double())
     torch.testing.assert_close(q.round_sigma(torch.stack([s2, s3])), sig[[500, 501]], rtol=0, atol=0)
     assert torch.equal(den.round_sigma(s2), s2)  # interpolating adapters take any sigma
-    fitted = clamp_to(karras_sigmas(10, 0.002, 500.0), q)
+    fitted = clamp_sigmas(karras_sigmas(10, 0.002, 500.0), denoiser=q)
     assert set(fitted[:-1].tolist()) <= set(sig.tolist()) and float(fitted[0]) == float(sig[-1])
 
 

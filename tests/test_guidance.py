@@ -12,7 +12,8 @@ from torch import Tensor
 
 from edm_samplers import GaussianMixture, heun_sample, karras_sigmas
 from edm_samplers.guidance import guided
-from edm_samplers.precond import EDMPrecond, clamp_to
+from edm_samplers.precond import EDMPrecond
+from edm_samplers.schedules import clamp_sigmas
 
 
 class Counting:
@@ -93,7 +94,7 @@ def test_guided_forwards_range_and_compiles() -> None:
     pre = EDMPrecond(lambda x_in, c: x_in, sigma_min=0.01, sigma_max=50.0)
     g = guided(pre, pre, 1.5, sigma_interval=(0.1, 5.0))
     assert (g.sigma_min, g.sigma_max) == (0.01, 50.0)
-    assert float(clamp_to(karras_sigmas(5), g)[0]) == 50.0
+    assert float(clamp_sigmas(karras_sigmas(5), denoiser=g)[0]) == 50.0
     x = torch.randn(3, 4)
     sigma = torch.tensor([0.05, 1.0, 20.0])
     compiled = torch.compile(g, fullgraph=True, backend="eager")  # "mask" mode has no graph break

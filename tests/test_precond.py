@@ -12,13 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
-from edm_samplers import iddpm_grid, karras_sigmas
+from edm_samplers import clamp_sigmas, iddpm_grid, karras_sigmas
 from edm_samplers.precond import (
     EDMPrecond,
     Scalings,
     VEPrecond,
     VPPrecond,
-    clamp_to,
     edm_scalings,
     iddpm_scalings,
     iDDPMPrecond,
@@ -275,18 +274,23 @@ def test_ranges() -> None:
     assert (edm.sigma_min, edm.sigma_max) == (0.0, math.inf)
 
 
-def test_clamp_to() -> None:
+def test_clamp_sigmas_to_a_denoiser() -> None:
     s = karras_sigmas(10, 0.002, 200.0)
     ve = VEPrecond(Recorder())
-    out = clamp_to(s, ve)
+    out = clamp_sigmas(s, denoiser=ve)
     assert float(out[0]) == 100.0 and float(out[-2]) == 0.02 and float(out[-1]) == 0.0
     assert bool((out[1:-1] < out[:-2]).all())  # strictly decreasing: duplicates removed
     pre = iDDPMPrecond(Recorder())
-    r = clamp_to(karras_sigmas(18), pre)
+    r = clamp_sigmas(karras_sigmas(18), denoiser=pre)
     u = set(iddpm_grid().tolist())
     assert all(v in u for v in r.tolist()) and r[-1] == 0
-    assert torch.equal(clamp_to(s, EDMPrecond(Recorder())), s)
-    assert clamp_to(s.float(), ve).dtype == torch.float32
+    assert torch.equal(clamp_sigmas(s, denoiser=EDMPrecond(Recorder())), s)
+    assert clamp_sigmas(s.float(), denoiser=ve).dtype == torch.float32
+    # explicit bounds win over the denoiser's; rounding still applies
+    assert float(clamp_sigmas(s, 0.05, denoiser=ve)[-2]) == 0.05
+    assert float(clamp_sigmas(s, sigma_max=20.0, denoiser=ve)[0]) == 20.0
+    with pytest.raises(ValueError, match="sigma_min must be < sigma_max"):
+        clamp_sigmas(s, 200.0, denoiser=ve)
 
 
 # ---- errors ------------------------------------------------------------------------------------

@@ -44,18 +44,17 @@ from .noise import PerSampleNoise as PerSampleNoise
 from .noise import PrecomputedNoise as PrecomputedNoise
 from .precond import EDMPrecond as EDMPrecond
 from .precond import Precond as Precond
-from .precond import Scalings as Scalings
 from .precond import VEPrecond as VEPrecond
 from .precond import VPPrecond as VPPrecond
-from .precond import clamp_to as clamp_to
-from .precond import edm_scalings as edm_scalings
-from .precond import iddpm_scalings as iddpm_scalings
 from .precond import iDDPMPrecond as iDDPMPrecond
-from .precond import ve_scalings as ve_scalings
-from .precond import vp_scalings as vp_scalings
 from .reference import ReferenceInfo as ReferenceInfo
 from .reference import ode_reference as ode_reference
 from .reference import solve_ode as solve_ode
+from .scalings import Scalings as Scalings
+from .scalings import edm_scalings as edm_scalings
+from .scalings import iddpm_scalings as iddpm_scalings
+from .scalings import ve_scalings as ve_scalings
+from .scalings import vp_scalings as vp_scalings
 from .schedule_opt import ScheduleSearch as ScheduleSearch
 from .schedule_opt import load_schedule as load_schedule
 from .schedule_opt import optimize_schedule as optimize_schedule
@@ -127,7 +126,6 @@ __all__ = [
     "__version__",
     "append_zero",
     "clamp_sigmas",
-    "clamp_to",
     "count_nfe",
     "deis_sample",
     "dpm2_sample",

@@ -17,7 +17,7 @@ sigma_t = sqrt((1 - abar_t) / abar_t). With alpha = 1/sqrt(1 + sigma^2):
 The time input of a discrete model is a fractional timestep obtained by linear interpolation of
 log sigma_t between trained steps (``timestep="interpolate"``, k-diffusion's and diffusers' convention),
 or the nearest trained step in log sigma (``timestep="quantize"``; then :meth:`DDPMDenoiser.round_sigma`
-returns that step's sigma so :func:`~edm_samplers.precond.clamp_to` can round a schedule). The input
+returns that step's sigma so :func:`~edm_samplers.clamp_sigmas` (``denoiser=``) can round a schedule). The input
 scaling always uses the sigma the sampler asked for. See docs/adapters.md for diffusers' conventions.
 """
 
@@ -30,8 +30,13 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from ._network import append_dims as _append_dims
+from ._network import as_sigma as _as_sigma
+from ._network import check_net_dtype as _check_net_dtype
+from ._network import compute_dtype_and_sigma as _compute_dtype_and_sigma
+from ._network import net_dtype_of as _net_dtype
+from ._network import split_variance as _split_variance
 from ._validate import check_float
-from .precond import _append_dims, _as_sigma, _check_net_dtype, _compute_dtype_and_sigma, _net_dtype, _split_variance
 from .schedules import vp_sigma, vp_sigma_inv
 
 __all__ = ["ContinuousDenoiser", "DDPMDenoiser", "from_diffusers", "sigmas_from_alphas_cumprod"]

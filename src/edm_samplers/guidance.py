@@ -30,9 +30,10 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from ._network import append_dims as _append_dims
+from ._network import as_sigma as _as_sigma
 from ._types import Denoiser
 from ._validate import check_float
-from .precond import _append_dims, _as_sigma
 
 __all__ = ["Guided", "guided"]
 
@@ -53,7 +54,7 @@ class Guided:
         guide_cond: keyword arguments that override ``cond`` for the guide call.
         interval_check: "auto", "host" or "mask" (see the module docstring).
         sigma_min, sigma_max, round_sigma: forwarded from ``main`` when it has them, so
-            :func:`~edm_samplers.precond.clamp_to` works on the guided denoiser.
+            :func:`~edm_samplers.clamp_sigmas` (``denoiser=``) works on the guided denoiser.
     """
 
     def __init__(

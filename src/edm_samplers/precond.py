@@ -27,16 +27,24 @@ paper's code does (so ``heun_sample(..., dtype=torch.float64)`` works with an or
 from __future__ import annotations
 
 import abc
-import functools
-import math
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ._validate import check_float, check_int, check_sigmas
-from .schedules import iddpm_grid, vp_sigma, vp_sigma_inv
+from ._network import SigmaLike
+from ._network import append_dims as _append_dims
+from ._network import as_sigma as _as_sigma
+from ._network import check_net_dtype as _check_net_dtype
+from ._network import compute_dtype_and_sigma as _compute_dtype_and_sigma
+from ._network import net_dtype_of as _net_dtype
+from ._network import split_variance as _split_variance
+from ._validate import check_float, check_int
+from .scalings import Scalings, edm_scalings, iddpm_scalings, ve_scalings, vp_scalings
+from .scalings import cached_iddpm_grid as _cached_grid
+from .scalings import iddpm_index as _iddpm_index
+from .schedules import vp_sigma
 
 __all__ = [
     "EDMPrecond",
@@ -44,7 +52,6 @@ __all__ = [
     "Scalings",
     "VEPrecond",
     "VPPrecond",
-    "clamp_to",
     "edm_scalings",
     "iDDPMPrecond",
     "iddpm_scalings",
@@ -52,154 +59,9 @@ __all__ = [
     "vp_scalings",
 ]
 
-SigmaLike = Tensor | float
-
-
-class Scalings(NamedTuple):
-    """The four preconditioning coefficients of Table 1, each of sigma's shape.
-
-    D(x; sigma) = c_skip x + c_out F(c_in x; c_noise).
-    """
-
-    c_skip: Tensor
-    c_out: Tensor
-    c_in: Tensor
-    c_noise: Tensor
-
-
-def _as_sigma(sigma: SigmaLike) -> Tensor:
-    if isinstance(sigma, Tensor):
-        if not sigma.is_floating_point():
-            raise TypeError(f"sigma must be a floating-point tensor, got dtype {sigma.dtype}")
-        return sigma
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
-        raise TypeError(f"sigma must be a tensor or a real number, got {type(sigma).__name__}")
-    return torch.tensor(float(sigma), dtype=torch.float64)
-
-
-def edm_scalings(sigma: SigmaLike, sigma_data: float = 0.5) -> Scalings:
-    """EDM's coefficients (Table 1, Section 5): unit-variance network input and training target.
-
-    c_skip = sigma_data^2 / (sigma^2 + sigma_data^2), c_out = sigma sigma_data / sqrt(sigma^2 + sigma_data^2),
-    c_in = 1 / sqrt(sigma^2 + sigma_data^2), c_noise = ln(sigma) / 4.
-
-    Args:
-        sigma: noise level(s), a tensor of any shape or a number (-> float64 0-d tensor).
-        sigma_data: standard deviation of the data, > 0.
-    """
-    s = _as_sigma(sigma)
-    sd = check_float(sigma_data, "sigma_data", positive=True)
-    var = s**2 + sd**2
-    return Scalings(
-        c_skip=sd**2 / var,
-        c_out=s * sd * torch.rsqrt(var),
-        c_in=torch.rsqrt(var),
-        c_noise=torch.log(s) / 4,
-    )
-
-
-def vp_scalings(sigma: SigmaLike, beta_d: float = 19.9, beta_min: float = 0.1, M: int = 1000) -> Scalings:
-    """VP (Song et al. 2021) as EDM coefficients: c_skip = 1, c_out = -sigma, c_in = 1/sqrt(sigma^2 + 1),
-    c_noise = (M - 1) t with t = sigma^-1(sigma) = (sqrt(beta_min^2 + 2 beta_d ln(sigma^2 + 1)) - beta_min) / beta_d.
-
-    F is an eps-predictor of the scaled input x / sqrt(1 + sigma^2): D = x - sigma eps.
-    """
-    s = _as_sigma(sigma)
-    bd = check_float(beta_d, "beta_d", positive=True)
-    bm = check_float(beta_min, "beta_min", nonnegative=True)
-    m = check_int(M, "M", minimum=2)
-    return Scalings(
-        c_skip=torch.ones_like(s),
-        c_out=-s,
-        c_in=torch.rsqrt(s**2 + 1),
-        c_noise=(m - 1) * vp_sigma_inv(s, bd, bm),
-    )
-
-
-def ve_scalings(sigma: SigmaLike) -> Scalings:
-    """VE (Song et al. 2021): c_skip = 1, c_out = sigma, c_in = 1, c_noise = ln(sigma / 2)."""
-    s = _as_sigma(sigma)
-    return Scalings(c_skip=torch.ones_like(s), c_out=s, c_in=torch.ones_like(s), c_noise=torch.log(0.5 * s))
-
-
-@functools.lru_cache(maxsize=8)
-def _cached_grid(c1: float, c2: float, m: int) -> Tensor:
-    return iddpm_grid(c1=c1, c2=c2, m=m)
-
-
-def _iddpm_index(sigma: Tensor, u: Tensor) -> Tensor:
-    # Index j in 0 .. M-1 of the trained level u_j nearest to sigma. u_M = 0 is no trained level
-    # (it would give c_noise = -1), so only the first M entries take part.
-    trained = u[:-1].to(device=sigma.device, dtype=torch.promote_types(sigma.dtype, torch.float32))
-    return torch.argmin(torch.abs(sigma.unsqueeze(-1) - trained), dim=-1)
-
-
-def iddpm_scalings(
-    sigma: SigmaLike, *, c1: float = 0.001, c2: float = 0.008, M: int = 1000, grid: Tensor | None = None
-) -> Scalings:
-    """iDDPM (Nichol & Dhariwal 2021): c_skip = 1, c_out = -sigma, c_in = 1/sqrt(sigma^2 + 1),
-    c_noise = M - 1 - argmin_j |u_j - sigma| over the trained levels u_0 > ... > u_{M-1} of
-    :func:`~edm_samplers.iddpm_grid`.
-
-    Args:
-        sigma: noise level(s).
-        c1, c2, M: the grid's constants (Table 1: 0.001, 0.008, 1000).
-        grid: a precomputed ``iddpm_grid(...)`` (length M + 1) to skip rebuilding it (it is cached anyway).
-    """
-    s = _as_sigma(sigma)
-    m = check_int(M, "M", minimum=2)
-    u = _cached_grid(float(c1), float(c2), m) if grid is None else grid
-    if u.ndim != 1 or u.numel() != m + 1:
-        raise ValueError(f"grid must be iddpm_grid(m=M) of length M + 1 = {m + 1}, got shape {tuple(u.shape)}")
-    j = _iddpm_index(s, u)
-    return Scalings(
-        c_skip=torch.ones_like(s),
-        c_out=-s,
-        c_in=torch.rsqrt(s**2 + 1),
-        c_noise=(m - 1 - j).to(s.dtype),
-    )
-
 
 # ----------------------------------------------------------------------------------------------
 # Module wrappers
-
-
-def _check_net_dtype(net_dtype: object) -> torch.dtype | None:
-    if net_dtype is None:
-        return None
-    if not isinstance(net_dtype, torch.dtype) or not net_dtype.is_floating_point:
-        raise TypeError(f"net_dtype must be None or a floating torch.dtype such as torch.bfloat16, got {net_dtype!r}")
-    return net_dtype
-
-
-def _net_dtype(net: object, net_dtype: torch.dtype | None) -> torch.dtype | None:
-    """The dtype F runs in: ``net_dtype`` if given, else the dtype of an ``nn.Module``'s first floating
-    parameter (so float64 sampling feeds a float32 network float32 inputs, as the paper's code does),
-    else None (F runs in the compute dtype)."""
-    if net_dtype is not None:
-        return net_dtype
-    if isinstance(net, nn.Module):
-        for p in net.parameters():
-            if p.is_floating_point():
-                return p.dtype
-    return None
-
-
-def _compute_dtype_and_sigma(x: object, sigma: SigmaLike) -> tuple[torch.dtype, Tensor]:
-    """Shared entry of every wrapper: x's dtype promoted to >= float32, and sigma as a ``[batch]`` tensor in it."""
-    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 1:
-        raise TypeError("x must be a floating-point tensor of shape [batch, ...]")
-    cdt = torch.promote_types(x.dtype, torch.float32)
-    s = _as_sigma(sigma).to(device=x.device, dtype=cdt)
-    if s.ndim == 0:
-        s = s.expand(x.shape[0])
-    elif s.shape != (x.shape[0],):
-        raise ValueError(f"sigma must have shape [batch] = [{x.shape[0]}] or be a scalar, got shape {tuple(s.shape)}")
-    return cdt, s
-
-
-def _append_dims(v: Tensor, ndim: int) -> Tensor:
-    return v.reshape(v.shape + (1,) * (ndim - v.ndim))
 
 
 class Precond(nn.Module, metaclass=abc.ABCMeta):
@@ -211,7 +73,7 @@ class Precond(nn.Module, metaclass=abc.ABCMeta):
 
     Args:
         net: F(x_in, c_noise, **cond) -> Tensor of x's shape; ``c_noise`` has shape ``[batch]``.
-        sigma_min, sigma_max: the valid noise-level range, used by :func:`clamp_to`.
+        sigma_min, sigma_max: the valid noise-level range, used by :func:`~edm_samplers.clamp_sigmas`.
         net_dtype: dtype F runs in (e.g. ``torch.bfloat16``), or None: the dtype of ``net``'s parameters
             (for an ``nn.Module``), else the compute dtype. Only F's
             input and output are cast; coefficients and D stay in at least float32.
@@ -371,8 +233,9 @@ class iDDPMPrecond(Precond):
 
     F is a discrete-time eps-predictor trained on the M levels u_0 > ... > u_{M-1} of
     :func:`~edm_samplers.iddpm_grid`; it sees the integer-valued time M - 1 - j of the nearest level.
-    :meth:`round_sigma` maps sigma to that level; round the schedule with :func:`clamp_to` (or build it
-    with :func:`~edm_samplers.iddpm_sigmas`) so the sampler's sigmas are the ones F was trained on.
+    :meth:`round_sigma` maps sigma to that level; round the schedule with
+    ``clamp_sigmas(sigmas, denoiser=precond)`` (or build it with :func:`~edm_samplers.iddpm_sigmas`) so the
+    sampler's sigmas are the ones F was trained on.
 
     Args:
         net: F(x_in, c_noise, **cond).
@@ -416,55 +279,3 @@ class iDDPMPrecond(Precond):
         if self.learned_variance and isinstance(f, Tensor):
             f = _split_variance(f, x_in.shape, "net")
         return f
-
-
-def _split_variance(f: Tensor, x_shape: torch.Size, name: str) -> Tensor:
-    """Keep the mean half of a learned-variance output [B, 2C, ...] (static shape check only)."""
-    if f.ndim < 2 or f.shape[0] != x_shape[0] or f.shape[1] != 2 * x_shape[1] or f.shape[2:] != x_shape[2:]:
-        raise ValueError(
-            f"{name} returned shape {tuple(f.shape)}, but a learned-variance model must return twice the "
-            f"channels of its input {tuple(x_shape)} on dim 1; pass learned_variance=False if it does not"
-        )
-    return f[:, : x_shape[1]]
-
-
-# ----------------------------------------------------------------------------------------------
-# Fitting a schedule to a denoiser
-
-
-def clamp_to(sigmas: Tensor, denoiser: object, *, round: bool = True) -> Tensor:
-    """Clamp (and round) the positive levels of a schedule to a denoiser's valid range, explicitly.
-
-    Reads ``denoiser.sigma_min`` / ``denoiser.sigma_max`` (if present) and, with ``round``,
-    ``denoiser.round_sigma`` (if present). The final 0 stays 0; consecutive duplicates created by
-    clamping or rounding are removed, so every step moves. Runs once on the host, before sampling.
-
-    Args:
-        sigmas: a non-increasing schedule (e.g. :func:`~edm_samplers.karras_sigmas`).
-        denoiser: a wrapper of this module, an adapter, or any object with those attributes.
-        round: apply ``round_sigma`` (discrete-time models) after clamping.
-
-    Returns:
-        The fitted schedule, in ``sigmas``' dtype and on its device.
-    """
-    s = check_sigmas(sigmas)
-    lo = float(getattr(denoiser, "sigma_min", 0.0))
-    hi = float(getattr(denoiser, "sigma_max", math.inf))
-    if math.isnan(lo) or math.isnan(hi) or not lo < hi:
-        raise ValueError(f"denoiser has an invalid range sigma_min={lo}, sigma_max={hi}")
-    pos = s[s > 0].clamp(lo, hi)
-    rs = getattr(denoiser, "round_sigma", None)
-    if round and rs is not None:
-        if not callable(rs):
-            raise TypeError("denoiser.round_sigma must be callable")
-        pos = torch.as_tensor(rs(pos)).detach().to(device="cpu", dtype=torch.float64).reshape(pos.shape)
-    keep = torch.ones_like(pos, dtype=torch.bool)
-    keep[1:] = pos[1:] != pos[:-1]
-    out = pos[keep]
-    if s[-1] == 0:
-        out = torch.cat([out, out.new_zeros(1)])
-    return out.to(device=sigmas.device if isinstance(sigmas, Tensor) else None, dtype=_out_dtype(sigmas))
-
-
-def _out_dtype(sigmas: object) -> torch.dtype:
-    return sigmas.dtype if isinstance(sigmas, Tensor) else torch.float64

@@ -19,6 +19,7 @@ With ``num_steps = 1`` the single level is ``sigma_max`` (the i/(N-1) fraction i
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -227,18 +228,48 @@ def append_zero(sigmas: Tensor) -> Tensor:
     return torch.cat([sigmas, sigmas.new_zeros(1)])
 
 
-def clamp_sigmas(sigmas: Tensor, sigma_min: float, sigma_max: float) -> Tensor:
-    """Clamp the positive levels of a schedule into a denoiser's valid range [sigma_min, sigma_max].
+def clamp_sigmas(
+    sigmas: Tensor | Sequence[float],
+    sigma_min: float | None = None,
+    sigma_max: float | None = None,
+    *,
+    denoiser: object = None,
+    round: bool = True,
+) -> Tensor:
+    """Fit a schedule to a denoiser: clamp its positive levels into the valid range, round them, drop repeats.
 
-    The final 0 (if any) stays 0. Consecutive duplicates created by clamping are removed so that
-    every step moves (a zero-length step would waste network evaluations).
+    The range is [``sigma_min``, ``sigma_max``] where given, else the ``denoiser``'s ``sigma_min`` /
+    ``sigma_max`` attributes (every preconditioner, adapter and guided denoiser of the library has them),
+    else unbounded. With ``round``, the denoiser's ``round_sigma`` (if any: discrete-time models) maps each
+    level onto one the network was trained at. The final 0 stays 0; consecutive duplicates created by
+    clamping or rounding are removed, so every step moves (a zero-length step would waste network
+    evaluations). Runs once on the host, before sampling.
+
+    Examples: ``clamp_sigmas(karras_sigmas(18), denoiser=den)``, ``clamp_sigmas(s, 0.01, 20.0)``.
+
+    Returns:
+        The fitted schedule, in ``sigmas``' dtype and on its device (float64 CPU for a sequence).
     """
     s = check_sigmas(sigmas)
-    lo, hi = _check_range(sigma_min, sigma_max)
+    given = check_float(sigma_min, "sigma_min", positive=True) if sigma_min is not None else None
+    lo = float(getattr(denoiser, "sigma_min", 0.0)) if given is None else given
+    given = check_float(sigma_max, "sigma_max", positive=True, allow_inf=True) if sigma_max is not None else None
+    hi = float(getattr(denoiser, "sigma_max", math.inf)) if given is None else given
+    if math.isnan(lo) or math.isnan(hi) or not lo < hi:
+        raise ValueError(
+            f"sigma_min must be < sigma_max, got sigma_min={lo}, sigma_max={hi} (arguments first, else the denoiser's)"
+        )
     pos = s[s > 0].clamp(lo, hi)
+    rs = getattr(denoiser, "round_sigma", None)
+    if round and rs is not None:
+        if not callable(rs):
+            raise TypeError("denoiser.round_sigma must be callable")
+        pos = torch.as_tensor(rs(pos)).detach().to(device="cpu", dtype=torch.float64).reshape(pos.shape)
     keep = torch.ones_like(pos, dtype=torch.bool)
     keep[1:] = pos[1:] != pos[:-1]
     out = pos[keep]
     if s[-1] == 0:
         out = torch.cat([out, out.new_zeros(1)])
-    return out.to(device=sigmas.device, dtype=sigmas.dtype)
+    if isinstance(sigmas, Tensor):
+        return out.to(device=sigmas.device, dtype=sigmas.dtype)
+    return out
