@@ -484,15 +484,55 @@ def test_graphed_multistep_cpu_fallback_equals_driver(name: str) -> None:
     assert torch.equal(x, x_copy)
 
 
+GEN_KNOBS: dict[str, Any] = {"schedule": "vp", "scaling": "vp", "alpha": 0.75, "s_churn": 20.0}
+
+
+def test_graphed_generalized_cpu_fallback_equals_driver() -> None:
+    # The generalized sampler runs in the shared runtime like every other: cached, prepared, capturable.
+    x = start(4)
+    gs = GraphedSampler(mixture(), karras_sigmas(5), x.shape, sampler="generalized", **GEN_KNOBS)
+    for seeds in ([0, 1, 2, 3], [7, 8, 9, 10]):
+        want = edm_samplers.generalized_sample(mixture(), x, karras_sigmas(5), noise=PerSampleNoise(seeds), **GEN_KNOBS)
+        assert torch.equal(gs(x, noise=PerSampleNoise(seeds)), want)
+    a = prepare(registry.get("generalized"), mixture(), x, karras_sigmas(5), GEN_KNOBS)
+    assert a.program is prepare(registry.get("generalized"), tiny_denoiser, x, karras_sigmas(5), GEN_KNOBS).program
+    rounded = prepare(registry.get("generalized"), mixture(), x, karras_sigmas(5), {"round_sigma": torch.clone})
+    again = prepare(registry.get("generalized"), mixture(), x, karras_sigmas(5), {"round_sigma": torch.clone})
+    assert rounded.program is not again.program  # a callable knob is never cached
+
+
+@pytest.mark.cuda
+def test_cuda_generalized_replay_equals_eager_without_syncs() -> None:
+    net, x, sig = _cuda_case()
+    gs = GraphedSampler(net, sig, x.shape, sampler="generalized", device="cuda", check_finite=False, **GEN_KNOBS)
+    loop = prepare(registry.get("generalized"), net, x, sig, GEN_KNOBS)
+    draws = torch.randn(len(sig) - 1, *x.shape, device="cuda")
+    with torch.no_grad():
+        for seeds in ([0, 1, 2, 3], [4, 5, 6, 7]):
+            got = gs(x, noise=PerSampleNoise(seeds))
+            want = edm_samplers.generalized_sample(net, x, sig, noise=PerSampleNoise(seeds), **GEN_KNOBS)
+            torch.testing.assert_close(got, want, **CUDA_TOL)
+        loop(x, {}, PrecomputedNoise(draws))  # eager warm-up
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            loop(x, {}, PrecomputedNoise(draws))
+            gs(x, noise=PerSampleNoise([0, 1, 2, 3]))
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
 def test_multistep_loops_compile_fullgraph() -> None:
-    # One compile for three loop shapes: UniPC (corrector, history ring), DPM-Solver-2 (two calls per step)
-    # and 3M SDE (noise). float64, so inductor's reassociation stays far below any real discrepancy.
+    # One compile for four loop shapes: UniPC (corrector, history ring), DPM-Solver-2 (two calls per step),
+    # 3M SDE (noise) and the generalized sampler (VP coordinates, churn, alpha rule). float64, so inductor's
+    # reassociation stays far below any real discrepancy.
     x = start(2, torch.float64)
     sig = karras_sigmas(4)
     loops = [
         prepare(registry.get("unipc"), tiny_denoiser, x, sig, {"order": 3}),
         prepare(registry.get("dpm2"), tiny_denoiser, x, sig, {}),
         prepare(registry.get("dpmpp_3m_sde"), tiny_denoiser, x, sig, {"eta": 1.0}),
+        prepare(registry.get("generalized"), tiny_denoiser, x, sig, GEN_KNOBS),
     ]
     draws = torch.randn(4, *x.shape, dtype=torch.float64)
 

@@ -26,6 +26,7 @@ from edm_samplers import (
     loglinear_sigmas,
     stochastic_sample,
 )
+from edm_samplers.solvers import registry
 from strategies import sample_shapes, schedules
 
 SAMPLERS = [euler_sample, heun_sample, stochastic_sample]
@@ -119,24 +120,24 @@ def test_nfe_counts(n: int) -> None:
     assert c.calls == count_nfe(sig[:-1] if n > 1 else [80.0, 1.0], "heun")
 
 
-_ALL_SAMPLERS = [
-    "euler", "heun", "dpm2", "euler_ancestral", "dpmpp_2m", "dpmpp_2m_sde",
-    "dpmpp_3m", "dpmpp_3m_sde", "unipc", "deis", "lms", "ipndm",
+# Every registered sampler, plus the knobs that change the count (the inner step of the churn samplers).
+_ALL_SAMPLERS = [(name, {}) for name in registry.names()] + [
+    ("stochastic", {"solver": "euler", "s_churn": 5.0}), ("generalized", {"solver": "euler"}),
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("name", _ALL_SAMPLERS)
+@pytest.mark.parametrize(("name", "knobs"), _ALL_SAMPLERS)
 @pytest.mark.parametrize("n", [1, 2, 3, 10])
 @pytest.mark.parametrize("end_zero", [True, False])
-def test_count_nfe_matches_every_sampler(name: str, n: int, end_zero: bool) -> None:
+def test_count_nfe_matches_every_sampler(name: str, knobs: dict[str, Any], n: int, end_zero: bool) -> None:
     import edm_samplers
 
     sig = karras_sigmas(n) if end_zero else karras_sigmas(n + 1)[:-1]
     sampler = getattr(edm_samplers, f"{name}_sample")
-    kw: dict[str, Any] = {"noise": torch.Generator().manual_seed(0)} if name.endswith(("_sde", "ancestral")) else {}
+    kw: dict[str, Any] = {"noise": torch.Generator().manual_seed(0)} if registry.get(name).stochastic else {}
     c = Counting(PointMass(torch.zeros(3)))
-    sampler(c, torch.randn(2, 3) * 80, sig, **kw)
-    assert c.calls == count_nfe(sig, name)
+    sampler(c, torch.randn(2, 3) * 80, sig, **kw, **knobs)
+    assert c.calls == count_nfe(sig, name, **knobs)
 
 
 def test_count_nfe_rejects_unknown_sampler() -> None:
