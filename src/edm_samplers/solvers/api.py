@@ -44,13 +44,16 @@ class RunOptions(TypedDict, total=False):
     check_finite: bool
 
 
+def _text(annotation: object) -> object:
+    """An annotation as the text written in the source (TypedDict keeps them as ForwardRefs)."""
+    return getattr(annotation, "__forward_arg__", annotation)
+
+
 _RUN_DEFAULTS = {"cond": None, "noise": None, "callback": None, "dtype": None, "progress": False, "check_finite": True}
 # Spelled out in each sampler's introspectable signature (help(), IDEs), typed as in RunOptions.
 _RUN_PARAMS = [
-    inspect.Parameter(
-        k, inspect.Parameter.KEYWORD_ONLY, default=_RUN_DEFAULTS[k], annotation=RunOptions.__annotations__[k]
-    )
-    for k in RUN_OPTIONS
+    inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=_RUN_DEFAULTS[k], annotation=_text(t))
+    for k, t in RunOptions.__annotations__.items()
 ]
 
 _HEAD = """
@@ -79,8 +82,9 @@ _RUN_DOC = """
             the wrong shape.
         FloatingPointError: if ``check_finite`` and the result is not finite.
 
-    Registry name ``"{name}"``: ``generate(..., sampler="{name}")``, ``GraphedSampler(..., sampler="{name}")``,
-    ``count_nfe(sigmas, "{name}")``, ``edm-samplers generate --sampler {name}``.
+    Registry name ``"{name}"``: ``generate(..., sampler="{name}")``,
+    ``GraphedSampler(..., sampler="{name}")``, ``count_nfe(sigmas, "{name}")``,
+    ``edm-samplers generate --sampler {name}``.
 """
 
 
