@@ -28,11 +28,16 @@ from .._types import Callback, Denoiser, NoiseSource, StepInfo
 from .._validate import (
     check_callback,
     check_cond,
-    check_denoised,
+    check_cond_batch,
+    check_denoised_on,
     check_denoiser,
     check_float,
-    check_int,
+    check_has_data,
+    check_round_sigma,
+    check_sampler_fn,
+    check_shape,
     check_sigmas,
+    check_sigmas_fit,
     check_x,
     state_dtype,
 )
@@ -108,7 +113,7 @@ class _Checked:
         self.dtype = dtype
 
     def __call__(self, x: Tensor, sigma: Tensor, /, **cond: Any) -> Tensor:
-        out = check_denoised(self.fn(x, sigma, **cond), x)
+        out = check_denoised_on(self.fn(x, sigma, **cond), x)
         return out if out.dtype == self.dtype else out.to(self.dtype)
 
 
@@ -140,18 +145,6 @@ def _finite_or_raise(x: Tensor, name: str) -> None:
             "non-finite values. Check the network and the schedule's range; pass check_finite=False "
             "to get the raw result anyway."
         )
-
-
-def _checked_sigma_hat(s: Tensor, hat: object) -> Tensor:
-    if not isinstance(hat, Tensor) or hat.shape != s[:-1].shape:
-        raise TypeError(
-            f"round_sigma must map a [N] tensor of sigmas to a [N] tensor, got {type(hat).__name__} "
-            f"{tuple(hat.shape) if isinstance(hat, Tensor) else ''}"
-        )
-    hat = hat.detach().to(device="cpu", dtype=torch.float64)
-    if not bool(torch.isfinite(hat).all()) or bool((hat <= 0).any()):
-        raise ValueError(f"round_sigma returned non-positive or non-finite noise levels: {hat.tolist()}")
-    return hat
 
 
 class _Plan:
@@ -271,9 +264,12 @@ def _prepare(
     """Validate the denoiser, x, the schedule, dtype and churn knobs once, and build the step table;
     may synchronise (it looks at the schedule)."""
     check_denoiser(denoiser)
+    check_has_data(x, "x")
+    check_has_data(sigmas, "sigmas")
     x = check_x(x)
     s = check_sigmas(sigmas)
     sdt = state_dtype(x, dtype)
+    check_sigmas_fit(s, sdt)
     if round_sigma is not None and not callable(round_sigma):
         raise TypeError("round_sigma must be a callable mapping a tensor of sigmas to supported sigmas")
     if stochastic:
@@ -289,7 +285,8 @@ def _prepare(
         sigma_hat = None
         if stochastic:
             gammas = churn_gammas(s, s_churn, s_tmin, s_tmax)
-            sigma_hat = _checked_sigma_hat(s, churn_sigma_hat(s, gammas, round_sigma))
+            sigma_hat = churn_sigma_hat(s, gammas, None)
+            sigma_hat = sigma_hat if round_sigma is None else check_round_sigma(sigma_hat, round_sigma(sigma_hat))
         table = unstack(
             step_table(s, batch=x.shape[0], dtype=sdt, device=x.device, sigma_hat=sigma_hat, s_noise=s_noise)
         )
@@ -367,6 +364,7 @@ def _run(
         name, denoiser, x, sigmas, method=method, stochastic=stochastic, s_churn=s_churn, s_tmin=s_tmin,
         s_tmax=s_tmax, s_noise=s_noise, round_sigma=round_sigma, dtype=dtype,
     )  # fmt: skip
+    check_cond_batch(cond_d, x.shape[0])
     x = plan(x, cond_d, src, callback, progress)
     if check_finite:
         _finite_or_raise(x, name)
@@ -514,11 +512,14 @@ def generate(
     Returns:
         Tensor ``[len(seeds), *shape]`` in ``dtype``.
     """
+    check_sampler_fn(sampler)
     src = PerSampleNoise(seeds)
-    shp = tuple(check_int(int(v), "shape entries", minimum=1) for v in shape)
+    shp = check_shape(shape)
     if "noise" in sampler_kwargs:
         raise TypeError("generate() builds the noise source from seeds; do not pass noise=")
     dev = torch.device(device) if device is not None else torch.device("cpu")
+    check_has_data(dev, "device")
+    dtype = state_dtype(torch.empty(0), dtype)
     s = check_sigmas(sigmas)
     latents = src.randn((len(src), *shp), dtype=dtype, device=dev)
     x = latents * s[0].to(dtype)

@@ -42,10 +42,14 @@ from .._types import Callback, Denoiser, NoiseSource, StepInfo
 from .._validate import (
     check_callback,
     check_cond,
-    check_denoised,
+    check_cond_batch,
+    check_denoised_on,
     check_denoiser,
     check_float,
+    check_has_data,
+    check_round_sigma,
     check_sigmas,
+    check_sigmas_fit,
     check_x,
     state_dtype,
 )
@@ -113,7 +117,7 @@ def _table(
     sig_cur, sig_next = s[:-1], s[1:]
     sig_hat = sig_cur + gammas * sig_cur  # as the core: gamma = 0 gives sigma_hat == sigma exactly
     if round_sigma is not None:
-        sig_hat = torch.as_tensor(round_sigma(sig_hat)).to(device="cpu", dtype=torch.float64)
+        sig_hat = check_round_sigma(sig_hat, round_sigma(sig_hat))
     t_hat, t_next = coords.sigma_inv(sig_hat), coords.sigma_inv(sig_next)
     h = t_next - t_hat
     t_prime = t_hat + alpha * h
@@ -235,10 +239,14 @@ def generalized_sample(
         FloatingPointError: if ``check_finite`` and the result is not finite.
     """
     check_denoiser(denoiser)
+    check_has_data(x, "x")
+    check_has_data(sigmas, "sigmas")
     x = check_x(x)
     s = check_sigmas(sigmas)
     cond_d = check_cond(cond)
     sdt = state_dtype(x, dtype)
+    check_sigmas_fit(s, sdt)
+    check_cond_batch(cond_d, x.shape[0])
     if schedule not in ("edm", "linear", "vp", "ve"):
         raise ValueError(f"schedule must be 'edm' (alias 'linear'), 'vp' or 've', got {schedule!r}")
     if scaling not in ("none", "vp"):
@@ -272,7 +280,7 @@ def generalized_sample(
     host = s.tolist()
 
     def den(z: Tensor, sig: Tensor) -> Tensor:
-        out = check_denoised(denoiser(z, sig, **cond_d), z)
+        out = check_denoised_on(denoiser(z, sig, **cond_d), z)
         return out if out.dtype == sdt else out.to(sdt)
 
     xs = x.to(sdt) * float(s_first)  # scaled state s(t_0) x_0

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 from .._types import Denoiser, NoiseSource
-from .._validate import check_cond, check_int, state_dtype
+from .._validate import check_cond, check_cond_batch, check_has_data, check_int, state_dtype
 from ..noise import as_noise_source
 from .drivers import _finite_or_raise, _prepare
 from .multistep import MULTISTEP_SAMPLERS, prepare_multistep, solver_options
@@ -177,6 +177,7 @@ class GraphedSampler:
             )
         shp = _check_shape(shape)
         dev = _device(device)
+        check_has_data(dev, "device")
         sdt = state_dtype(torch.empty(0), dtype)
         example = torch.empty(shp, dtype=sdt, device=dev)
         if multistep:
@@ -244,6 +245,7 @@ class GraphedSampler:
         self._name = name
         self._loop = loop
         self._cond_example = check_cond(None if cond_example is None else dict(cond_example))
+        check_cond_batch(self._cond_example, shape[0], "cond_example")
         for k, v in self._cond_example.items():
             if isinstance(v, Tensor) and v.device != device:
                 raise ValueError(f"cond_example[{k!r}] lives on {v.device}, the sampler on {device}; move it there")

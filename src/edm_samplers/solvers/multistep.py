@@ -49,10 +49,13 @@ from .._types import Callback, Denoiser, NoiseSource, StepInfo
 from .._validate import (
     check_callback,
     check_cond,
+    check_cond_batch,
     check_denoiser,
     check_float,
+    check_has_data,
     check_int,
     check_sigmas,
+    check_sigmas_fit,
     check_x,
     state_dtype,
 )
@@ -214,8 +217,13 @@ def _plan_ancestral(s: F64, *, eta: float) -> MultistepPlan:
     a, e, b, corr, noise = _empty(n, 1)
     for i in range(n):
         sc, sn = float(s[i]), float(s[i + 1])
-        up = min(sn, eta * math.sqrt(max(sn**2 * (sc**2 - sn**2) / sc**2, 0.0)))
-        down = math.sqrt(max(sn**2 - up**2, 0.0))
+        # In ratios r = sn / sc <= 1 and q = up / sn <= 1: sn^2 (sc^2 - sn^2) / sc^2 = sn^2 (1 - r)(1 + r) and
+        # sn^2 - up^2 = sn^2 (1 - q)(1 + q) square no level, so none overflows or underflows (Python floats raise
+        # OverflowError / ZeroDivisionError there), and (1 - r)(1 + r) keeps the digits that sc^2 - sn^2 cancels.
+        r = sn / sc
+        up = min(sn, eta * sn * math.sqrt(max((1.0 - r) * (1.0 + r), 0.0)))
+        q = up / sn if sn > 0 else 0.0
+        down = sn * math.sqrt(max((1.0 - q) * (1.0 + q), 0.0))
         a[i] = down / sc
         b[i, 0] = 1.0 - down / sc
         noise[i] = up
@@ -590,9 +598,12 @@ def prepare_multistep(
             f"{', '.join(allowed) or 'none'}"
         )
     check_denoiser(denoiser)
+    check_has_data(x, "x")
+    check_has_data(sigmas, "sigmas")
     x = check_x(x)
     s = _strict_sigmas(sigmas)
     sdt = state_dtype(x, dtype)
+    check_sigmas_fit(torch.from_numpy(s), sdt)
     den = _Checked(denoiser, sdt)
     host: list[float] = s.tolist()
     batch, dev = x.shape[0], x.device
@@ -626,6 +637,7 @@ def _sample(
 ) -> Tensor:
     loop = prepare_multistep(name, denoiser, x, sigmas, dtype=dtype, **options)
     cond_d = check_cond(cond)
+    check_cond_batch(cond_d, x.shape[0])
     check_callback(callback)
     src = as_noise_source(noise)  # type-checked always; deterministic samplers draw nothing
     out = loop(x.to(loop.dtype), cond_d, src, callback, progress)
