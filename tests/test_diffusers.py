@@ -134,7 +134,7 @@ def test_from_diffusers_errors() -> None:
         ("EDMEulerScheduler", "EDM-preconditioned"),
         ("FlowMatchEulerDiscreteScheduler", "flow-matching"),
         ("LCMScheduler", "consistency-distilled"),
-        ("MyScheduler", "not a scheduler from_diffusers knows"),
+        ("MyScheduler", "not a known scheduler"),
     ],
 )
 def test_config_of_another_model_family_is_rejected(name: str, family: str) -> None:
@@ -145,7 +145,8 @@ def test_config_of_another_model_family_is_rejected(name: str, family: str) -> N
 
 
 @pytest.mark.parametrize(
-    "cls", ["ScoreSdeVeScheduler", "EDMEulerScheduler", "FlowMatchEulerDiscreteScheduler", "LCMScheduler", "TCDScheduler"]
+    "cls",
+    ["ScoreSdeVeScheduler", "EDMEulerScheduler", "FlowMatchEulerDiscreteScheduler", "LCMScheduler", "TCDScheduler"],
 )
 def test_scheduler_of_another_model_family_is_rejected(cls: str) -> None:
     sched = getattr(diffusers, cls)()
@@ -181,7 +182,9 @@ def test_config_without_class_name_must_state_its_schedule() -> None:
     ref = diffusers.DDPMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2").alphas_cumprod.double()
     torch.testing.assert_close(from_diffusers(lambda x, t: x, cos).sigmas, torch.sqrt((1 - ref) / ref))
     betas = torch.linspace(1e-4, 0.02, 50).tolist()
-    den = from_diffusers(lambda x, t: x, {"num_train_timesteps": 50, "trained_betas": betas, "prediction_type": "sample"})
+    den = from_diffusers(
+        lambda x, t: x, {"num_train_timesteps": 50, "trained_betas": betas, "prediction_type": "sample"}
+    )
     assert den.prediction == "x0" and den.sigmas.numel() == 50
 
 

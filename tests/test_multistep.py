@@ -8,9 +8,10 @@ checked separately.
 
 from __future__ import annotations
 
+import itertools
 import math
-from decimal import Decimal, getcontext
 from collections.abc import Callable, Sequence
+from decimal import Decimal, getcontext
 from typing import Any
 
 import numpy as np
@@ -532,7 +533,7 @@ def test_ancestral_coefficients_at_any_scale(eta: float) -> None:
     getcontext().prec = 40
     s = karras_sigmas(6).numpy()
     ref_a, ref_noise = [], []
-    for sc_f, sn_f in zip(s[:-1], s[1:], strict=True):
+    for sc_f, sn_f in itertools.pairwise(s):
         sc, sn, e = Decimal(float(sc_f)), Decimal(float(sn_f)), Decimal(eta)
         up = min(sn, e * (sn**2 * (sc**2 - sn**2) / sc**2).sqrt())
         down = (sn**2 - up**2).sqrt()

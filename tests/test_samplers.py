@@ -474,7 +474,7 @@ def test_generate_names_bad_sampler_device_and_dtype() -> None:
         generate(den, [1], (3,), karras_sigmas(3), sampler=None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="device is the meta device"):
         generate(den, [1], (3,), karras_sigmas(3), device="meta")
-    with pytest.raises(TypeError, match="dtype must be a floating torch.dtype"):
+    with pytest.raises(TypeError, match=r"dtype must be a floating torch\.dtype"):
         generate(den, [1], (3,), karras_sigmas(3), dtype=torch.int64)
     with pytest.raises(ValueError, match=r"cond\['y'\] has shape \(2,\) but x has batch size 1"):
         generate(lambda x, s, y: x, [1], (3,), karras_sigmas(3), cond={"y": torch.ones(2)})

@@ -339,18 +339,21 @@ _DDPM_FAMILY = frozenset(
     }
 )  # fmt: skip
 # Known schedulers of other model families, and why they are not read as DDPM models.
+_VE = ("ScoreSdeVeScheduler", "KarrasVeScheduler")
+_EDM = ("EDMEulerScheduler", "EDMDPMSolverMultistepScheduler")
+_FLOW = (
+    "FlowMatchEulerDiscreteScheduler",
+    "FlowMatchHeunDiscreteScheduler",
+    "FlowMatchLCMScheduler",
+    "FlowMapEulerDiscreteScheduler",
+    "LTXEulerAncestralRFScheduler",
+)
+_CONSISTENCY = ("LCMScheduler", "TCDScheduler", "CMStochasticIterativeScheduler", "SCMScheduler")
 _OTHER_FAMILIES = {
-    **dict.fromkeys(("ScoreSdeVeScheduler", "KarrasVeScheduler"), "a variance-exploding (VE) model"),
-    **dict.fromkeys(("EDMEulerScheduler", "EDMDPMSolverMultistepScheduler"), "an EDM-preconditioned model"),
-    **dict.fromkeys(
-        ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler", "FlowMatchLCMScheduler",
-         "FlowMapEulerDiscreteScheduler", "LTXEulerAncestralRFScheduler"),
-        "a flow-matching (rectified-flow) model",
-    ),  # fmt: skip
-    **dict.fromkeys(
-        ("LCMScheduler", "TCDScheduler", "CMStochasticIterativeScheduler", "SCMScheduler"),
-        "a consistency-distilled model (its output is a consistency map, not a denoiser of the ODE)",
-    ),
+    **dict.fromkeys(_VE, "a variance-exploding (VE) model"),
+    **dict.fromkeys(_EDM, "an EDM-preconditioned model"),
+    **dict.fromkeys(_FLOW, "a flow-matching (rectified-flow) model"),
+    **dict.fromkeys(_CONSISTENCY, "a consistency-distilled model (a consistency map, not a denoiser of the ODE)"),
 }
 _SUPPORTED_HINT = (
     "from_diffusers supports DDPM-family (discrete-time VP) schedulers such as DDPMScheduler, DDIMScheduler, "
@@ -363,7 +366,7 @@ def _check_scheduler_class(name: str, exc: type[Exception], what: str) -> None:
     if name in _DDPM_FAMILY:
         return
     family = _OTHER_FAMILIES.get(name)
-    reason = f"{name} schedules {family}, not supported (yet)" if family else f"{name} is not a scheduler from_diffusers knows"
+    reason = f"{name} schedules {family}, not supported (yet)" if family else f"{name} is not a known scheduler"
     raise exc(f"{what}: {reason}. {_SUPPORTED_HINT}")
 
 
@@ -435,7 +438,8 @@ def _scheduler_parts(scheduler_or_config: object, prediction: str | None) -> tup
                     "from_diffusers does not support it"
                 )
             sched = diffusers.DDPMScheduler.from_config(cfg)  # type: ignore[no-untyped-call]
-        return torch.as_tensor(sched.alphas_cumprod), cfg
+        # The built scheduler's config: the class's defaults (prediction_type, variance_type) where cfg has none.
+        return torch.as_tensor(sched.alphas_cumprod), sched.config
     names = [c.__name__ for c in type(scheduler_or_config).__mro__]
     known = next((n for n in names if n in _DDPM_FAMILY or n in _OTHER_FAMILIES), None)
     config = getattr(scheduler_or_config, "config", None)
@@ -446,7 +450,8 @@ def _scheduler_parts(scheduler_or_config: object, prediction: str | None) -> tup
         )
     _check_scheduler_class(known, TypeError, f"scheduler_or_config is an instance of {names[0]}")
     _check_ddpm_options(config, names[0])
-    return torch.as_tensor(getattr(scheduler_or_config, "alphas_cumprod")), config
+    abar: object = scheduler_or_config.alphas_cumprod  # type: ignore[attr-defined]
+    return torch.as_tensor(abar), config
 
 
 def from_diffusers(
