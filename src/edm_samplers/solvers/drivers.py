@@ -520,6 +520,7 @@ def generate(
     dev = torch.device(device) if device is not None else torch.device("cpu")
     check_has_data(dev, "device")
     dtype = state_dtype(torch.empty(0), dtype)
+    check_has_data(sigmas, "sigmas")
     s = check_sigmas(sigmas)
     latents = src.randn((len(src), *shp), dtype=dtype, device=dev)
     x = latents * s[0].to(dtype)
