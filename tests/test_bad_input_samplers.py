@@ -488,6 +488,19 @@ def run_graphed(name: str, bads: list[Bad]) -> None:
     check_outcome(call, bads, lambda: (tuple(int(v) for v in args["shape"]), args["dtype"]))
 
 
+def test_graphed_sampler_names_meta_device_cond_batch_and_round_sigma() -> None:
+    with pytest.raises(ValueError, match="device is the meta device"):
+        GraphedSampler(gauss, list(SIG), (B, 3), device="meta")
+    with pytest.raises(ValueError, match=r"cond_example\['y'\] has shape \(3, 4\) but x has batch size 2"):
+        GraphedSampler(gauss, list(SIG), (B, 3), cond_example={"y": torch.ones(3, 4)})
+    with pytest.raises(ValueError, match="round_sigma returned non-positive"):
+        GraphedSampler(gauss, list(SIG), (B, 3), sampler="stochastic", s_churn=1.0, round_sigma=lambda s: -s)
+    with pytest.raises(ValueError, match="denoiser returned a tensor on meta"):
+        GraphedSampler(lambda x, s: x.to("meta"), list(SIG), (B, 3))(x0())
+    with pytest.raises(ValueError, match=r"sigmas\[0\] = 1e\+20 is out of the range"):
+        GraphedSampler(gauss, [1e20, 1.0, 0.0], (B, 3), sampler="dpmpp_2m")
+
+
 @pytest.mark.parametrize("name", GRAPHED_NAMES)
 def test_graphed_sampler_every_bad_input_alone(name: str) -> None:
     sweep(GRAPHED, lambda bads: run_graphed(name, bads))
