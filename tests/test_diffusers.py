@@ -203,6 +203,16 @@ def test_options_that_switch_the_model_family_are_rejected() -> None:
         from_diffusers(lambda x, t: x, "DDPMScheduler")
 
 
+def test_zero_terminal_snr_is_named() -> None:
+    # abar_T = 0 (DDIM), or clipped to 2**-24 (Euler, then not even decreasing): sigma_T is infinite.
+    for name in ("DDIMScheduler", "EulerDiscreteScheduler"):
+        cfg = {**ddpm_config(), "_class_name": name, "rescale_betas_zero_snr": True}
+        with pytest.raises(ValueError, match="zero terminal SNR"):
+            from_diffusers(lambda x, t: x, cfg)
+        with pytest.raises(ValueError, match="zero terminal SNR"):
+            from_diffusers(lambda x, t: x, getattr(diffusers, name)(**ddpm_config(), rescale_betas_zero_snr=True))
+
+
 def test_missing_diffusers_gives_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     import builtins
 

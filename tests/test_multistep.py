@@ -544,3 +544,15 @@ def test_ancestral_coefficients_at_any_scale(eta: float) -> None:
         np.testing.assert_allclose(plan.a, ref_a, rtol=1e-14, atol=0)
         np.testing.assert_allclose(plan.b[:, 0], 1 - np.array(ref_a), rtol=1e-14, atol=0)
         np.testing.assert_allclose(plan.noise / scale, ref_noise, rtol=1e-14, atol=0)
+
+
+def test_multistep_plan_checks_its_arguments() -> None:
+    sig = karras_sigmas(3)
+    with pytest.raises(ValueError, match="eta must be >= 0"):  # was math.sqrt's "math domain error"
+        multistep_plan(sig, "dpmpp_2m", eta=-1.0)
+    with pytest.raises(TypeError, match="eta must be a real number"):
+        multistep_plan(sig, "dpmpp_2m", eta="1")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="order must be an int"):
+        multistep_plan(sig, "lms", order=2.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="sigmas is a meta tensor"):
+        multistep_plan(sig.to("meta"), "lms")

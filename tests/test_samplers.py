@@ -484,3 +484,10 @@ def test_generate_names_bad_sampler_device_and_dtype() -> None:
 def test_round_sigma_output_is_checked(bad: Any) -> None:
     with pytest.raises(ValueError, match="round_sigma returned non-positive or non-finite noise levels: it mapped"):
         stochastic_sample(PointMass(torch.zeros(3)), GOOD_X, karras_sigmas(4), s_churn=1, round_sigma=bad)
+
+
+def test_helpers_name_meta_sigmas() -> None:
+    with pytest.raises(ValueError, match="sigmas is a meta tensor"):
+        initial_x(GOOD_X, karras_sigmas(3).to("meta"))
+    with pytest.raises(ValueError, match="sigmas is a meta tensor"):
+        count_nfe(karras_sigmas(3).to("meta"), "heun")

@@ -502,6 +502,12 @@ def from_diffusers(
             keys, or an unsupported prediction type.
     """
     abar, cfg = _scheduler_parts(scheduler_or_config, prediction)
+    if cfg.get("rescale_betas_zero_snr") or (abar.numel() > 0 and float(abar[-1]) == 0):
+        raise ValueError(
+            "the scheduler has zero terminal SNR (rescale_betas_zero_snr=True, last alphas_cumprod 0 or clipped): "
+            "its last noise level is infinite, which EDM sampling cannot start from; from_diffusers does not "
+            "support it (DDPMDenoiser(model, alphas_cumprod[:-1]) drops the last step)"
+        )
     pred = prediction if prediction is not None else str(cfg.get("prediction_type", "epsilon"))
     if learned_variance is None:
         learned_variance = cfg.get("variance_type") in ("learned", "learned_range")

@@ -62,6 +62,7 @@ def initial_x(latents: Tensor, sigmas: Tensor) -> Tensor:
     The multiplication runs in float64 when ``latents`` is float64; otherwise in the promoted dtype.
     """
     check_x(latents, "latents")
+    check_has_data(sigmas, "sigmas")
     s = check_sigmas(sigmas)
     dt = torch.promote_types(latents.dtype, torch.float32)
     return latents.to(dt) * float(s[0])
@@ -93,6 +94,7 @@ def count_nfe(sigmas: Tensor | Sequence[float], method: str) -> int:
     ``"dpm2"``, less one when the schedule ends in 0 (that last step is Euler). ``stochastic_sample``
     counts as ``"heun"`` (``solver="euler"``: as ``"euler"``).
     """
+    check_has_data(sigmas, "sigmas")
     s = check_sigmas(sigmas)
     n = s.numel() - 1
     if method in _ONE_NFE_PER_STEP:

@@ -250,7 +250,9 @@ def multistep_plan(
         order: solver order (ignored by 2M and Euler ancestral).
         eta: SDE noise fraction (data family); 0 is the ODE.
     """
+    check_has_data(sigmas, "sigmas")
     s = _strict_sigmas(sigmas)
+    order, eta = check_int(order, "order", minimum=1), check_float(eta, "eta", nonnegative=True)
     st = eta > 0 or method == "euler_ancestral"
     if method == "dpmpp_2m":
         return _plan_data(s, order=2, variant="2m", eta=eta, stochastic=st)
