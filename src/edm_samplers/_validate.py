@@ -178,7 +178,7 @@ def check_sigmas_fit(s: Tensor, dtype: torch.dtype, name: str = "sigmas") -> Non
     if bool(bad.any()):
         i = int(torch.nonzero(bad)[0])
         fi = torch.finfo(dtype)
-        lo, hi = max(lo, fi.smallest_normal), min(hi, fi.max)
+        lo, hi = max(lo, fi.smallest_normal * fi.eps), min(hi, fi.max)  # down to dtype's smallest subnormal
         raise ValueError(
             f"{name}[{i}] = {s[i].item():.6g} is out of the range the samplers support in {dtype}: positive noise "
             f"levels must lie in [{lo:.3g}, {hi:.3g}] (their squares must be finite and nonzero); "
