@@ -207,3 +207,27 @@ def test_adapter_errors() -> None:
         DDPMDenoiser(lambda xt, t: xt, ok, learned_variance=True)(x, 1.0)
     with pytest.raises(ValueError, match=r"sigma must have shape \[batch\]"):
         DDPMDenoiser(lambda xt, t: xt, ok)(x, torch.ones(5))
+
+
+def test_sigmas_from_sequences_are_computed_in_float64() -> None:
+    # Python floats and NumPy arrays go straight to float64 (through float32, abar = 1 - 1e-10 became 1, sigma 0).
+    import numpy as np
+
+    abar = [1 - 1e-10, 0.9, 0.5]
+    ref = torch.tensor([math.sqrt((1 - a) / a) for a in abar], dtype=torch.float64)  # float64 closed form
+    for given_as in (abar, tuple(abar), np.array(abar)):
+        torch.testing.assert_close(sigmas_from_alphas_cumprod(given_as), ref, rtol=1e-15, atol=0)
+    # A float32 tensor keeps its own (float32) values, widened exactly.
+    f32 = torch.tensor(abar, dtype=torch.float32)
+    torch.testing.assert_close(sigmas_from_alphas_cumprod(f32), torch.sqrt((1 - f32.double()) / f32.double()))
+    with pytest.raises(TypeError, match="alphas_cumprod must be a 1-D tensor or sequence of numbers"):
+        sigmas_from_alphas_cumprod(torch.tensor([0.9, 0.5], dtype=torch.complex64))
+    with pytest.raises(TypeError, match="alphas_cumprod must be a 1-D tensor or sequence of numbers"):
+        sigmas_from_alphas_cumprod(torch.tensor([True, False]))
+    with pytest.raises(TypeError, match="alphas_cumprod must be a 1-D tensor or sequence of numbers"):
+        sigmas_from_alphas_cumprod(torch.tensor([0.9, 0.5], device="meta"))
+
+
+def test_learned_variance_must_be_a_bool() -> None:
+    with pytest.raises(TypeError, match="learned_variance must be True or False, got str 'no'"):
+        DDPMDenoiser(lambda x, t: x, linear_abar(10), learned_variance="no")  # type: ignore[arg-type]

@@ -127,6 +127,92 @@ def test_from_diffusers_errors() -> None:
         from_diffusers(tiny_unet(), {**ddpm_config(), "prediction_type": "flow"})
 
 
+@pytest.mark.parametrize(
+    ("name", "family"),
+    [
+        ("ScoreSdeVeScheduler", "variance-exploding"),
+        ("EDMEulerScheduler", "EDM-preconditioned"),
+        ("FlowMatchEulerDiscreteScheduler", "flow-matching"),
+        ("LCMScheduler", "consistency-distilled"),
+        ("MyScheduler", "not a known scheduler"),
+    ],
+)
+def test_config_of_another_model_family_is_rejected(name: str, family: str) -> None:
+    # These used to build a DDPM linear-beta denoiser (a VE config with 2000 steps got sigma_max 24777).
+    cfg = {"_class_name": name, "num_train_timesteps": 2000, "sigma_min": 0.01, "sigma_max": 348.0}
+    with pytest.raises(ValueError, match=rf"_class_name'\] = '{name}': {name} .*{family}.*DDPM-family"):
+        from_diffusers(lambda x, t: x, cfg)
+
+
+@pytest.mark.parametrize(
+    "cls",
+    ["ScoreSdeVeScheduler", "EDMEulerScheduler", "FlowMatchEulerDiscreteScheduler", "LCMScheduler", "TCDScheduler"],
+)
+def test_scheduler_of_another_model_family_is_rejected(cls: str) -> None:
+    sched = getattr(diffusers, cls)()
+    with pytest.raises(TypeError, match=rf"scheduler_or_config is an instance of {cls}: {cls} schedules"):
+        from_diffusers(lambda x, t: x, sched)
+
+
+def test_config_is_read_by_its_own_class() -> None:
+    # HeunDiscreteScheduler's defaults (beta 0.00085 .. 0.012) differ from DDPMScheduler's (1e-4 .. 0.02).
+    den = from_diffusers(lambda x, t: x, {"_class_name": "HeunDiscreteScheduler"})
+    ref = diffusers.HeunDiscreteScheduler().alphas_cumprod.double()
+    torch.testing.assert_close(den.sigmas, torch.sqrt((1 - ref) / ref), rtol=0, atol=0)
+    assert den.prediction == "eps"
+    # A scheduler instance's own config (no _class_name) states every key: read as a DDPM config, same levels.
+    # (diffusers' from_config would replace the values it lists in _use_default_values by DDPM's defaults.)
+    sched = diffusers.HeunDiscreteScheduler()
+    torch.testing.assert_close(from_diffusers(lambda x, t: x, sched.config).sigmas, den.sigmas, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="keys of a consistency-model scheduler"):
+        from_diffusers(lambda x, t: x, diffusers.LCMScheduler().config)
+
+
+def test_config_without_class_name_must_state_its_schedule() -> None:
+    with pytest.raises(ValueError, match=r"no '_class_name' and lacks beta_start, beta_end, prediction_type"):
+        from_diffusers(lambda x, t: x, {"num_train_timesteps": 1000, "beta_schedule": "linear"})
+    with pytest.raises(ValueError, match=r"lacks num_train_timesteps, beta_schedule \(or trained_betas\)"):
+        from_diffusers(lambda x, t: x, {"prediction_type": "epsilon"})
+    with pytest.raises(ValueError, match=r"lacks prediction_type \(or the prediction= argument\)"):
+        from_diffusers(lambda x, t: x, ddpm_config())
+    # Stated explicitly, nothing is guessed; prediction= stands in for prediction_type.
+    den = from_diffusers(lambda x, t: x, ddpm_config(), prediction="v")
+    assert den.prediction == "v" and den.sigmas.numel() == 1000
+    cos = {"num_train_timesteps": 100, "beta_schedule": "squaredcos_cap_v2", "prediction_type": "epsilon"}
+    ref = diffusers.DDPMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2").alphas_cumprod.double()
+    torch.testing.assert_close(from_diffusers(lambda x, t: x, cos).sigmas, torch.sqrt((1 - ref) / ref))
+    betas = torch.linspace(1e-4, 0.02, 50).tolist()
+    den = from_diffusers(
+        lambda x, t: x, {"num_train_timesteps": 50, "trained_betas": betas, "prediction_type": "sample"}
+    )
+    assert den.prediction == "x0" and den.sigmas.numel() == 50
+
+
+def test_options_that_switch_the_model_family_are_rejected() -> None:
+    flow = {"_class_name": "DPMSolverMultistepScheduler", "use_flow_sigmas": True, "prediction_type": "flow_prediction"}
+    with pytest.raises(ValueError, match="configured for a flow-matching model"):
+        from_diffusers(lambda x, t: x, flow)
+    with pytest.raises(ValueError, match="configured for a flow-matching model"):
+        from_diffusers(lambda x, t: x, diffusers.UniPCMultistepScheduler(use_flow_sigmas=True))
+    cont = {"_class_name": "EulerDiscreteScheduler", "timestep_type": "continuous", "prediction_type": "v_prediction"}
+    with pytest.raises(ValueError, match="timestep_type='continuous'"):
+        from_diffusers(lambda x, t: x, cont)
+    with pytest.raises(TypeError, match=r"_class_name'\] must be a str"):
+        from_diffusers(lambda x, t: x, {"_class_name": 3})
+    with pytest.raises(TypeError, match="scheduler_or_config must be a diffusers DDPM-family scheduler"):
+        from_diffusers(lambda x, t: x, "DDPMScheduler")
+
+
+def test_zero_terminal_snr_is_named() -> None:
+    # abar_T = 0 (DDIM), or clipped to 2**-24 (Euler, then not even decreasing): sigma_T is infinite.
+    for name in ("DDIMScheduler", "EulerDiscreteScheduler"):
+        cfg = {**ddpm_config(), "_class_name": name, "rescale_betas_zero_snr": True}
+        with pytest.raises(ValueError, match="zero terminal SNR"):
+            from_diffusers(lambda x, t: x, cfg)
+        with pytest.raises(ValueError, match="zero terminal SNR"):
+            from_diffusers(lambda x, t: x, getattr(diffusers, name)(**ddpm_config(), rescale_betas_zero_snr=True))
+
+
 def test_missing_diffusers_gives_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     import builtins
 

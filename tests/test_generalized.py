@@ -184,3 +184,31 @@ def test_errors() -> None:
         generalized_sample(lambda x, s: x[:1], x, sig)
     with pytest.raises(FloatingPointError, match="non-finite"):
         generalized_sample(lambda x, s: x * float("nan"), x, sig)
+
+
+@pytest.mark.parametrize("bad", [lambda s: s * 0, lambda s: -s, lambda s: s * float("nan")])
+def test_round_sigma_output_is_checked_like_stochastic_sample(bad: object) -> None:
+    # The same callable must get the same error from both samplers (it used to run here and return a wrong sample).
+    x, sig = start(), karras_sigmas(4)
+    match = "round_sigma returned non-positive or non-finite noise levels: it mapped sigma = "
+    with pytest.raises(ValueError, match=match):
+        generalized_sample(MIX, x, sig, s_churn=1.0, round_sigma=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=match):
+        stochastic_sample(MIX, x, sig, s_churn=1.0, round_sigma=bad)  # type: ignore[arg-type]
+    for wrong in (lambda s: s.tolist(), lambda s: s[:-1]):
+        with pytest.raises(TypeError, match=r"round_sigma must map a \[N\] tensor"):
+            generalized_sample(MIX, x, sig, round_sigma=wrong)  # type: ignore[arg-type]
+
+
+def test_devices_cond_batch_and_range_are_named() -> None:
+    x, sig = start(2), karras_sigmas(4)
+    with pytest.raises(ValueError, match="x is a meta tensor"):
+        generalized_sample(MIX, x.to("meta"), sig)
+    with pytest.raises(ValueError, match="sigmas is a meta tensor"):
+        generalized_sample(MIX, x, sig.to("meta"))
+    with pytest.raises(ValueError, match="denoiser returned a tensor on meta for an input on cpu"):
+        generalized_sample(lambda z, s: z.to("meta"), x, sig)
+    with pytest.raises(ValueError, match=r"cond\['y'\] has shape \(3, 1\) but x has batch size 2"):
+        generalized_sample(lambda z, s, y: z, x, sig, cond={"y": torch.ones(3, 1)})
+    with pytest.raises(ValueError, match=r"sigmas\[0\] = 1e\+200 is out of the range"):
+        generalized_sample(MIX, x, [1e200, 1.0, 0.0])

@@ -8,8 +8,10 @@ checked separately.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
+from decimal import Decimal, getcontext
 from typing import Any
 
 import numpy as np
@@ -501,3 +503,56 @@ def test_lower_order_final_option() -> None:
     assert torch.isfinite(out).all() and not torch.equal(out, dpmpp_3m_sample(gm, x, karras_sigmas(6)))
     with pytest.raises(TypeError, match="lower_order_final must be True or False"):
         dpmpp_3m_sample(gm, x, karras_sigmas(6), lower_order_final=1)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("sampler", ALL)
+def test_devices_cond_batch_and_range_are_named(sampler: Any) -> None:
+    den = PointMass(torch.zeros(3))
+    x = torch.randn(2, 3)
+    with pytest.raises(ValueError, match="x is a meta tensor"):
+        sampler(den, x.to("meta"), karras_sigmas(3))
+    with pytest.raises(ValueError, match="sigmas is a meta tensor"):
+        sampler(den, x, karras_sigmas(3).to("meta"))
+    with pytest.raises(ValueError, match="denoiser returned a tensor on meta for an input on cpu"):
+        sampler(lambda z, s: z.to("meta"), x, karras_sigmas(3))
+    with pytest.raises(ValueError, match=r"cond\['y'\] has shape \(5,\) but x has batch size 2"):
+        sampler(lambda z, s, y: z, x, karras_sigmas(3), cond={"y": torch.ones(5)})
+    # Python floats raised OverflowError / ZeroDivisionError here (euler_ancestral) on squared extreme levels.
+    for sig in ([1e300, 1e200, 0.0], [1e-300, 1e-301, 0.0], [1.0, 1e-300, 0.0]):
+        with pytest.raises(ValueError, match=r"sigmas\[\d\] = 1e[-+]\d+ is out of the range"):
+            sampler(den, x, sig, dtype=F64)
+
+
+@pytest.mark.parametrize("eta", [0.5, 1.0, 3.0])
+def test_ancestral_coefficients_at_any_scale(eta: float) -> None:
+    # k-diffusion's get_ancestral_step, transcribed in 40-digit decimals: sigma_up = min(sn, eta sqrt(sn^2 (sc^2 -
+    # sn^2) / sc^2)), sigma_down = sqrt(sn^2 - sigma_up^2). The plan computes it in float64 ratios, so it must
+    # agree to a few ulp (rtol 1e-14) at any scale: 1e-300 and 1e300 levels squared over/underflowed before.
+    getcontext().prec = 40
+    s = karras_sigmas(6).numpy()
+    ref_a, ref_noise = [], []
+    for sc_f, sn_f in itertools.pairwise(s):
+        sc, sn, e = Decimal(float(sc_f)), Decimal(float(sn_f)), Decimal(eta)
+        up = min(sn, e * (sn**2 * (sc**2 - sn**2) / sc**2).sqrt())
+        down = (sn**2 - up**2).sqrt()
+        ref_a.append(float(down / sc))
+        ref_noise.append(float(up))
+    for scale in (1.0, 1e-300, 1e300 / 80):
+        plan = multistep_plan(torch.from_numpy(s * scale), "euler_ancestral", eta=eta)
+        np.testing.assert_allclose(plan.a, ref_a, rtol=1e-14, atol=0)
+        np.testing.assert_allclose(plan.b[:, 0], 1 - np.array(ref_a), rtol=1e-14, atol=0)
+        np.testing.assert_allclose(plan.noise / scale, ref_noise, rtol=1e-14, atol=0)
+
+
+def test_multistep_plan_checks_its_arguments() -> None:
+    sig = karras_sigmas(3)
+    with pytest.raises(ValueError, match="eta must be >= 0"):  # was math.sqrt's "math domain error"
+        multistep_plan(sig, "dpmpp_2m_sde", eta=-1.0)
+    with pytest.raises(TypeError, match="eta must be a real number"):
+        multistep_plan(sig, "dpmpp_2m_sde", eta="1")
+    with pytest.raises(TypeError, match=r"dpmpp_2m_sample got unknown option.*'eta'"):  # 2M has no eta (issue 12)
+        multistep_plan(sig, "dpmpp_2m", eta=0.5)
+    with pytest.raises(TypeError, match="order must be an int"):
+        multistep_plan(sig, "lms", order=2.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="sigmas is a meta tensor"):
+        multistep_plan(sig.to("meta"), "lms")

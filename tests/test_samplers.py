@@ -426,3 +426,101 @@ def test_round_sigma_is_applied_to_sigma_hat() -> None:
         stochastic_sample(c, GOOD_X, karras_sigmas(4), s_churn=100, round_sigma=torch.round)
     with pytest.raises(TypeError, match="round_sigma must map"):
         stochastic_sample(c, GOOD_X, karras_sigmas(4), s_churn=100, round_sigma=lambda s: s[:1])
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_meta_tensors_and_foreign_device_outputs_are_named(sampler: Any) -> None:
+    den = PointMass(torch.zeros(3))
+    sig = karras_sigmas(3)
+    with pytest.raises(ValueError, match="x is a meta tensor"):
+        sampler(den, torch.empty(2, 3, device="meta"), sig)
+    with pytest.raises(ValueError, match="sigmas is a meta tensor"):
+        sampler(den, GOOD_X, sig.to("meta"))
+    with pytest.raises(ValueError, match=r"denoiser returned a tensor on meta for an input on cpu"):
+        sampler(lambda x, s: torch.empty(x.shape, device="meta"), GOOD_X, sig)
+    with pytest.raises(ValueError, match=r"cond\['y'\] is a meta tensor"):
+        sampler(lambda x, s, y: x, GOOD_X, sig, cond={"y": torch.empty(2, device="meta")})
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_cond_batch_must_match_x(sampler: Any) -> None:
+    sig = karras_sigmas(3)
+
+    def den(x: torch.Tensor, sigma: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x) + y.reshape(-1, 1)
+
+    with pytest.raises(ValueError, match=r"cond\['y'\] has shape \(3,\) but x has batch size 2"):
+        sampler(den, GOOD_X, sig, cond={"y": torch.ones(3)})
+    # One row is shared by the batch (broadcast), a 0-d tensor has no batch dimension: both accepted.
+    for y in (torch.ones(1), torch.tensor(1.0), torch.ones(2)):
+        out = sampler(den, GOOD_X, sig, cond={"y": y})
+        torch.testing.assert_close(out, torch.ones(2, 3), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_levels_whose_squares_overflow_are_rejected(sampler: Any) -> None:
+    den = PointMass(torch.zeros(3))
+    # float32 (the state of float32 x): squares overflow above ~1.8e19, underflow below ~1.1e-19.
+    with pytest.raises(ValueError, match=r"sigmas\[0\] = 1e\+20 is out of the range .* torch\.float32"):
+        sampler(den, GOOD_X, [1e20, 1.0, 0.0])
+    with pytest.raises(ValueError, match=r"sigmas\[1\] = 1e-20 is out of the range .* dtype=torch\.float64"):
+        sampler(den, GOOD_X, [1.0, 1e-20, 0.0])
+    # The same levels are fine in float64, whose limits are 1.3e154 and 1.5e-154.
+    out = sampler(den, GOOD_X.double() * 1e20, [1e20, 1.0, 1e-20, 0.0], dtype=torch.float64)
+    assert torch.equal(out, torch.zeros(2, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"sigmas\[0\] = 1e\+300 .* \[1\.49e-154, 1\.34e\+154\]"):
+        sampler(den, GOOD_X, [1e300, 1.0, 0.0], dtype=torch.float64)
+    # A float16 state: sigmas reach the denoiser in float16, whose largest finite value is 65504.
+    with pytest.raises(ValueError, match=r"sigmas\[0\] = 100000 .* torch\.float16"):
+        sampler(den, GOOD_X, [1e5, 1.0, 0.0], dtype=torch.float16)
+
+
+@pytest.mark.parametrize(
+    ("shape", "exc", "match"),
+    [
+        ((2.5,), TypeError, r"shape\[0\] must be an int, got float 2\.5"),
+        ("12", TypeError, "shape must be a tuple of ints"),
+        ((True, 2), TypeError, r"shape\[0\] must be an int, got bool True"),
+        ((3, 0), ValueError, r"shape\[1\] must be >= 1, got 0"),
+        (3, TypeError, "shape must be a tuple of ints"),
+        (None, TypeError, "shape must be a tuple of ints"),
+    ],
+)
+def test_generate_rejects_bad_shapes(shape: Any, exc: type[Exception], match: str) -> None:
+    with pytest.raises(exc, match=match):
+        generate(PointMass(torch.zeros(3)), [1, 2], shape, karras_sigmas(3))
+
+
+def test_generate_accepts_integer_like_shapes() -> None:
+    den = PointMass(torch.zeros(2, 3))
+    ref = generate(den, [1, 2], (2, 3), karras_sigmas(3))
+    for shape in ([2, 3], torch.Size([2, 3]), (np.int64(2), 3)):
+        assert torch.equal(generate(den, [1, 2], shape, karras_sigmas(3)), ref)
+
+
+def test_generate_names_bad_sampler_device_and_dtype() -> None:
+    den = PointMass(torch.zeros(3))
+    # generate() takes registry names (issue 12); a function's name instead of the registry name is named
+    with pytest.raises(ValueError, match=r"sampler must be one of .*got 'heun_sample'; did you mean 'heun'"):
+        generate(den, [1], (3,), karras_sigmas(3), sampler="heun_sample")
+    with pytest.raises(TypeError, match="sampler must be a registry name such as 'heun' or a sampler function"):
+        generate(den, [1], (3,), karras_sigmas(3), sampler=None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="device is the meta device"):
+        generate(den, [1], (3,), karras_sigmas(3), device="meta")
+    with pytest.raises(TypeError, match=r"dtype must be a floating torch\.dtype"):
+        generate(den, [1], (3,), karras_sigmas(3), dtype=torch.int64)
+    with pytest.raises(ValueError, match=r"cond\['y'\] has shape \(2,\) but x has batch size 1"):
+        generate(lambda x, s, y: x, [1], (3,), karras_sigmas(3), cond={"y": torch.ones(2)})
+
+
+@pytest.mark.parametrize("bad", [lambda s: s * 0, lambda s: -s, lambda s: s * float("nan")])
+def test_round_sigma_output_is_checked(bad: Any) -> None:
+    with pytest.raises(ValueError, match="round_sigma returned non-positive or non-finite noise levels: it mapped"):
+        stochastic_sample(PointMass(torch.zeros(3)), GOOD_X, karras_sigmas(4), s_churn=1, round_sigma=bad)
+
+
+def test_helpers_name_meta_sigmas() -> None:
+    with pytest.raises(ValueError, match="sigmas is a meta tensor"):
+        initial_x(GOOD_X, karras_sigmas(3).to("meta"))
+    with pytest.raises(ValueError, match="sigmas is a meta tensor"):
+        count_nfe(karras_sigmas(3).to("meta"), "heun")

@@ -8,6 +8,7 @@ name the argument, show what was received and say how to fix it.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -146,3 +147,131 @@ def check_denoised(denoised: object, x: Tensor, name: str = "denoiser") -> Tenso
     if not denoised.is_floating_point():
         raise TypeError(f"{name} must return a floating-point tensor, got dtype {denoised.dtype}")
     return denoised
+
+
+# ---- sampler entry checks (issue 11: no bad input gives a silent wrong answer) ----------------------
+
+
+def check_has_data(value: object, name: str) -> None:
+    """Reject meta tensors and the meta device: they carry shapes but no values, so nothing can be sampled."""
+    dev = value.device if isinstance(value, Tensor) else value if isinstance(value, torch.device) else None
+    if dev is not None and dev.type == "meta":
+        what = "a meta tensor (a shape without data)" if isinstance(value, Tensor) else "the meta device"
+        raise ValueError(f"{name} is {what}; sampling needs real values: use a real device such as 'cpu' or 'cuda'")
+
+
+def check_sigmas_fit(s: Tensor, dtype: torch.dtype, name: str = "sigmas") -> None:
+    """The noise levels of a validated float64 schedule ``s`` must be usable in the sampling ``dtype``.
+
+    Coefficients and preconditioners square sigma (sigma^2 + sigma_data^2, sigma_hat^2 - sigma^2, 1 + sigma^2),
+    in float64 for the step tables and in at least float32 in the denoiser; the denoiser also receives sigma in
+    the state ``dtype``. So every positive level must have a finite, nonzero square in
+    ``promote_types(dtype, float32)`` (about 1e-19 .. 1.8e19 in float32, 1.5e-154 .. 1.3e154 in float64) and
+    stay finite and positive when cast to ``dtype``; outside, a step silently loses its noise or divides by 0.
+    Host floats only, no device sync.
+    """
+    wide = torch.finfo(torch.promote_types(dtype, torch.float32))
+    lo, hi = math.sqrt(wide.smallest_normal), math.sqrt(wide.max)
+    cast = s.to(dtype)
+    pos = s > 0
+    bad = pos & ((s < lo) | (s > hi) | torch.isinf(cast) | (cast == 0))
+    if bool(bad.any()):
+        i = int(torch.nonzero(bad)[0])
+        fi = torch.finfo(dtype)
+        lo, hi = max(lo, fi.smallest_normal * fi.eps), min(hi, fi.max)  # down to dtype's smallest subnormal
+        raise ValueError(
+            f"{name}[{i}] = {s[i].item():.6g} is out of the range the samplers support in {dtype}: positive noise "
+            f"levels must lie in [{lo:.3g}, {hi:.3g}] (their squares must be finite and nonzero); "
+            + ("pass dtype=torch.float64 or " if dtype != torch.float64 else "")
+            + "rescale the schedule"
+        )
+
+
+def check_cond_batch(cond: dict[str, Any], batch: int, name: str = "cond") -> None:
+    """Tensor values of ``cond`` are per-sample: their first dimension must be x's batch (or 1, broadcast).
+
+    0-d tensors and non-tensor values are passed through unchecked; meta tensors are rejected.
+    """
+    for k, v in cond.items():
+        if not isinstance(v, Tensor):
+            continue
+        check_has_data(v, f"{name}[{k!r}]")
+        if v.ndim >= 1 and v.shape[0] not in (batch, 1):
+            raise ValueError(
+                f"{name}[{k!r}] has shape {tuple(v.shape)} but x has batch size {batch}; the first dimension of a "
+                f"cond tensor is the batch: pass one row per sample (or a single row to share it, shape "
+                f"(1, ...)), e.g. {name}[{k!r}][:{batch}] or .expand({batch}, ...)"
+            )
+
+
+def check_denoised_on(denoised: object, x: Tensor, name: str = "denoiser") -> Tensor:
+    """:func:`check_denoised` plus the device: D(x; sigma) must live where x lives (metadata only, no sync)."""
+    out = check_denoised(denoised, x, name)
+    if out.device != x.device:
+        raise ValueError(
+            f"{name} returned a tensor on {out.device} for an input on {x.device}; D(x; sigma) must live on x's "
+            f"device (move the network there, or return out.to(x.device))"
+        )
+    return out
+
+
+def check_round_sigma(sigma_hat: Tensor, rounded: object) -> Tensor:
+    """Validate what ``round_sigma`` made of the ``[N]`` float64 noise levels ``sigma_hat``.
+
+    Returns the rounded levels as a float64 CPU tensor. They must be a ``[N]`` tensor of positive, finite
+    levels: a zero or negative level would make the samplers divide by zero or step the wrong way.
+    """
+    if not isinstance(rounded, Tensor) or rounded.shape != sigma_hat.shape:
+        got = f"a tensor of shape {tuple(rounded.shape)}" if isinstance(rounded, Tensor) else type(rounded).__name__
+        raise TypeError(
+            f"round_sigma must map a [N] tensor of sigmas to a [N] tensor of supported sigmas, got {got} for "
+            f"N = {sigma_hat.numel()}"
+        )
+    check_has_data(rounded, "round_sigma's result")
+    if rounded.is_complex() or rounded.dtype == torch.bool:
+        raise TypeError(f"round_sigma must return real noise levels, got dtype {rounded.dtype}")
+    hat = rounded.detach().to(device="cpu", dtype=torch.float64)
+    if not bool(torch.isfinite(hat).all()) or bool((hat <= 0).any()):
+        i = int(torch.nonzero(~torch.isfinite(hat) | (hat <= 0))[0])
+        raise ValueError(
+            f"round_sigma returned non-positive or non-finite noise levels: it mapped sigma = {sigma_hat[i].item()} "
+            f"to {hat[i].item()}; it must map every sigma > 0 to a supported sigma > 0 (e.g. a preconditioner's "
+            "round_sigma)"
+        )
+    return hat
+
+
+def check_shape(shape: object, name: str = "shape") -> tuple[int, ...]:
+    """A shape: a sequence (not a string) of ints >= 1; bools, floats and other non-integers are rejected."""
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence):
+        raise TypeError(f"{name} must be a tuple of ints such as (3, 32, 32), got {type(shape).__name__} {shape!r}")
+    out = []
+    for i, v in enumerate(shape):
+        if isinstance(v, bool) or not hasattr(v, "__index__"):
+            raise TypeError(f"{name}[{i}] must be an int, got {type(v).__name__} {v!r} (in {name} = {shape!r})")
+        n = v.__index__()
+        if n < 1:
+            raise ValueError(f"{name}[{i}] must be >= 1, got {n} (in {name} = {shape!r})")
+        out.append(n)
+    return tuple(out)
+
+
+def check_sampler_fn(sampler: object, name: str = "sampler") -> None:
+    """A sampler function such as ``heun_sample``; a string names what to pass instead."""
+    if isinstance(sampler, str):
+        fn = sampler if sampler.endswith("_sample") else f"{sampler}_sample"
+        raise TypeError(
+            f"{name} must be a sampler function, not the string {sampler!r}: pass e.g. "
+            f"{name}=edm_samplers.{fn} (any callable sampler(denoiser, x, sigmas, **knobs))"
+        )
+    if not callable(sampler):
+        raise TypeError(
+            f"{name} must be a sampler function such as edm_samplers.heun_sample, got {type(sampler).__name__}"
+        )
+
+
+def check_flag(value: object, name: str) -> bool:
+    """A True/False option: other values (1, "no", None) are rejected rather than read by truthiness."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return value

@@ -16,10 +16,10 @@ import torch
 from torch import Tensor
 
 from .._types import Callback, Denoiser, NoiseSource, StepInfo
+from .._validate import check_round_sigma
 from .runtime import Schedule
 from .steps import (
     StepCoeffs,
-    checked_sigma_hat,
     churn,
     churn_gammas,
     churn_sigma_hat,
@@ -110,7 +110,9 @@ def build_edm(
         sigma_hat = None
         if stochastic:
             gammas = churn_gammas(s.sigmas, knobs["s_churn"], knobs["s_tmin"], knobs["s_tmax"])
-            sigma_hat = checked_sigma_hat(s.sigmas, churn_sigma_hat(s.sigmas, gammas, knobs["round_sigma"]))
+            sigma_hat = churn_sigma_hat(s.sigmas, gammas)
+            if knobs["round_sigma"] is not None:
+                sigma_hat = check_round_sigma(sigma_hat, knobs["round_sigma"](sigma_hat))
         s_noise = knobs["s_noise"] if stochastic else 1.0
         table = unstack(
             step_table(s.sigmas, batch=batch, dtype=dtype, device=device, sigma_hat=sigma_hat, s_noise=s_noise)

@@ -39,9 +39,10 @@ import torch
 from torch import Tensor
 
 from .._types import Callback, Denoiser, NoiseSource, StepInfo
+from .._validate import check_round_sigma
 from ..schedules import vp_sigma, vp_sigma_inv
 from .runtime import Schedule, sigma_rows, to_device
-from .steps import checked_sigma_hat, churn_gammas
+from .steps import churn_gammas
 
 __all__ = ["GeneralizedProgram", "build_generalized"]
 
@@ -130,7 +131,7 @@ def build_generalized(
     sig_cur, sig_next = s[:-1], s[1:]
     sig_hat = sig_cur + gammas * sig_cur  # as the core: gamma = 0 gives sigma_hat == sigma exactly
     if knobs["round_sigma"] is not None:
-        sig_hat = checked_sigma_hat(s, knobs["round_sigma"](sig_hat))
+        sig_hat = check_round_sigma(sig_hat, knobs["round_sigma"](sig_hat))
     t_hat, t_next = coords.sigma_inv(sig_hat), coords.sigma_inv(sig_next)
     h = t_next - t_hat
     t_prime = t_hat + alpha * h

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from .._types import Denoiser
-from .._validate import check_int, check_sigmas, check_x
+from .._validate import check_has_data, check_shape, check_sigmas, check_x, state_dtype
 from ..noise import PerSampleNoise
 from .api import sampler_function
 
@@ -22,6 +22,7 @@ def initial_x(latents: Tensor, sigmas: Tensor | Sequence[float]) -> Tensor:
     The multiplication runs in float64 when ``latents`` is float64; otherwise in the promoted dtype.
     """
     check_x(latents, "latents")
+    check_has_data(sigmas, "sigmas")
     s = check_sigmas(sigmas)
     dt = torch.promote_types(latents.dtype, torch.float32)
     return latents.to(dt) * float(s[0])
@@ -63,12 +64,15 @@ def generate(
     Returns:
         Tensor ``[len(seeds), *shape]`` in ``dtype``.
     """
+    fn = sampler_function(sampler)
     src = PerSampleNoise(seeds)
-    shp = tuple(check_int(int(v), "shape entries", minimum=1) for v in shape)
+    shp = check_shape(shape)
     if "noise" in knobs:
         raise TypeError("generate() builds the noise source from seeds; do not pass noise=")
-    fn = sampler_function(sampler)
     dev = torch.device(device) if device is not None else torch.device("cpu")
+    check_has_data(dev, "device")
+    dtype = state_dtype(torch.empty(0), dtype)
+    check_has_data(sigmas, "sigmas")
     s = check_sigmas(sigmas)
     with torch.no_grad():
         latents = src.randn((len(src), *shp), dtype=dtype, device=dev)

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 from .._types import Denoiser, NoiseSource
-from .._validate import check_cond, check_int, state_dtype
+from .._validate import check_cond, check_cond_batch, check_has_data, check_int, state_dtype
 from ..noise import as_noise_source
 from .registry import get
 from .runtime import finite_or_raise, prepare
@@ -141,6 +141,7 @@ class GraphedSampler:
         spec = get(sampler)
         shp = _check_shape(shape)
         dev = _device(device)
+        check_has_data(dev, "device")
         sdt = state_dtype(torch.empty(0), dtype)
         example = torch.empty(shp, dtype=sdt, device=dev)
         prepared = prepare(spec, denoiser, example, sigmas, knobs, dtype=sdt)
@@ -193,6 +194,7 @@ class GraphedSampler:
         self._name = name
         self._loop = loop
         self._cond_example = check_cond(None if cond_example is None else dict(cond_example))
+        check_cond_batch(self._cond_example, shape[0], "cond_example")
         for k, v in self._cond_example.items():
             if isinstance(v, Tensor) and v.device != device:
                 raise ValueError(f"cond_example[{k!r}] lives on {v.device}, the sampler on {device}; move it there")

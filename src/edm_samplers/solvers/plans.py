@@ -171,8 +171,13 @@ def _plan_ancestral(s: F64, *, eta: float) -> MultistepPlan:
     a, e, b, corr, noise = _empty(n, 1)
     for i in range(n):
         sc, sn = float(s[i]), float(s[i + 1])
-        up = min(sn, eta * math.sqrt(max(sn**2 * (sc**2 - sn**2) / sc**2, 0.0)))
-        down = math.sqrt(max(sn**2 - up**2, 0.0))
+        # In the ratio r = sn / sc <= 1: sigma_up^2 = eta^2 sn^2 (1 - r)(1 + r) and, unless sigma_up is clamped to
+        # sn, sigma_down^2 = sn^2 - sigma_up^2 = sn^2 ((1 - eta^2) + eta^2 r^2). No level is squared, so none
+        # overflows or underflows (Python floats raise OverflowError / ZeroDivisionError there), and for eta <= 1
+        # nothing cancels (sn^2 - sigma_up^2 loses the digits of r^2 at eta = 1).
+        r = sn / sc
+        up = min(sn, eta * sn * math.sqrt((1.0 - r) * (1.0 + r)))
+        down = 0.0 if up >= sn else sn * math.sqrt(max((1.0 - eta * eta) + eta * eta * r * r, 0.0))
         a[i] = down / sc
         b[i, 0] = 1.0 - down / sc
         noise[i] = up

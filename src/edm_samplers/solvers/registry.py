@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import Tensor
 
-from .._validate import check_sigmas
+from .._validate import check_has_data, check_sigmas
 from .dpm2 import build_dpm2
 from .edm import build_edm
 from .generalized import build_generalized
@@ -121,6 +121,7 @@ class SolverSpec:
 
     def count(self, sigmas: Tensor | Sequence[float], knobs: Mapping[str, Any] | None = None) -> int:
         """Network evaluations of one run on ``sigmas`` with ``knobs``."""
+        check_has_data(sigmas, "sigmas")
         s = check_sigmas(sigmas)
         return self.nfe(s.numel() - 1, bool(s[-1] == 0), self.resolve(knobs or {}))
 
@@ -151,7 +152,10 @@ def get(sampler: str) -> SolverSpec:
     """The entry of ``sampler``; a ``ValueError`` listing the names otherwise."""
     spec = REGISTRY.get(sampler) if isinstance(sampler, str) else None
     if spec is None:
-        raise ValueError(f"sampler must be one of {', '.join(map(repr, REGISTRY))}, got {sampler!r}")
+        hint = ""
+        if isinstance(sampler, str) and sampler.removesuffix("_sample") in REGISTRY:
+            hint = f"; did you mean {sampler.removesuffix('_sample')!r} (the registry name of {sampler})?"
+        raise ValueError(f"sampler must be one of {', '.join(map(repr, REGISTRY))}, got {sampler!r}{hint}")
     return spec
 
 

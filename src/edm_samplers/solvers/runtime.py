@@ -28,7 +28,18 @@ from numpy.typing import NDArray
 from torch import Tensor
 
 from .._types import Callback, Denoiser, NoiseSource
-from .._validate import check_callback, check_cond, check_denoised, check_denoiser, check_sigmas, check_x, state_dtype
+from .._validate import (
+    check_callback,
+    check_cond,
+    check_cond_batch,
+    check_denoised_on,
+    check_denoiser,
+    check_has_data,
+    check_sigmas,
+    check_sigmas_fit,
+    check_x,
+    state_dtype,
+)
 from ..noise import as_noise_source
 
 if TYPE_CHECKING:
@@ -70,6 +81,7 @@ class Schedule(NamedTuple):
 
 def schedule(sigmas: Tensor | Sequence[float], *, strict: bool = False) -> Schedule:
     """Check ``sigmas`` (see :func:`~edm_samplers._validate.check_sigmas`); ``strict``: no repeated levels."""
+    check_has_data(sigmas, "sigmas")
     s = check_sigmas(sigmas)
     if strict:
         pos = s[s > 0]
@@ -92,7 +104,7 @@ class Checked:
         self.dtype = dtype
 
     def __call__(self, x: Tensor, sigma: Tensor, /, **cond: Any) -> Tensor:
-        out = check_denoised(self.fn(x, sigma, **cond), x)
+        out = check_denoised_on(self.fn(x, sigma, **cond), x)
         return out if out.dtype == self.dtype else out.to(self.dtype)
 
 
@@ -258,9 +270,11 @@ def prepare(
     """
     values = spec.resolve(knobs)
     check_denoiser(denoiser)
+    check_has_data(x, "x")
     x = check_x(x)
     sched = schedule(sigmas, strict=spec.strict)
     sdt = state_dtype(x, dtype)
+    check_sigmas_fit(sched.sigmas, sdt)
     batch, dev = x.shape[0], x.device
 
     def build() -> Program:
@@ -285,6 +299,7 @@ def run(spec: SolverSpec, denoiser: Denoiser, x: Tensor, sigmas: Tensor | Sequen
         raise spec.unknown_knobs(unknown)
     loop = prepare(spec, denoiser, x, sigmas, knobs, dtype=options.get("dtype"))
     cond = check_cond(options.get("cond"))
+    check_cond_batch(cond, loop.batch)
     callback = options.get("callback")
     check_callback(callback)
     src = as_noise_source(options.get("noise"))  # type-checked always; deterministic solvers draw nothing

@@ -40,7 +40,6 @@ from .._types import Denoiser
 
 __all__ = [
     "StepCoeffs",
-    "checked_sigma_hat",
     "churn",
     "churn_gammas",
     "churn_sigma_hat",
@@ -91,19 +90,6 @@ def churn_sigma_hat(sigmas: Tensor, gammas: Tensor, round_sigma: Callable[[Tenso
     s = sigmas[:-1].to(torch.float64)
     hat = s + gammas * s
     return hat if round_sigma is None else round_sigma(hat)
-
-
-def checked_sigma_hat(s: Tensor, hat: object) -> Tensor:
-    """The output of a ``round_sigma`` map of the N levels sigma_hat, checked: [N], positive, finite; float64 CPU."""
-    if not isinstance(hat, Tensor) or hat.shape != s[:-1].shape:
-        raise TypeError(
-            f"round_sigma must map a [N] tensor of sigmas to a [N] tensor, got {type(hat).__name__} "
-            f"{tuple(hat.shape) if isinstance(hat, Tensor) else ''}"
-        )
-    hat = hat.detach().to(device="cpu", dtype=torch.float64)
-    if not bool(torch.isfinite(hat).all()) or bool((hat <= 0).any()):
-        raise ValueError(f"round_sigma returned non-positive or non-finite noise levels: {hat.tolist()}")
-    return hat
 
 
 def step_table(
