@@ -45,7 +45,7 @@ def test_knob_checks_parse_and_format() -> None:
     assert order.check(2) == 2 and order.parse(" 2 ") == 2 and order.format(2) == "2"
     with pytest.raises(TypeError, match=r"order must be an int, got float 2\.0"):
         order.check(2.0)
-    with pytest.raises(TypeError, match=r"order must be int, got '2\.5'"):
+    with pytest.raises(TypeError, match=r"order must be int between 1 and 3, got '2\.5'"):
         order.parse("2.5")
     with pytest.raises(ValueError, match="order must be between 1 and 3, got 4"):
         order.parse("4")

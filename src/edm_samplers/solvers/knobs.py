@@ -9,13 +9,12 @@ tuned-schedule keys ``"unipc:order=3"``) and the ``Args:`` lines of the public s
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from .._validate import check_float, check_int
 
-__all__ = ["Knob", "KnobType"]
+__all__ = ["Knob", "KnobType", "knob_values"]
 
 KnobType = Literal["int", "float", "bool", "str", "callable"]
 _TRUE = ("true", "yes", "on", "1")
@@ -101,7 +100,8 @@ class Knob:
         except ValueError as e:
             if "invalid literal" not in str(e) and "could not convert" not in str(e):
                 raise
-            raise TypeError(f"{self.name} must be {self.type_name}, got {t!r}") from None
+            rng = "" if self.range_text() == "any value" else f" {self.range_text()}"
+            raise TypeError(f"{self.name} must be {self.type}{rng}, got {t!r}") from None
         if self.type == "bool":
             if t.lower() not in _TRUE + _FALSE:
                 raise TypeError(f"{self.name} must be true or false, got {t!r}")
@@ -134,6 +134,3 @@ def _num(v: float) -> str:
 def knob_values(knobs: tuple[Knob, ...], given: dict[str, Any]) -> dict[str, Any]:
     """Every knob's validated value: ``given`` ones checked, the others at their defaults (registry order)."""
     return {k.name: k.check(given[k.name]) if k.name in given else k.default for k in knobs}
-
-
-Check = Callable[[dict[str, Any]], None]
