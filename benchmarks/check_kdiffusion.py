@@ -49,7 +49,7 @@ def main() -> int:
 
     cases = {
         "dpmpp_2m": (es.dpmpp_2m_sample(gm, x, sig), ks.sample_dpmpp_2m(gm, x, sig, disable=True)),
-        "lms (order 4)": (es.lms_sample(gm, x, sig, order=4), ks.sample_lms(gm, x, sig, disable=True, order=4)),
+        "lms:order=4": (es.lms_sample(gm, x, sig, order=4), ks.sample_lms(gm, x, sig, disable=True, order=4)),
         "dpm2": (es.dpm2_sample(gm, x, sig), ks.sample_dpm_2(gm, x, sig, disable=True)),
         "euler_ancestral": (
             es.euler_ancestral_sample(gm, x, sig, eta=1.0, noise=es.PrecomputedNoise(draws)),
