@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from edm_samplers import euler_sample, heun_sample, karras_sigmas
-from edm_samplers.adapters import DDPMDenoiser, from_diffusers
+from edm_samplers.adapters import DDPMDenoiser
+from edm_samplers.diffusers_adapter import from_diffusers
 
 diffusers = pytest.importorskip("diffusers")  # a test extra; CI installs it (pip install 'edm-samplers[test]')
 

@@ -12,7 +12,6 @@ from ._types import NoiseSource as NoiseSource
 from ._types import StepInfo as StepInfo
 from .adapters import ContinuousDenoiser as ContinuousDenoiser
 from .adapters import DDPMDenoiser as DDPMDenoiser
-from .adapters import from_diffusers as from_diffusers
 from .adapters import sigmas_from_alphas_cumprod as sigmas_from_alphas_cumprod
 from .analytic import GaussianMixture as GaussianMixture
 from .analytic import PointMass as PointMass
@@ -20,6 +19,7 @@ from .analytic import empirical_denoiser as empirical_denoiser
 from .analytic import gaussian_ode_solution as gaussian_ode_solution
 from .augment import AugmentPipe as AugmentPipe
 from .augment import AugmentPipeProtocol as AugmentPipeProtocol
+from .diffusers_adapter import from_diffusers as from_diffusers
 from .ema import EMA as EMA
 from .ema import PowerEMA as PowerEMA
 from .guidance import Guided as Guided

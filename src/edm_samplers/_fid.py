@@ -165,7 +165,7 @@ def load_diffusers(path: str, device: torch.device) -> tuple[Callable[..., Tenso
         from diffusers import UNet2DModel
     except ImportError:
         raise SystemExit("--model diffusers:PATH needs diffusers: pip install 'edm-samplers[diffusers]'") from None
-    from .adapters import from_diffusers
+    from .diffusers_adapter import from_diffusers
 
     root = Path(path)
     if (root / "unet" / "config.json").is_file() and (root / "scheduler" / "scheduler_config.json").is_file():
