@@ -256,20 +256,6 @@ def check_shape(shape: object, name: str = "shape") -> tuple[int, ...]:
     return tuple(out)
 
 
-def check_sampler_fn(sampler: object, name: str = "sampler") -> None:
-    """A sampler function such as ``heun_sample``; a string names what to pass instead."""
-    if isinstance(sampler, str):
-        fn = sampler if sampler.endswith("_sample") else f"{sampler}_sample"
-        raise TypeError(
-            f"{name} must be a sampler function, not the string {sampler!r}: pass e.g. "
-            f"{name}=edm_samplers.{fn} (any callable sampler(denoiser, x, sigmas, **knobs))"
-        )
-    if not callable(sampler):
-        raise TypeError(
-            f"{name} must be a sampler function such as edm_samplers.heun_sample, got {type(sampler).__name__}"
-        )
-
-
 def check_flag(value: object, name: str) -> bool:
     """A True/False option: other values (1, "no", None) are rejected rather than read by truthiness."""
     if not isinstance(value, bool):
