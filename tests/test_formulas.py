@@ -83,7 +83,7 @@ def test_vp_sigmas_is_table1(beta_d: float, beta_min: float, eps_s: float) -> No
     want = [math.sqrt(math.exp(0.5 * beta_d * ti**2 + beta_min * ti) - 1) for ti in t] + [0.0]
     got = es.vp_sigmas(n, beta_d=beta_d, beta_min=beta_min, eps_s=eps_s).tolist()
     assert got == pytest.approx(want, rel=1e-12)
-    # And the inverse of Table 1's footnote: t(sigma) = (sqrt(beta_min^2 + 2 beta_d ln(sigma^2 + 1)) - beta_min) / beta_d.
+    # The inverse (Table 1): t(sigma) = (sqrt(beta_min^2 + 2 beta_d ln(sigma^2 + 1)) - beta_min) / beta_d.
     s = torch.tensor(want[:-1], dtype=F64)
     back = es.vp_sigma_inv(s, beta_d, beta_min).tolist()
     assert back == pytest.approx(t, rel=1e-12)
@@ -208,6 +208,32 @@ def test_losses_are_table1(kind: str) -> None:
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)  # float32 arithmetic in the loss
 
 
+def test_loss_target_is_the_augmented_image() -> None:
+    # With an augment pipe, y is the *augmented* image: noise is added to it, the error is measured against it,
+    # and the pipe's labels condition the denoiser (non-leaky augmentation).
+    y = torch.randn(4, 2, 3, generator=torch.Generator().manual_seed(3))
+    labels = torch.arange(4 * 9, dtype=torch.float32).reshape(4, 9)
+
+    def pipe(images: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        del generator  # deterministic: consumes no draws
+        return 2.0 * images.flip(-1) + 1.0, labels
+
+    seen: dict[str, Any] = {}
+
+    def den(x: Tensor, sigma: Tensor, **cond: Any) -> Tensor:
+        seen.update(cond)
+        return 0.5 * x
+
+    got = es.VELoss()(den, y, augment_pipe=pipe, generator=torch.Generator().manual_seed(9))
+    g = torch.Generator().manual_seed(9)
+    sigma = torch.exp(math.log(0.02) + (math.log(100.0) - math.log(0.02)) * torch.rand(4, generator=g))
+    y_aug = 2.0 * y.flip(-1) + 1.0
+    n = torch.randn(y.shape, generator=g) * sigma[:, None, None]
+    want = (0.5 * (y_aug + n) - y_aug) ** 2 / sigma[:, None, None] ** 2
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)  # float32 arithmetic
+    assert seen["augment_labels"] is labels
+
+
 def test_weights_are_table1() -> None:
     s = torch.tensor([0.01, 0.3, 2.0, 50.0], dtype=F64)
     for sd in (0.5, 1.7):
@@ -262,6 +288,23 @@ def test_gaussian_mixture_is_the_ideal_denoiser(seed: int, log_sigma: float) -> 
     torch.testing.assert_close(gm.score(x, sigma) * sigma[:, None, None] ** 2, want - x, rtol=0, atol=tol)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_gaussian_mixture_samples_have_its_moments(seed: int) -> None:
+    # Two well-separated components (means +-8, stds 0.5 / 1.5, weights 0.3 / 0.7) in 4-D, 20000 samples.
+    # Every check has a margin of >= 6 standard errors (so it holds for essentially every seed; checked
+    # over 1000 seeds when written): the fraction in component 1 (std err sqrt(0.21 / 2e4) = 0.0032, margin
+    # 0.02), each component's per-coordinate mean (std err <= 1.5 / sqrt(6000) = 0.019, margin 0.12) and
+    # pooled variance (relative std err <= sqrt(2 / (4 * 6000)) = 0.0091, margin 6 %).
+    means = torch.stack([torch.full((4,), -8.0), torch.full((4,), 8.0)]).double()
+    gm = es.GaussianMixture(means, torch.tensor([0.5, 1.5], dtype=F64), [0.3, 0.7])
+    y = gm.sample(20_000, generator=torch.Generator().manual_seed(seed))
+    first = y.mean(1) < 0
+    assert abs(float(first.double().mean()) - 0.3) < 0.02
+    for part, mu, std in ((y[first], -8.0, 0.5), (y[~first], 8.0, 1.5)):
+        assert float((part.mean(0) - mu).abs().max()) < 0.12
+        assert float(part.var()) == pytest.approx(std**2, rel=0.06)
+
+
 def test_empirical_denoiser_and_point_mass_are_ideal() -> None:
     g = torch.Generator().manual_seed(5)
     data = torch.randn(7, 4, generator=g, dtype=F64)
@@ -287,8 +330,8 @@ def test_gaussian_ode_solution_solves_the_ode() -> None:
     for sig in (0.05, 0.9, 12.0):
         x = es.gaussian_ode_solution(x0, 20.0, sig, mu, s)
         h = 1e-5 * sig
-        deriv = (es.gaussian_ode_solution(x0, 20.0, sig + h, mu, s) - es.gaussian_ode_solution(x0, 20.0, sig - h, mu, s))
-        deriv = deriv / (2 * h)
+        up, down = (es.gaussian_ode_solution(x0, 20.0, sig + sign * h, mu, s) for sign in (1, -1))
+        deriv = (up - down) / (2 * h)
         torch.testing.assert_close(deriv, (x - gm(x, sig)) / sig, rtol=1e-7, atol=1e-9)
     torch.testing.assert_close(es.gaussian_ode_solution(x0, 20.0, 20.0, mu, s), x0, rtol=1e-15, atol=0)
 
@@ -380,3 +423,98 @@ def test_churn_gamma_reported_in_step_info() -> None:
     for i, info in enumerate(infos):
         gamma = 0.1 if 1 <= i <= 5 else 0.0
         assert info.sigma_hat == pytest.approx(t[i] * (1 + gamma), rel=1e-15), i
+
+
+# ---- the generalized sampler: EDM Algorithm 1 for any sigma(t), s(t), with Algorithm 2's churn -----------
+
+
+def vp_funcs(bd: float, bm: float) -> dict[str, Callable[[float], float]]:
+    """VP (Table 1): sigma(t) = sqrt(e^{q(t)} - 1), q = beta_d t^2 / 2 + beta_min t; s(t) = e^{-q/2}."""
+
+    def q(t: float) -> float:
+        return 0.5 * bd * t**2 + bm * t
+
+    return {
+        "sigma": lambda t: math.sqrt(math.expm1(q(t))),
+        "dsigma": lambda t: (bd * t + bm) * math.exp(q(t)) / (2 * math.sqrt(math.expm1(q(t)))),
+        "inv": lambda s: (math.sqrt(bm**2 + 2 * bd * math.log1p(s**2)) - bm) / bd,
+        "s": lambda t: math.exp(-0.5 * q(t)),
+        "ds_over_s": lambda t: -0.5 * (bd * t + bm),
+    }
+
+
+VE_FUNCS: dict[str, Callable[[float], float]] = {
+    "sigma": math.sqrt,
+    "dsigma": lambda t: 0.5 / math.sqrt(t),
+    "inv": lambda s: s**2,
+    "s": lambda t: 1.0,
+    "ds_over_s": lambda t: 0.0,
+}
+
+
+def generalized_reference(
+    D: Callable[[Tensor, Tensor], Tensor],
+    x: Tensor,
+    sigmas: list[float],
+    f: dict[str, Callable[[float], float]],
+    eps: Tensor,
+    *,
+    alpha: float,
+    s_churn: float,
+    s_tmin: float,
+    s_tmax: float,
+    s_noise: float,
+) -> Tensor:
+    """EDM Algorithm 1 in general form (Eq. 4 ODE in t, scaled state s(t) x, 2nd-order rule with alpha),
+    with Algorithm 2's churn applied in unscaled coordinates: x_hat / s(t_hat) = x / s(t_i) + sqrt(...) eps."""
+    n = len(sigmas) - 1
+    sig, dsig, s, dss = f["sigma"], f["dsigma"], f["s"], f["ds_over_s"]
+    t = [f["inv"](v) for v in sigmas]
+    rows = x.shape[0]
+
+    def slope(xs: Tensor, tt: float) -> Tensor:
+        # dx/dt = (sigma'/sigma + s'/s) x - (sigma' s / sigma) D(x / s; sigma)
+        den = D(xs / s(tt), torch.full((rows,), sig(tt), dtype=F64))
+        return (dsig(tt) / sig(tt) + dss(tt)) * xs - dsig(tt) * s(tt) / sig(tt) * den
+
+    xs = x * s(t[0])
+    for i in range(n):
+        gamma = min(s_churn / n, math.sqrt(2) - 1) if s_tmin <= sigmas[i] <= s_tmax else 0.0
+        t_hat = f["inv"](sigmas[i] + gamma * sigmas[i])
+        noise_std = math.sqrt(max(sig(t_hat) ** 2 - sigmas[i] ** 2, 0.0)) * s_noise
+        x_hat = s(t_hat) * (xs / s(t[i]) + noise_std * eps[i])
+        h = t[i + 1] - t_hat
+        d = slope(x_hat, t_hat)
+        if sigmas[i + 1] > 0:
+            t_p = t_hat + alpha * h
+            d_p = slope(x_hat + alpha * h * d, t_p)
+            xs = x_hat + h * ((1 - 1 / (2 * alpha)) * d + 1 / (2 * alpha) * d_p)
+        else:
+            xs = x_hat + h * d
+    return xs / s(t[-1])
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.5, 0.8])
+@pytest.mark.parametrize("schedule", ["vp", "ve"])
+def test_generalized_sample_is_algorithm_1_general_form(schedule: str, alpha: float) -> None:
+    bd, bm = 15.0, 0.2
+    if schedule == "vp":
+        sig_t = es.vp_sigmas(8, beta_d=bd, beta_min=bm)
+        f = vp_funcs(bd, bm)
+        kw: dict[str, Any] = {"schedule": "vp", "scaling": "vp", "beta_d": bd, "beta_min": bm}
+    else:
+        sig_t = es.karras_sigmas(8, 0.02, 60.0)
+        f = VE_FUNCS
+        kw = {"schedule": "ve", "scaling": "none"}
+    sigmas = sig_t.tolist()
+    # gamma = 1.5 / 8 = 0.1875 (below the clamp), S_tmin and S_tmax exactly on levels 6 and 1.
+    churn = {"s_churn": 1.5, "s_tmin": sigmas[6], "s_tmax": sigmas[1], "s_noise": 1.01}
+    gm = mixture()
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(4, 3, generator=g, dtype=F64) * sigmas[0]
+    eps = torch.randn(8, 4, 3, generator=g, dtype=F64)
+    got = es.generalized_sample(gm, x, sig_t, alpha=alpha, noise=es.PrecomputedNoise(eps), **kw, **churn)
+    want = generalized_reference(gm, x, sigmas, f, eps, alpha=alpha, **churn)
+    # float64. The library evaluates D at the given levels, the transcription at sigma(t(level)) (a round trip of
+    # ~1e-15 relative), and the VP coefficients in another algebraic form: 1e-10 relative to the state scale.
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10 * sigmas[0])

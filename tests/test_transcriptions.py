@@ -121,7 +121,15 @@ def ref_euler_ancestral(D: Den, x: Tensor, sig: list[float], eps: Tensor, eta: f
     return path
 
 
-def ref_dpmpp_2m_sde(D: Den, x: Tensor, sig: list[float], eps: Tensor, eta: float, s_noise: float) -> list[Tensor]:
+def warmup_order(order: int, i: int, n: int, lower_final: bool) -> int:
+    """Orders 1, 2, ... while the history fills; with ``lower_final`` (diffusers' lower_order_final) at most the
+    number of steps left, n - i."""
+    return min(order, i + 1, n - i) if lower_final else min(order, i + 1)
+
+
+def ref_dpmpp_2m_sde(
+    D: Den, x: Tensor, sig: list[float], eps: Tensor, eta: float, s_noise: float, lower_final: bool = False
+) -> list[Tensor]:
     """DPM-Solver++(2M) SDE, k-diffusion's midpoint form (t = -log sigma)."""
     path: list[Tensor] = []
     old: Tensor | None = None
@@ -135,7 +143,7 @@ def ref_dpmpp_2m_sde(D: Den, x: Tensor, sig: list[float], eps: Tensor, eta: floa
             h = s - t
             eta_h = eta * h
             x = sig[i + 1] / sig[i] * math.exp(-eta_h) * x + (-math.expm1(-h - eta_h)) * den
-            if old is not None:
+            if old is not None and warmup_order(2, i, len(sig) - 1, lower_final) == 2:
                 r = h_last / h
                 x = x + 0.5 * (-math.expm1(-h - eta_h)) * (1 / r) * (den - old)
             if eta:
@@ -147,7 +155,14 @@ def ref_dpmpp_2m_sde(D: Den, x: Tensor, sig: list[float], eps: Tensor, eta: floa
 
 
 def ref_exact_multistep(
-    D: Den, x: Tensor, sig: list[float], order: int, eps: Tensor | None = None, eta: float = 0.0, s_noise: float = 1.0
+    D: Den,
+    x: Tensor,
+    sig: list[float],
+    order: int,
+    eps: Tensor | None = None,
+    eta: float = 0.0,
+    s_noise: float = 1.0,
+    lower_final: bool = False,
 ) -> list[Tensor]:
     """Exact k-step exponential integrator in lambda (DPM-Solver++ kM; SDE drift rate 1 + eta).
 
@@ -166,7 +181,7 @@ def ref_exact_multistep(
             path.append(x := hist[0])
             continue
         h = lam[i + 1] - lam[i]
-        k = min(order, i + 1)
+        k = warmup_order(order, i, len(sig) - 1, lower_final)
         moments = exp_moments(rate * h, k - 1)
         x_new = sig[i + 1] / sig[i] * math.exp(-eta * h) * x
         for j, coeffs in enumerate(lagrange_monomials([lam[i - j] - lam[i] for j in range(k)])):
@@ -178,7 +193,7 @@ def ref_exact_multistep(
     return path
 
 
-def ref_deis(D: Den, x: Tensor, sig: list[float], order: int) -> list[Tensor]:
+def ref_deis(D: Den, x: Tensor, sig: list[float], order: int, lower_final: bool = False) -> list[Tensor]:
     """DEIS tAB in log sigma: x_{i+1} = x_i + sum_j c_j eps_{i-j}, c_j = int_{sigma_i}^{sigma_{i+1}} L_j(log s) ds.
 
     With v = log(s / sigma_i): c_j = sigma_i int_0^V e^v L_j(v) dv, V = log(sigma_{i+1} / sigma_i), nodes
@@ -192,7 +207,7 @@ def ref_deis(D: Den, x: Tensor, sig: list[float], order: int) -> list[Tensor]:
             path.append(x := den)
             continue
         hist.insert(0, (x - den) / sig[i])
-        k = min(order, i + 1)
+        k = warmup_order(order, i, len(sig) - 1, lower_final)
         v = math.log(sig[i + 1] / sig[i])
         moments = log_moments(v, k - 1)
         x_new = x
@@ -203,13 +218,13 @@ def ref_deis(D: Den, x: Tensor, sig: list[float], order: int) -> list[Tensor]:
     return path
 
 
-def ref_lms(D: Den, x: Tensor, sig: list[float], order: int) -> list[Tensor]:
+def ref_lms(D: Den, x: Tensor, sig: list[float], order: int, lower_final: bool = False) -> list[Tensor]:
     """Variable-step Adams-Bashforth in sigma: c_j = int_{sigma_i}^{sigma_{i+1}} L_j(s) ds (numpy polyint)."""
     hist: list[Tensor] = []
     path = []
     for i in range(len(sig) - 1):
         hist.insert(0, (x - D(x, at(x, sig[i]))) / sig[i])
-        k = min(order, i + 1)
+        k = warmup_order(order, i, len(sig) - 1, lower_final)
         x_new = x
         for j, coeffs in enumerate(lagrange_monomials([sig[i - j] - sig[i] for j in range(k)])):
             anti = npoly.polyint(coeffs)
@@ -221,13 +236,13 @@ def ref_lms(D: Den, x: Tensor, sig: list[float], order: int) -> list[Tensor]:
 AB = {1: [1.0], 2: [3 / 2, -1 / 2], 3: [23 / 12, -16 / 12, 5 / 12], 4: [55 / 24, -59 / 24, 37 / 24, -9 / 24]}
 
 
-def ref_ipndm(D: Den, x: Tensor, sig: list[float], order: int) -> list[Tensor]:
+def ref_ipndm(D: Den, x: Tensor, sig: list[float], order: int, lower_final: bool = False) -> list[Tensor]:
     """iPNDM: x_{i+1} = x_i + (sigma_{i+1} - sigma_i) sum_j AB_k[j] d_{i-j}, warm-up with lower AB orders."""
     hist: list[Tensor] = []
     path = []
     for i in range(len(sig) - 1):
         hist.insert(0, (x - D(x, at(x, sig[i]))) / sig[i])
-        k = min(order, i + 1)
+        k = warmup_order(order, i, len(sig) - 1, lower_final)
         path.append(x := x + (sig[i + 1] - sig[i]) * sum(c * d for c, d in zip(AB[k], hist, strict=False)))
     return path
 
@@ -259,11 +274,14 @@ def ref_dpm2(D: Den, x: Tensor, sig: list[float], form: str) -> list[Tensor]:
 
 # ---- the cases --------------------------------------------------------------------------------------------
 
-# name -> (library call, transcription, stochastic); both take (D, x, sigmas-as-list / tensor, eps).
-Case = tuple[Callable[[Den, Tensor, Tensor, Tensor, Any], Tensor], Callable[[Den, Tensor, list[float], Tensor], list[Tensor]], bool]
+# name -> (library call, transcription, stochastic). The library call takes (D, x, sigmas, eps, callback), the
+# transcription (D, x, sigmas as floats, eps) and returns the path.
+LibCall = Callable[[Den, Tensor, Tensor, Tensor, Any], Tensor]
+RefCall = Callable[[Den, Tensor, list[float], Tensor], list[Tensor]]
+Case = tuple[LibCall, RefCall, bool]
 
 
-def _lib(fn: Callable[..., Tensor], **kw: Any) -> Callable[[Den, Tensor, Tensor, Tensor, Any], Tensor]:
+def _lib(fn: Callable[..., Tensor], **kw: Any) -> LibCall:
     def call(D: Den, x: Tensor, sig: Tensor, eps: Tensor, callback: Any) -> Tensor:
         return fn(D, x, sig, noise=es.PrecomputedNoise(eps), callback=callback, **kw)
 
@@ -302,6 +320,37 @@ CASES: dict[str, Case] = {
         _lib(es.dpmpp_3m_sde_sample, eta=0.5, s_noise=0.97),
         lambda D, x, s, e: ref_exact_multistep(D, x, s, 3, e, 0.5, 0.97),
         True,
+    ),
+    # lower_order_final=True: the last steps use at most as many past outputs as steps remain.
+    "dpmpp_2m_lof": (
+        _lib(es.dpmpp_2m_sample, lower_order_final=True),
+        lambda D, x, s, e: ref_dpmpp_2m_sde(D, x, s, torch.zeros(0), 0.0, 1.0, lower_final=True),
+        False,
+    ),
+    "dpmpp_4m_lof": (
+        _lib(es.dpmpp_3m_sample, order=4, lower_order_final=True),
+        lambda D, x, s, e: ref_exact_multistep(D, x, s, 4, lower_final=True),
+        False,
+    ),
+    "3m_sde_lof": (
+        _lib(es.dpmpp_3m_sde_sample, eta=0.8, lower_order_final=True),
+        lambda D, x, s, e: ref_exact_multistep(D, x, s, 3, e, 0.8, 1.0, lower_final=True),
+        True,
+    ),
+    "deis3_lof": (
+        _lib(es.deis_sample, order=3, lower_order_final=True),
+        lambda D, x, s, e: ref_deis(D, x, s, 3, lower_final=True),
+        False,
+    ),
+    "lms4_lof": (
+        _lib(es.lms_sample, order=4, lower_order_final=True),
+        lambda D, x, s, e: ref_lms(D, x, s, 4, lower_final=True),
+        False,
+    ),
+    "ipndm4_lof": (
+        _lib(es.ipndm_sample, order=4, lower_order_final=True),
+        lambda D, x, s, e: ref_ipndm(D, x, s, 4, lower_final=True),
+        False,
     ),
     "euler_ancestral": (
         _lib(es.euler_ancestral_sample, eta=1.0, s_noise=1.0),
@@ -357,23 +406,17 @@ def test_path_matches_transcription(name: str, sched: str) -> None:
     del stochastic
 
 
-@pytest.mark.parametrize("name", [k for k, v in CASES.items() if v[2]])
-def test_noise_draws_one_per_step_in_order(name: str) -> None:
-    # Count and order of draws: N draws (also on the final step to 0); draw i feeds step i. A source that
-    # records the draw index shows the order; the transcription comparison above shows draw i is used at step i.
-    lib = CASES[name][0]
+@pytest.mark.parametrize("sampler", [es.dpmpp_2m_sde_sample, es.dpmpp_3m_sde_sample, es.euler_ancestral_sample])
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_noise_draws_one_per_step_in_order(sampler: Callable[..., Tensor], eta: float) -> None:
+    # N draws, one per step after the step's denoiser call (also on the final step to 0, and with eta = 0), so
+    # the stream never depends on the settings; the transcription comparison above shows draw i is used at step i.
     sig = es.karras_sigmas(6)
     src = es.PrecomputedNoise(torch.randn(6, 2, 3, generator=torch.Generator().manual_seed(0), dtype=F64))
     seen: list[int] = []
-
-    def cb(info: es.StepInfo) -> None:
-        seen.append(src.index)
-
-    fn = {"2m_sde": es.dpmpp_2m_sde_sample, "3m_sde": es.dpmpp_3m_sde_sample}.get(name.split("_eta")[0])
-    fn = fn or es.euler_ancestral_sample
-    fn(mixture(dim=3), torch.randn(2, 3, dtype=F64) * 80, sig, noise=src, callback=cb)
+    sampler(mixture(dim=3), torch.randn(2, 3, dtype=F64) * 80, sig, eta=eta, noise=src,
+            callback=lambda info: seen.append(src.index))  # fmt: skip
     assert seen == [1, 2, 3, 4, 5, 6]
-    del lib
 
 
 # ---- paths with exact solutions --------------------------------------------------------------------------
