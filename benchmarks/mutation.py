@@ -10,7 +10,8 @@ there, and runs ``python -m pytest -x -q`` on the named test files with that cop
 Outcomes: ``killed`` (the tests failed), ``survived`` (they passed: a missing test), ``timeout`` (counted
 as killed: the mutant made the tests hang), ``stale`` (the original snippet is no longer in the file, or
 occurs a different number of times: the mutant must be updated after a refactor, never silently
-dropped), ``equivalent`` (listed with a reason; not run: the replacement computes the same values).
+dropped), ``equivalent`` (listed with a reason; not run: the replacement computes the same values;
+``--check-equivalent`` runs them, and one that fails its tests is reported ``refuted``).
 Score = killed / (mutants run), stale and equivalent mutants excluded from the denominator but reported.
 
 Run (from the repository root; about 10-20 minutes on two shared CPU cores):
@@ -19,7 +20,7 @@ Run (from the repository root; about 10-20 minutes on two shared CPU cores):
     OMP_NUM_THREADS=1 python benchmarks/mutation.py -k churn -k sde  # names containing any of these
     python benchmarks/mutation.py --list                            # the table of mutants, nothing run
 
-Exit status: 0 when every runnable mutant is killed and none is stale, 1 otherwise. Adding a mutant: see
+Exit status: 0 when every runnable mutant is killed and none is stale or refuted, 1 otherwise. Adding a mutant: see
 docs/testing.md.
 """
 
@@ -230,6 +231,11 @@ MUTANTS: tuple[Mutant, ...] = (
            "denoised_pred = denoiser(pred, c.sigma_next, **cond)",
            "denoised_pred = denoiser(pred, c.sigma_hat, **cond)",
            CORE, "Heun's second evaluation at sigma_hat (buffered form)"),
+    Mutant("heun_safe_divisor", "solvers/steps.py",
+           "safe_next = torch.where(sigma_next > 0, sigma_next, torch.ones_like(sigma_next))",
+           "safe_next = torch.where(sigma_next > 0, sigma_next, torch.full_like(sigma_next, 2.0))",
+           CORE, "another placeholder divisor where sigma_next = 0",
+           equivalent="the placeholder only divides where heun_b is then replaced by 0 (the step to 0 is Euler)"),
     # ---- solvers/drivers.py -----------------------------------------------------------------------------
     Mutant("heun_on_last_step", "solvers/drivers.py",
            'if self.method == "heun" and host[i + 1] > 0:', 'if self.method == "heun" and host[i] > 0:',
@@ -262,6 +268,9 @@ MUTANTS: tuple[Mutant, ...] = (
            MULTI, "AB4 weights of the two oldest outputs swapped (still sum to 1)"),
     Mutant("quadrature_too_coarse", "solvers/coefficients.py", "_GL_NODES = 16", "_GL_NODES = 3",
            MULTI, "3-node Gauss-Legendre: weights inexact for cubic x exponential"),
+    Mutant("quadrature_finer_panels", "solvers/coefficients.py", "_PANEL = 2.0", "_PANEL = 1.0",
+           MULTI, "twice as many Gauss-Legendre panels",
+           equivalent="both panel lengths integrate the weights to ~1e-30 relative; results differ by round-off only"),
     # ---- solvers/multistep.py ---------------------------------------------------------------------------
     Mutant("sde_noise_std", "solvers/multistep.py",
            "math.sqrt(-math.expm1(-2.0 * eta * h))", "math.sqrt(-math.expm1(-eta * h))",
@@ -339,16 +348,34 @@ def apply(text: str, m: Mutant) -> str | None:
     return text[:start] + m.replacement + text[start + len(m.original) :]
 
 
+# A pytest plugin written into the copy: the suite's own Hypothesis profile ("ci": derandomised, so the same
+# examples are generated) without the shrink phase. A mutant is killed by the first failing example; shrinking
+# it to a minimal one only costs time (up to a minute per mutant on hypothesis tests).
+_PLUGIN = """
+import pytest
+from hypothesis import Phase, settings
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config):
+    ci = settings.get_profile("ci")
+    phases = [p for p in ci.phases if p not in (Phase.shrink, Phase.explain)]
+    settings.register_profile("mutation", ci, phases=phases)
+    settings.load_profile("mutation")
+"""
+
+
 def make_copy(dest: Path) -> None:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis", ".pytest_cache")
     shutil.copytree(ROOT / "src", dest / "src", ignore=ignore)
     shutil.copytree(ROOT / "tests", dest / "tests", ignore=ignore)
     shutil.copy2(ROOT / "pyproject.toml", dest / "pyproject.toml")
+    (dest / "_mutation_profile.py").write_text(_PLUGIN)
 
 
 def env_for(copy: Path) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(copy / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = os.pathsep.join([str(copy / "src"), str(copy), env.get("PYTHONPATH", "")])
     env.setdefault("OMP_NUM_THREADS", "1")
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     env.setdefault("HYPOTHESIS_PROFILE", "ci")
@@ -356,19 +383,25 @@ def env_for(copy: Path) -> dict[str, str]:
 
 
 def pytest_cmd(tests: tuple[str, ...]) -> list[str]:
-    return [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-o", "addopts=", *tests]
+    return [
+        sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "_mutation_profile",
+        "-o", "addopts=", *tests,
+    ]  # fmt: skip
 
 
-def run_mutant(copy: Path, m: Mutant, timeout: float) -> tuple[str, float, str]:
-    """Apply ``m`` inside ``copy``, run its tests, restore the file. Returns (status, seconds, detail)."""
-    if m.equivalent:
-        return "equivalent", 0.0, m.equivalent
+def run_mutant(copy: Path, m: Mutant, timeout: float, check_equivalent: bool = False) -> tuple[str, float, str]:
+    """Apply ``m`` inside ``copy``, run its tests, restore the file. Returns (status, seconds, detail).
+
+    Equivalent mutants are not run unless ``check_equivalent``; then surviving confirms the claim ("equivalent")
+    and failing refutes it ("refuted": the reason given is wrong, or a test is too strict)."""
     path = copy / PKG / m.file
     original = path.read_text()
     mutated = apply(original, m)
-    if mutated is None:
+    if mutated is None:  # checked first: an equivalent mutant can go stale too
         found = original.count(m.original)
         return "stale", 0.0, f"snippet found {found} times, expected {m.count}"
+    if m.equivalent and not check_equivalent:
+        return "equivalent", 0.0, m.equivalent
     path.write_text(mutated)
     t0 = time.perf_counter()
     try:
@@ -376,6 +409,8 @@ def run_mutant(copy: Path, m: Mutant, timeout: float) -> tuple[str, float, str]:
             pytest_cmd(m.tests), cwd=copy, env=env_for(copy), capture_output=True, text=True, timeout=timeout
         )
         status = "survived" if proc.returncode == 0 else "killed"
+        if m.equivalent:
+            status = "equivalent" if status == "survived" else "refuted"
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("FAILED") or ln.startswith("ERROR")]
         detail = lines[0] if lines else proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
         if proc.returncode not in (0, 1):  # collection errors, crashes: still a failing suite, say so
@@ -407,6 +442,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-k", action="append", default=[], help="run only mutants whose name contains this (repeatable)")
     ap.add_argument("--list", action="store_true", help="print the mutants and whether they apply; run nothing")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per mutant (default 300)")
+    ap.add_argument(
+        "--check-equivalent", action="store_true", help="also run the mutants marked equivalent (they should survive)"
+    )
     ap.add_argument("--no-baseline", action="store_true", help="skip the unmutated run of the named test files")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument(
@@ -442,30 +480,31 @@ def main(argv: list[str] | None = None) -> int:
         copy = Path(tmp)
         make_copy(copy)
         if not args.no_baseline:
-            files = sorted({t for m in chosen if not m.equivalent for t in m.tests})
+            files = sorted({t for m in chosen if args.check_equivalent or not m.equivalent for t in m.tests})
             t0 = time.perf_counter()
             baseline(copy, files, args.timeout)
             print(f"# baseline: {len(files)} test files pass unmutated ({time.perf_counter() - t0:.0f} s)")
         print(f"| {'mutant':40s} | {'file':26s} | {'result':10s} | {'s':>5s} |")
         print(f"|{'-' * 42}|{'-' * 28}|{'-' * 12}|{'-' * 7}|")
         for m in chosen:
-            status, secs, detail = run_mutant(copy, m, args.timeout)
+            status, secs, detail = run_mutant(copy, m, args.timeout, args.check_equivalent)
             results.append({"name": m.name, "file": m.file, "status": status, "seconds": round(secs, 1),
                             "description": m.description, "detail": detail})  # fmt: skip
             print(f"| {m.name:40s} | {m.file:26s} | {status:10s} | {secs:5.0f} |", flush=True)
-    statuses = ("killed", "timeout", "survived", "stale", "equivalent")
+    statuses = ("killed", "timeout", "survived", "stale", "equivalent", "refuted")
     counts = {s: sum(r["status"] == s for r in results) for s in statuses}
     run = counts["killed"] + counts["timeout"] + counts["survived"]
     score = (counts["killed"] + counts["timeout"]) / run if run else float("nan")
     print(f"\nscore: {counts['killed'] + counts['timeout']}/{run} killed ({100 * score:.1f} %); "
           f"{counts['survived']} survived, {counts['stale']} stale, {counts['equivalent']} equivalent, "
-          f"{counts['timeout']} timeouts; {time.perf_counter() - t_all:.0f} s")  # fmt: skip
+          f"{counts['refuted']} refuted equivalences, {counts['timeout']} timeouts; "
+          f"{time.perf_counter() - t_all:.0f} s")  # fmt: skip
     for r in results:
-        if r["status"] in ("survived", "stale"):
+        if r["status"] in ("survived", "stale", "refuted"):
             print(f"  {r['status'].upper()}: {r['name']} ({r['file']}): {r['description']}. {r['detail']}")
     if args.json:
         args.json.write_text(json.dumps({"score": score, "counts": counts, "results": results}, indent=1))
-    return 0 if counts["survived"] == 0 and counts["stale"] == 0 else 1
+    return 0 if counts["survived"] == counts["stale"] == counts["refuted"] == 0 else 1
 
 
 if __name__ == "__main__":
