@@ -132,3 +132,11 @@ def test_generate_takes_names_and_functions_alike() -> None:
         es.generate(gm, [1], (2,), sig, sampler=3)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="unipc_sample got unknown option"):
         es.unipc_sample(gm, torch.zeros(1, 2), sig, bogus=1)  # type: ignore[call-arg]
+
+
+def test_run_options_are_checked() -> None:
+    gm = es.GaussianMixture(torch.zeros(1, 2, dtype=torch.float64), 0.5)
+    with pytest.raises(TypeError, match="progress must be True or False"):
+        es.heun_sample(gm, torch.zeros(1, 2), es.karras_sigmas(3), progress=1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="check_finite must be True or False"):
+        es.unipc_sample(gm, torch.zeros(1, 2), es.karras_sigmas(3), check_finite="no")  # type: ignore[arg-type]

@@ -34,6 +34,7 @@ from .._validate import (
     check_cond_batch,
     check_denoised_on,
     check_denoiser,
+    check_flag,
     check_has_data,
     check_sigmas,
     check_sigmas_fit,
@@ -303,7 +304,9 @@ def run(spec: SolverSpec, denoiser: Denoiser, x: Tensor, sigmas: Tensor | Sequen
     callback = options.get("callback")
     check_callback(callback)
     src = as_noise_source(options.get("noise"))  # type-checked always; deterministic solvers draw nothing
-    out = loop(x, cond, src, callback, bool(options.get("progress", False)))
-    if options.get("check_finite", True):
+    progress = check_flag(options.get("progress", False), "progress")
+    check_finite = check_flag(options.get("check_finite", True), "check_finite")
+    out = loop(x, cond, src, callback, progress)
+    if check_finite:
         finite_or_raise(out, f"{spec.name}_sample")
     return out
