@@ -208,9 +208,9 @@ def nan_where_invalid(t: Tensor, valid: Tensor) -> Tensor:
 
 
 def first_bad(t: Tensor, bad: Tensor) -> str:
-    """Describe the first offending entry of ``t`` (for error messages): ``"[i] = v"`` or ``"v"`` for 0-d."""
+    """Describe the first offending entry of ``t`` (for error messages): ``"[i] = v"``, or ``" = v"`` for 0-d."""
     if t.ndim == 0:
-        return f"{t.item()!r}"
+        return f" = {t.item()!r}"
     idx = tuple(int(i) for i in torch.nonzero(bad)[0])
     where = ", ".join(str(i) for i in idx)
     return f"[{where}] = {t[idx].item()!r}"

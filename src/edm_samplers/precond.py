@@ -510,8 +510,10 @@ def _range_attr(denoiser: object, name: str, default: float) -> float:
     v = getattr(denoiser, name, default)
     if isinstance(v, Tensor) and v.numel() == 1:
         v = v.item()
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise TypeError(f"denoiser.{name} must be a real number, got {type(v).__name__} {v!r}")
+    if math.isnan(v):
+        raise ValueError(f"denoiser.{name} must not be NaN")
     return float(v)
 
 
