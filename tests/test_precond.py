@@ -458,3 +458,28 @@ def test_clamp_to_checks_round_sigma_and_the_range() -> None:
     s16 = torch.tensor([2.0, 0.5, 0.0], dtype=torch.float16)
     with pytest.raises(ValueError, match=r"clamp_to.*float16.*not strictly decreasing"):
         clamp_to(s16, EDMPrecond(_lin_net, sigma_min=1.0001, sigma_max=1.0002))
+
+
+def test_scalings_do_not_overflow_at_huge_sigma() -> None:
+    # sigma^2 overflows float32 at 1.8e19: the direct forms gave c_in = c_out = 0 there (a finite, wrong D).
+    s32 = torch.tensor([1e20, 3e30])
+    s64 = s32.double()
+    for fn in (edm_scalings, vp_scalings, iddpm_scalings):
+        got, want = fn(s32), fn(s64)
+        for name, g, w in zip(Scalings._fields, got, want, strict=True):
+            if name == "c_noise" and fn is iddpm_scalings:
+                continue  # integer-valued, compared below
+            # float32 round-off of a few operations; c_skip ~ 1e-41 is subnormal in float32: absolute bound
+            torch.testing.assert_close(g.double(), w, rtol=1e-6, atol=1e-44, msg=f"{fn.__name__}.{name}")
+    assert edm_scalings(s32).c_out[0].item() == pytest.approx(0.5, rel=1e-6)
+    assert vp_scalings(s32).c_in[0].item() == pytest.approx(1e-20, rel=1e-6)
+
+
+@pytest.mark.parametrize("sigma_data", [1e-300, 1e-30, 0.5, 1e30, 1e300])
+def test_edm_scalings_with_extreme_sigma_data_in_float32(sigma_data: float) -> None:
+    # float32 sigma: sigma_data never becomes a float32 constant it does not fit in (it raised or gave inf).
+    s = torch.tensor([1e-3, 1.0, 1e3])
+    got, want = edm_scalings(s, sigma_data), edm_scalings(s.double(), sigma_data)
+    for name, g, w in zip(Scalings._fields, got, want, strict=True):
+        # float32 round-off; values below float32's smallest subnormal (1.4e-45) round to 0
+        torch.testing.assert_close(g.double(), w, rtol=1e-6, atol=1e-44, msg=name)

@@ -307,3 +307,15 @@ def test_clamp_sigmas_output_is_checked_in_its_dtype() -> None:
         clamp_sigmas(s16, 1.0001, 1.0002)  # distinct in float64, one float16 value
     out = clamp_sigmas([8.0, 4.0, 2.0], 3.0, 5.0)  # a list: float64 on the CPU, no final 0 added
     assert out.dtype == torch.float64 and out.tolist() == [5.0, 4.0, 3.0]
+
+
+def test_vp_sigma_inv_rationalised_form() -> None:
+    # Small sigma: sqrt(beta_min^2 + 2 beta_d L) - beta_min cancelled (10% error at sigma = 1e-8); the series
+    # t = L / beta_min - beta_d L^2 / (2 beta_min^3) + ... with L = ln(1 + sigma^2) is exact to 1e-13 here.
+    sig = torch.tensor([1e-8, 1e-6], dtype=torch.float64)
+    big_l = torch.log1p(sig**2)
+    series = big_l / 0.1 - 19.9 * big_l**2 / (2 * 0.1**3)
+    torch.testing.assert_close(vp_sigma_inv(sig), series, rtol=1e-12, atol=0)
+    # A huge beta_min: beta_min^2 overflowed (OverflowError, or inf - inf = NaN); t = L / beta_min rounds to 0.
+    assert vp_sigma_inv(torch.tensor([1.0, 50.0]), beta_min=1e300).tolist() == [0.0, 0.0]
+    assert vp_sigma_inv(torch.tensor([1.0]), beta_d=1.0, beta_min=2.0**64).item() == pytest.approx(math.log(2) / 2**64)

@@ -96,18 +96,24 @@ def _checked_sigma(sigma: SigmaLike) -> Tensor:
     return check_nonnegative_values(_as_sigma(sigma), "sigma", fix=_SIGMA_FIX)
 
 
+# sqrt(sigma^2 + c^2) through hypot: sigma^2 alone overflows float32 at sigma = 1.8e19, where the direct
+# forms gave c_in = 0 and c_out = 0, a finite and wrong D. sigma_data enters as a divisor or through hypot,
+# never as a float32 constant it may not fit in (full_like(s, 1e300) raises).
 def _edm(s: Tensor, sd: float) -> Scalings:
-    var = s**2 + sd**2
-    return Scalings(
-        c_skip=sd**2 / var, c_out=s * sd * torch.rsqrt(var), c_in=torch.rsqrt(var), c_noise=torch.log(s) / 4
-    )
+    r = torch.hypot(s / sd, torch.ones_like(s)).reciprocal()  # sigma_data / sqrt(sigma^2 + sigma_data^2)
+    c_in = r / sd if sd >= 1.0 else torch.hypot(s, torch.full_like(s, sd)).reciprocal()
+    return Scalings(c_skip=r * r, c_out=s * r, c_in=c_in, c_noise=torch.log(s) / 4)
+
+
+def _vp_c_in(s: Tensor) -> Tensor:
+    return torch.hypot(s, torch.ones_like(s)).reciprocal()  # 1 / sqrt(sigma^2 + 1)
 
 
 def _vp(s: Tensor, bd: float, bm: float, m: int) -> Scalings:
     return Scalings(
         c_skip=torch.ones_like(s),
         c_out=-s,
-        c_in=torch.rsqrt(s**2 + 1),
+        c_in=_vp_c_in(s),
         c_noise=(m - 1) * vp_sigma_inv(s, bd, bm),
     )
 
@@ -121,7 +127,7 @@ def _iddpm(s: Tensor, m: int, u: Tensor) -> Scalings:
     return Scalings(
         c_skip=torch.ones_like(s),
         c_out=-s,
-        c_in=torch.rsqrt(s**2 + 1),
+        c_in=_vp_c_in(s),
         c_noise=(m - 1 - j).to(s.dtype),
     )
 

@@ -240,7 +240,9 @@ def vp_sigma_inv(sigma: Tensor | float, beta_d: float = 19.9, beta_min: float = 
     """t(sigma), the inverse of :func:`vp_sigma`: (sqrt(beta_min^2 + 2 beta_d ln(sigma^2 + 1)) - beta_min) / beta_d.
 
     ln(sigma^2 + 1) is evaluated as 2 ln(sigma) + ln(1 + sigma^-2) for sigma > 1, so it does not overflow
-    where sigma^2 would (sigma > 1.8e19 in float32).
+    where sigma^2 would (sigma > 1.8e19 in float32), and the quotient in the rationalised form
+    2 ln(sigma^2 + 1) / (sqrt(beta_min^2 + 2 beta_d ln(sigma^2 + 1)) + beta_min), which neither cancels at small
+    sigma nor overflows for a huge beta_min.
 
     Raises:
         ValueError / TypeError: as :func:`vp_sigma`, for a negative or non-finite sigma.
@@ -249,10 +251,15 @@ def vp_sigma_inv(sigma: Tensor | float, beta_d: float = 19.9, beta_min: float = 
     bd, bm = _vp_constants(beta_d, beta_min)
     s = check_nonnegative_values(s, "sigma", fix="noise levels are >= 0")
     sb = s.clamp_min(1.0)
-    log_var = torch.where(
-        s > 1.0, 2 * torch.log(sb) + torch.log1p(sb.reciprocal() ** 2), torch.log1p(s.clamp_max(1.0) ** 2)
-    )
-    return (torch.sqrt(bm**2 + 2 * bd * log_var) - bm) / bd
+    big = 2 * torch.log(sb) + torch.log1p(sb.reciprocal() ** 2)
+    log_var = torch.where(s > 1.0, big, torch.log1p(s.clamp_max(1.0) ** 2))
+    if bm == 0:
+        return torch.sqrt(2 * log_var / bd)
+    # (sqrt(bm^2 + 2 bd L) - bm) / bd = 2 L / (sqrt(bm^2 + 2 bd L) + bm): no cancellation for small sigma, and
+    # hypot keeps bm^2 from overflowing (a huge beta_min gives t -> 0, its correctly rounded value).
+    bm_c = min(bm, torch.finfo(log_var.dtype).max)  # full_like cannot hold a larger value; the quotient is 0 then
+    root = torch.hypot(torch.full_like(log_var, bm_c), torch.sqrt(2 * bd * log_var))
+    return 2 * log_var / (root + bm)
 
 
 def vp_sigmas(
