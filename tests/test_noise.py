@@ -88,7 +88,7 @@ def test_as_noise_source() -> None:
 SOURCES = [
     lambda: PerSampleNoise([3, 4]),
     lambda: GlobalNoise(torch.Generator()),
-    lambda: PrecomputedNoise(torch.randn(2, 2, 3)),
+    lambda: PrecomputedNoise(torch.randn(2, 2, 3, generator=torch.Generator().manual_seed(0))),
 ]
 
 
@@ -142,7 +142,7 @@ def test_numpy_and_tensor_integer_seeds_are_ints() -> None:
 
 
 def test_precomputed_noise_rejects_non_finite_draws() -> None:
-    d = torch.randn(2, 2, 3)
+    d = torch.randn(2, 2, 3, generator=torch.Generator().manual_seed(0))
     d[1, 0, 2] = float("nan")
     with pytest.raises(ValueError, match="draws must be finite"):
         PrecomputedNoise(d)
