@@ -255,7 +255,10 @@ def test_vp_sigma_and_inverse_domain_and_range() -> None:
     # The float32 exponent z ~ 122 carries a rounding error up to z 2^-24 ~ 7e-6, which exp(z/2) turns into
     # a relative error of about 4e-6: compare at 1e-5.
     torch.testing.assert_close(vp_sigma(t), vp_sigma(t.double()).float(), rtol=1e-5, atol=0)
-    s = torch.tensor([1e30, 1e20, 0.5])  # sigma^2 overflows float32; t(sigma) does not
+    too_big = r"sigma must be <= 1\.845e\+19 here, got sigma\[0\] = 1\.00\d*e\+20; sigma\^2 overflows torch\.float32"
+    with pytest.raises(ValueError, match=too_big):
+        vp_sigma_inv(torch.tensor([1e20, 0.5]))  # sigma^2 overflows float32 (gave inf/inf = NaN)
+    s = torch.tensor([1e19, 1e10, 0.5])  # below the limit: float32 agrees with float64 to its round-off
     torch.testing.assert_close(vp_sigma_inv(s), vp_sigma_inv(s.double()).float(), rtol=2e-6, atol=0)
     # Both agree with the Table 1 transcription across the switch between their two branches (z = 1, sigma = 1).
     tt = torch.linspace(0.0, 1.0, 101, dtype=torch.float64)

@@ -216,11 +216,13 @@ def first_bad(t: Tensor, bad: Tensor) -> str:
     return f"[{where}] = {t[idx].item()!r}"
 
 
-def check_nonnegative_values(t: Tensor, name: str, *, fix: str, positive: bool = False) -> Tensor:
-    """Reject NaN, infinite or negative (with ``positive``, also zero) entries of ``t`` when that is free (see
-    :func:`values_on_host`); otherwise (accelerator, compile, tracing) return ``t`` with those entries, except
-    +inf, set to NaN, so the result is NaN (caught by the samplers' finite check) rather than finite and wrong.
-    Never syncs.
+def check_nonnegative_values(
+    t: Tensor, name: str, *, fix: str, positive: bool = False, maximum: float = math.inf, too_large: str = ""
+) -> Tensor:
+    """Reject NaN, infinite or negative (with ``positive``, also zero) entries of ``t``, and entries above a finite
+    ``maximum`` (``too_large`` says why), when that is free (see :func:`values_on_host`); otherwise (accelerator,
+    compile, tracing) return ``t`` with negative or NaN entries set to NaN, so the result is NaN (caught by the
+    samplers' finite check) rather than finite and wrong. Never syncs.
 
     The host check reads small tensors through ``tolist`` (about 2 us for a batch of 16, a tenth of the
     tensor-op version): it runs on every denoiser call of a CPU sampling loop.
@@ -231,14 +233,20 @@ def check_nonnegative_values(t: Tensor, name: str, *, fix: str, positive: bool =
             if t.numel() <= 4096:
                 vals = t.detach().reshape(-1).tolist()
                 ok = all(lo < v < math.inf for v in vals) if positive else all(lo <= v < math.inf for v in vals)
+                big = maximum < math.inf and any(v > maximum for v in vals)
             else:
                 ok = bool((torch.isfinite(t) & ((t > lo) if positive else (t >= lo))).all())
+                big = maximum < math.inf and bool((t > maximum).any())
         except RuntimeError:  # a functorch transform (vmap) cannot read values: fall back to NaN
             return nan_where_invalid(t, (t > lo) if positive else (t >= lo))
         if not ok:
             valid = torch.isfinite(t) & ((t > lo) if positive else (t >= lo))
             bound = "> 0" if positive else ">= 0"
             raise ValueError(f"{name} must be finite and {bound}, got {name}{first_bad(t, ~valid)}; {fix}")
+        if big:
+            raise ValueError(
+                f"{name} must be <= {maximum:.4g} here, got {name}{first_bad(t, t > maximum)}; {too_large}"
+            )
         return t
     # NaN fails the comparison too; +inf is left to give inf/NaN by itself.
     return nan_where_invalid(t, (t > lo) if positive else (t >= lo))
