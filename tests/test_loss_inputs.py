@@ -6,6 +6,7 @@ The statistical tests of the losses live in test_loss.py; this file only checks 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,6 +26,13 @@ from edm_samplers import (
 )
 
 LOSSES = [EDMLoss, VPLoss, VELoss]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _keep_global_rng() -> Iterator[None]:
+    # Calls without generator= draw from torch's global RNG; restore it so later tests see the same stream.
+    with torch.random.fork_rng(devices=[]):
+        yield
 
 
 def _images(batch: int = 4) -> Tensor:
