@@ -123,3 +123,25 @@ def test_frechet_distance_of_samples() -> None:
         es.frechet_distance(a, b[:, :2])
     with pytest.raises(ValueError, match="at least 2 samples"):
         es.frechet_distance(a[:1], b)
+
+
+# ---- issue 11: tuned schedules under bad input --------------------------------------------------
+
+
+def test_digits_schedule_rejects_non_int_nfe_and_bad_types() -> None:
+    good = es.models.digits_schedule("heun", 5)
+    assert good.dtype == torch.float64 and good[-1].item() == 0.0 and bool((good[1:] < good[:-1]).all())
+    with pytest.raises(TypeError, match=r"nfe must be an int, got float 5\.7"):
+        es.models.digits_schedule("heun", 5.7)  # type: ignore[arg-type]  # silently meant nfe=5
+    with pytest.raises(TypeError, match=r"nfe must be an int, got bool"):
+        es.models.digits_schedule("heun", True)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"nfe must be >= 1"):
+        es.models.digits_schedule("heun", 0)
+    with pytest.raises(TypeError, match=r"solver must be a solver name \(str\)"):
+        es.models.digits_schedule(3, 5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"dtype must be a floating torch\.dtype"):
+        es.models.digits_schedule("heun", 5, dtype=torch.int64)
+    with pytest.raises(KeyError, match=r"no tuned digits schedule for solver='heun' at nfe=7"):
+        es.models.digits_schedule("heun", 7)
+    half = es.models.digits_schedule("heun", 5, dtype=torch.float16)
+    torch.testing.assert_close(half.double(), good, rtol=1e-3, atol=0)  # float16 keeps 11 bits

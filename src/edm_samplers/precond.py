@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ._validate import check_float, check_int, check_sigmas
+from ._validate import check_float, check_int, check_nonnegative_values, check_sigmas, check_strict_schedule
 from .schedules import iddpm_grid, vp_sigma, vp_sigma_inv
 
 __all__ = [
@@ -73,8 +73,63 @@ def _as_sigma(sigma: SigmaLike) -> Tensor:
             raise TypeError(f"sigma must be a floating-point tensor, got dtype {sigma.dtype}")
         return sigma
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
-        raise TypeError(f"sigma must be a tensor or a real number, got {type(sigma).__name__}")
+        raise TypeError(f"sigma must be a tensor or a real number, got {type(sigma).__name__} {sigma!r}")
     return torch.tensor(float(sigma), dtype=torch.float64)
+
+
+_SIGMA_FIX = "noise levels are finite and >= 0 (a sampler's schedule is checked once at its entry)"
+_FORWARD_FIX = (
+    "a denoiser is evaluated at sigma > 0 only (D(x; 0) = x needs no network: the samplers' last step to 0 "
+    "does not call it)"
+)
+
+
+def _checked_sigma(sigma: SigmaLike) -> Tensor:
+    """sigma as a tensor, rejected if negative, NaN or infinite where that is free to check.
+
+    Numbers and CPU tensors in eager mode are checked on the host (a few microseconds, no device sync). On an
+    accelerator, under ``torch.compile`` or while tracing, nothing is read back (that would synchronise inside
+    every sampler step, or break the graph): a negative or NaN sigma becomes NaN instead, so D is NaN (the
+    samplers' finite check reports it) rather than finite and wrong (VP and iDDPM would silently use
+    |sigma|). The samplers validate their whole schedule once at entry anyway.
+    """
+    return check_nonnegative_values(_as_sigma(sigma), "sigma", fix=_SIGMA_FIX)
+
+
+# sqrt(sigma^2 + c^2) through hypot: sigma^2 alone overflows float32 at sigma = 1.8e19, where the direct
+# forms gave c_in = 0 and c_out = 0, a finite and wrong D. sigma_data enters as a divisor or through hypot,
+# never as a float32 constant it may not fit in (full_like(s, 1e300) raises).
+def _edm(s: Tensor, sd: float) -> Scalings:
+    r = torch.hypot(s / sd, torch.ones_like(s)).reciprocal()  # sigma_data / sqrt(sigma^2 + sigma_data^2)
+    c_in = r / sd if sd >= 1.0 else torch.hypot(s, torch.full_like(s, sd)).reciprocal()
+    return Scalings(c_skip=r * r, c_out=s * r, c_in=c_in, c_noise=torch.log(s) / 4)
+
+
+def _vp_c_in(s: Tensor) -> Tensor:
+    return torch.hypot(s, torch.ones_like(s)).reciprocal()  # 1 / sqrt(sigma^2 + 1)
+
+
+def _vp(s: Tensor, bd: float, bm: float, m: int) -> Scalings:
+    return Scalings(
+        c_skip=torch.ones_like(s),
+        c_out=-s,
+        c_in=_vp_c_in(s),
+        c_noise=(m - 1) * vp_sigma_inv(s, bd, bm),
+    )
+
+
+def _ve(s: Tensor) -> Scalings:
+    return Scalings(c_skip=torch.ones_like(s), c_out=s, c_in=torch.ones_like(s), c_noise=torch.log(0.5 * s))
+
+
+def _iddpm(s: Tensor, m: int, u: Tensor) -> Scalings:
+    j = _iddpm_index(s, u)
+    return Scalings(
+        c_skip=torch.ones_like(s),
+        c_out=-s,
+        c_in=_vp_c_in(s),
+        c_noise=(m - 1 - j).to(s.dtype),
+    )
 
 
 def edm_scalings(sigma: SigmaLike, sigma_data: float = 0.5) -> Scalings:
@@ -84,42 +139,34 @@ def edm_scalings(sigma: SigmaLike, sigma_data: float = 0.5) -> Scalings:
     c_in = 1 / sqrt(sigma^2 + sigma_data^2), c_noise = ln(sigma) / 4.
 
     Args:
-        sigma: noise level(s), a tensor of any shape or a number (-> float64 0-d tensor).
+        sigma: noise level(s) >= 0, a floating tensor of any shape or a number (-> float64 0-d tensor).
         sigma_data: standard deviation of the data, > 0.
+
+    Raises:
+        TypeError: for a non-floating sigma. ValueError: for a bad sigma_data, or a negative, NaN or infinite
+            sigma given as a number or CPU tensor (elsewhere such entries give NaN coefficients; no sync).
     """
-    s = _as_sigma(sigma)
     sd = check_float(sigma_data, "sigma_data", positive=True)
-    var = s**2 + sd**2
-    return Scalings(
-        c_skip=sd**2 / var,
-        c_out=s * sd * torch.rsqrt(var),
-        c_in=torch.rsqrt(var),
-        c_noise=torch.log(s) / 4,
-    )
+    return _edm(_checked_sigma(sigma), sd)
 
 
 def vp_scalings(sigma: SigmaLike, beta_d: float = 19.9, beta_min: float = 0.1, M: int = 1000) -> Scalings:
     """VP (Song et al. 2021) as EDM coefficients: c_skip = 1, c_out = -sigma, c_in = 1/sqrt(sigma^2 + 1),
     c_noise = (M - 1) t with t = sigma^-1(sigma) = (sqrt(beta_min^2 + 2 beta_d ln(sigma^2 + 1)) - beta_min) / beta_d.
 
-    F is an eps-predictor of the scaled input x / sqrt(1 + sigma^2): D = x - sigma eps.
+    F is an eps-predictor of the scaled input x / sqrt(1 + sigma^2): D = x - sigma eps. sigma is checked as in
+    :func:`edm_scalings`.
     """
-    s = _as_sigma(sigma)
     bd = check_float(beta_d, "beta_d", positive=True)
     bm = check_float(beta_min, "beta_min", nonnegative=True)
     m = check_int(M, "M", minimum=2)
-    return Scalings(
-        c_skip=torch.ones_like(s),
-        c_out=-s,
-        c_in=torch.rsqrt(s**2 + 1),
-        c_noise=(m - 1) * vp_sigma_inv(s, bd, bm),
-    )
+    return _vp(_checked_sigma(sigma), bd, bm, m)
 
 
 def ve_scalings(sigma: SigmaLike) -> Scalings:
-    """VE (Song et al. 2021): c_skip = 1, c_out = sigma, c_in = 1, c_noise = ln(sigma / 2)."""
-    s = _as_sigma(sigma)
-    return Scalings(c_skip=torch.ones_like(s), c_out=s, c_in=torch.ones_like(s), c_noise=torch.log(0.5 * s))
+    """VE (Song et al. 2021): c_skip = 1, c_out = sigma, c_in = 1, c_noise = ln(sigma / 2). sigma is checked as
+    in :func:`edm_scalings`."""
+    return _ve(_checked_sigma(sigma))
 
 
 @functools.lru_cache(maxsize=8)
@@ -142,22 +189,20 @@ def iddpm_scalings(
     :func:`~edm_samplers.iddpm_grid`.
 
     Args:
-        sigma: noise level(s).
+        sigma: noise level(s), checked as in :func:`edm_scalings`.
         c1, c2, M: the grid's constants (Table 1: 0.001, 0.008, 1000).
         grid: a precomputed ``iddpm_grid(...)`` (length M + 1) to skip rebuilding it (it is cached anyway).
     """
-    s = _as_sigma(sigma)
     m = check_int(M, "M", minimum=2)
-    u = _cached_grid(float(c1), float(c2), m) if grid is None else grid
+    if grid is None:
+        u = _cached_grid(check_float(c1, "c1", positive=True), check_float(c2, "c2", nonnegative=True), m)
+    else:
+        u = grid
+        if not isinstance(u, Tensor) or not u.is_floating_point():
+            raise TypeError(f"grid must be a floating tensor iddpm_grid(m=M), got {type(u).__name__}")
     if u.ndim != 1 or u.numel() != m + 1:
         raise ValueError(f"grid must be iddpm_grid(m=M) of length M + 1 = {m + 1}, got shape {tuple(u.shape)}")
-    j = _iddpm_index(s, u)
-    return Scalings(
-        c_skip=torch.ones_like(s),
-        c_out=-s,
-        c_in=torch.rsqrt(s**2 + 1),
-        c_noise=(m - 1 - j).to(s.dtype),
-    )
+    return _iddpm(_checked_sigma(sigma), m, u)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -186,11 +231,24 @@ def _net_dtype(net: object, net_dtype: torch.dtype | None) -> torch.dtype | None
 
 
 def _compute_dtype_and_sigma(x: object, sigma: SigmaLike) -> tuple[torch.dtype, Tensor]:
-    """Shared entry of every wrapper: x's dtype promoted to >= float32, and sigma as a ``[batch]`` tensor in it."""
+    """Shared entry of every wrapper: x's dtype promoted to >= float32, and sigma as a ``[batch]`` tensor in it.
+
+    A sigma tensor must live on x's device (a 0-d CPU tensor is accepted, as torch accepts CPU scalars): a
+    silent copy would be a host-device transfer per call, and a meta/other-device sigma failed deep in torch.
+    """
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 1:
-        raise TypeError("x must be a floating-point tensor of shape [batch, ...]")
+        got = f"dtype {x.dtype}, shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+        raise TypeError(f"x must be a floating-point tensor of shape [batch, ...], got {got}")
+    if isinstance(sigma, Tensor) and sigma.device != x.device and not (sigma.ndim == 0 and sigma.device.type == "cpu"):
+        raise ValueError(
+            f"sigma is on {sigma.device} but x is on {x.device}; move it with sigma.to(x.device) (only a 0-d CPU "
+            "tensor or a number may accompany x on another device)"
+        )
     cdt = torch.promote_types(x.dtype, torch.float32)
-    s = _as_sigma(sigma).to(device=x.device, dtype=cdt)
+    # Checked in the compute dtype (a float64 1e-50 is 0 in float32) but before the move to x's device, so a
+    # number or 0-d CPU sigma is checked on the host even for an x on an accelerator.
+    s = check_nonnegative_values(_as_sigma(sigma).to(dtype=cdt), "sigma", fix=_FORWARD_FIX, positive=True)
+    s = s.to(device=x.device)
     if s.ndim == 0:
         s = s.expand(x.shape[0])
     elif s.shape != (x.shape[0],):
@@ -245,14 +303,22 @@ class Precond(nn.Module, metaclass=abc.ABCMeta):
     def scalings(self, sigma: Tensor) -> Scalings:
         """The coefficients (c_skip, c_out, c_in, c_noise) at noise levels ``sigma``."""
 
+    def _scalings_checked_sigma(self, s: Tensor) -> Scalings:
+        # forward has already checked s (once per call); the built-in wrappers skip a second check here.
+        return self.scalings(s)
+
     def round_sigma(self, sigma: SigmaLike) -> Tensor:
         """Map sigma to a level the network supports: the identity for continuous-time models."""
-        return _as_sigma(sigma)
+        return _checked_sigma(sigma)
 
     def forward(self, x: Tensor, sigma: SigmaLike, **cond: Any) -> Tensor:
-        """D(x; sigma) for ``x`` of shape ``[batch, ...]`` (any rank) and sigma ``[batch]`` or a scalar."""
+        """D(x; sigma) for ``x`` of shape ``[batch, ...]`` (any rank) and sigma ``[batch]`` or a scalar.
+
+        sigma must be finite, > 0 and on x's device (see :func:`edm_scalings` for how it is checked without a
+        sync; at sigma = 0, c_noise = ln(sigma)/4 would be -inf for the network, while D(x; 0) = x needs none).
+        """
         cdt, s = _compute_dtype_and_sigma(x, sigma)
-        sc = self.scalings(s)
+        sc = self._scalings_checked_sigma(s)
         xc = x.to(cdt)
         x_in = _append_dims(sc.c_in, x.ndim) * xc
         c_noise = sc.c_noise
@@ -271,6 +337,8 @@ class Precond(nn.Module, metaclass=abc.ABCMeta):
             )
         if not f.is_floating_point():
             raise TypeError(f"net must return a floating-point tensor, got dtype {f.dtype}")
+        if f.device != x.device:
+            raise ValueError(f"net returned a tensor on {f.device} for an input on {x.device}; return it on x's device")
         return _append_dims(sc.c_skip, x.ndim) * xc + _append_dims(sc.c_out, x.ndim) * f.to(cdt)
 
     def _call_net(self, x_in: Tensor, c_noise: Tensor, cond: dict[str, Any]) -> Any:
@@ -304,6 +372,9 @@ class EDMPrecond(Precond):
 
     def scalings(self, sigma: Tensor) -> Scalings:
         return edm_scalings(sigma, self.sigma_data)
+
+    def _scalings_checked_sigma(self, s: Tensor) -> Scalings:
+        return _edm(s, self.sigma_data)
 
 
 class VPPrecond(Precond):
@@ -342,6 +413,9 @@ class VPPrecond(Precond):
     def scalings(self, sigma: Tensor) -> Scalings:
         return vp_scalings(sigma, self.beta_d, self.beta_min, self.M)
 
+    def _scalings_checked_sigma(self, s: Tensor) -> Scalings:
+        return _vp(s, self.beta_d, self.beta_min, self.M)
+
 
 class VEPrecond(Precond):
     """VE preconditioning (Table 1, "VE" column; Song et al. 2021's NCSN++): D = x + sigma F(x, ln(sigma/2)).
@@ -364,6 +438,9 @@ class VEPrecond(Precond):
 
     def scalings(self, sigma: Tensor) -> Scalings:
         return ve_scalings(sigma)
+
+    def _scalings_checked_sigma(self, s: Tensor) -> Scalings:
+        return _ve(s)
 
 
 class iDDPMPrecond(Precond):
@@ -405,9 +482,12 @@ class iDDPMPrecond(Precond):
     def scalings(self, sigma: Tensor) -> Scalings:
         return iddpm_scalings(sigma, M=self.M, grid=self.u)
 
+    def _scalings_checked_sigma(self, s: Tensor) -> Scalings:
+        return _iddpm(s, self.M, self.u)
+
     def round_sigma(self, sigma: SigmaLike) -> Tensor:
         """The trained level u_j nearest to sigma (same shape and dtype as sigma)."""
-        s = _as_sigma(sigma)
+        s = _checked_sigma(sigma)
         j = _iddpm_index(s, self.u)
         return self.u.to(device=s.device, dtype=s.dtype)[j]
 
@@ -432,6 +512,17 @@ def _split_variance(f: Tensor, x_shape: torch.Size, name: str) -> Tensor:
 # Fitting a schedule to a denoiser
 
 
+def _range_attr(denoiser: object, name: str, default: float) -> float:
+    v = getattr(denoiser, name, default)
+    if isinstance(v, Tensor) and v.numel() == 1:
+        v = v.item()
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"denoiser.{name} must be a real number, got {type(v).__name__} {v!r}")
+    if math.isnan(v):
+        raise ValueError(f"denoiser.{name} must not be NaN")
+    return float(v)
+
+
 def clamp_to(sigmas: Tensor, denoiser: object, *, round: bool = True) -> Tensor:
     """Clamp (and round) the positive levels of a schedule to a denoiser's valid range, explicitly.
 
@@ -445,25 +536,56 @@ def clamp_to(sigmas: Tensor, denoiser: object, *, round: bool = True) -> Tensor:
         round: apply ``round_sigma`` (discrete-time models) after clamping.
 
     Returns:
-        The fitted schedule, in ``sigmas``' dtype and on its device.
+        The fitted schedule, in ``sigmas``' dtype and on its device: positive, strictly decreasing levels,
+        then the final 0 if ``sigmas`` had one.
+
+    Raises:
+        ValueError / TypeError: for an invalid schedule, a denoiser whose range is not two numbers with
+            sigma_min < sigma_max, a ``round_sigma`` that does not return one finite positive level per input
+            level in the same order (e.g. ``lambda s: -s`` or ``lambda s: 0 * s``), or levels that
+            ``sigmas``' dtype cannot hold apart.
     """
     s = check_sigmas(sigmas)
-    lo = float(getattr(denoiser, "sigma_min", 0.0))
-    hi = float(getattr(denoiser, "sigma_max", math.inf))
-    if math.isnan(lo) or math.isnan(hi) or not lo < hi:
-        raise ValueError(f"denoiser has an invalid range sigma_min={lo}, sigma_max={hi}")
+    lo = _range_attr(denoiser, "sigma_min", 0.0)
+    hi = _range_attr(denoiser, "sigma_max", math.inf)
+    if not 0 <= lo < hi:
+        raise ValueError(
+            f"denoiser has an invalid range sigma_min={lo}, sigma_max={hi}; it needs 0 <= sigma_min < sigma_max"
+        )
     pos = s[s > 0].clamp(lo, hi)
     rs = getattr(denoiser, "round_sigma", None)
     if round and rs is not None:
         if not callable(rs):
             raise TypeError("denoiser.round_sigma must be callable")
-        pos = torch.as_tensor(rs(pos)).detach().to(device="cpu", dtype=torch.float64).reshape(pos.shape)
+        r = rs(pos)
+        if isinstance(r, (list, tuple)):
+            r = torch.tensor(r, dtype=torch.float64) if all(isinstance(v, (int, float)) for v in r) else r
+        if not isinstance(r, Tensor) or r.numel() != pos.numel() or not r.is_floating_point():
+            got = f"dtype {r.dtype}, shape {tuple(r.shape)}" if isinstance(r, Tensor) else type(r).__name__
+            raise TypeError(f"denoiser.round_sigma must map a [N] float tensor to a [N] float tensor, got {got}")
+        rounded = r.detach().to(device="cpu", dtype=torch.float64).reshape(pos.shape)
+        if not bool(torch.isfinite(rounded).all()) or not bool((rounded > 0).all()):
+            raise ValueError(
+                f"denoiser.round_sigma returned non-positive or non-finite levels {rounded.tolist()} "
+                f"for {pos.tolist()}; it must map each level to a nearby positive one"
+            )
+        if bool((rounded[1:] > rounded[:-1]).any()):
+            raise ValueError(
+                f"denoiser.round_sigma reversed the order of the levels: {pos.tolist()} -> {rounded.tolist()}; "
+                "it must be non-decreasing in sigma"
+            )
+        pos = rounded
     keep = torch.ones_like(pos, dtype=torch.bool)
     keep[1:] = pos[1:] != pos[:-1]
     out = pos[keep]
-    if s[-1] == 0:
+    ends_in_zero = bool(s[-1] == 0)
+    if ends_in_zero:
         out = torch.cat([out, out.new_zeros(1)])
-    return out.to(device=sigmas.device if isinstance(sigmas, Tensor) else None, dtype=_out_dtype(sigmas))
+    out = out.to(dtype=_out_dtype(sigmas))
+    check_strict_schedule(
+        out, f"clamp_to(sigmas, denoiser) in {out.dtype}", final_zero=ends_in_zero, fix="fit a float32/float64 schedule"
+    )
+    return out.to(device=sigmas.device if isinstance(sigmas, Tensor) else None)
 
 
 def _out_dtype(sigmas: object) -> torch.dtype:

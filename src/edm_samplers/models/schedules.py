@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._validate import check_sigmas
+from .._validate import check_float_dtype, check_int, check_sigmas, check_strict_schedule
 
 __all__ = ["SCHEDULES_FILE", "digits_schedule", "digits_schedules"]
 
@@ -47,14 +47,28 @@ def digits_schedule(solver: str, nfe: int, *, dtype: torch.dtype = torch.float64
         sig = es.models.digits_schedule("unipc3", 5)
         imgs = es.generate(den, range(64), (1, 8, 8), sig, sampler=es.unipc_sample, order=3)
 
+    Args:
+        solver: a solver name of :func:`digits_schedules` (str).
+        nfe: the number of network evaluations (int; a float is not rounded, it is an error).
+        dtype: a floating dtype for the result; it must hold the levels apart.
+
     Raises:
+        TypeError: for a non-str ``solver``, a non-int ``nfe`` or a non-floating ``dtype``.
+        ValueError: for ``nfe`` < 1, or a ``dtype`` that merges levels.
         KeyError: if no schedule was tuned for that solver and NFE (the message lists those on offer).
     """
+    if not isinstance(solver, str):
+        raise TypeError(f"solver must be a solver name (str), got {type(solver).__name__} {solver!r}")
+    n = check_int(nfe, "nfe", minimum=1)
+    dt = check_float_dtype(dtype)
     table = _load()["schedules"]
     try:
-        values = table[solver][str(int(nfe))]
+        values = table[solver][str(n)]
     except KeyError:
         raise KeyError(
-            f"no tuned digits schedule for solver={solver!r} at nfe={nfe}; available: {digits_schedules()}"
+            f"no tuned digits schedule for solver={solver!r} at nfe={n}; available: {digits_schedules()}"
         ) from None
-    return check_sigmas(values, name="tuned schedule", final_zero=True).to(dtype)
+    s = check_sigmas(values, name="tuned schedule", final_zero=True)
+    return check_strict_schedule(
+        s.to(dt), f"digits_schedule({solver!r}, {n}) in {dt}", fix="use dtype=torch.float32 or torch.float64"
+    )
