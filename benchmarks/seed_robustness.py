@@ -74,10 +74,10 @@ def replica_precond_target_variance(seed: int) -> dict[str, float]:
 
 
 def replica_models_frechet(seed: int) -> dict[str, float]:
-    """tests/test_models.py::test_frechet_distance_of_samples: N(0, I) vs N(1, 4 I) in 3-d, 4000 samples each."""
+    """tests/test_models.py::test_frechet_distance_of_samples: N(0, I) vs N(1, 4 I) in 3-d, 40000 samples each."""
     g = torch.Generator().manual_seed(seed)
-    a = torch.randn(4000, 3, generator=g, dtype=torch.float64)
-    b = torch.randn(4000, 3, generator=g, dtype=torch.float64) * 2 + 1
+    a = torch.randn(40000, 3, generator=g, dtype=torch.float64)
+    b = torch.randn(40000, 3, generator=g, dtype=torch.float64) * 2 + 1
     fd = frechet_distance(a, b)
     assert abs(fd - 6.0) <= 0.3
     return {"frechet": fd}
