@@ -4,6 +4,7 @@ signature (real weights cannot be downloaded here); the real extractor is exerci
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -165,15 +166,12 @@ def test_clear_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, standin: 
 
 def test_real_extractor_loads_local_weights_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """torch-fidelity's Inception-v3 with a local (here randomly initialised) state dict: [N, 2048] float64."""
+    # Skipped (visibly) without the fid extra; test_torch_fidelity_missing_is_named covers that case and
+    # test_weights_are_read_once_and_checked the loading logic with a stand-in for the extractor.
+    fe = pytest.importorskip(
+        "torch_fidelity.feature_extractor_inceptionv3", reason="torch-fidelity (the fid extra) is not installed"
+    )
     F._load_inception.cache_clear()
-    try:
-        import torch_fidelity.feature_extractor_inceptionv3 as fe
-    except ImportError:  # the fid extra is absent: the message names it
-        with pytest.raises(SystemExit, match=r"torch-fidelity: pip install 'edm-samplers\[fid\]'"):
-            F._inception_features(
-                torch.zeros(2, 3, 8, 8, dtype=torch.uint8), str(tmp_path / "w.pth"), torch.device("cpu")
-            )
-        return
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
     with pytest.raises(SystemExit, match="not a tensor state dict"):
@@ -189,6 +187,76 @@ def test_real_extractor_loads_local_weights_only(tmp_path: Path, monkeypatch: py
     f = F._inception_features(imgs, str(tmp_path / F.INCEPTION_FILE), torch.device("cpu"))
     assert f.shape == (2, 2048) and f.dtype == torch.float64 and bool(torch.isfinite(f).all())
     assert bool((f >= 0).all())  # pool3 averages ReLU outputs
+    net = F._load_inception(str(tmp_path / F.INCEPTION_FILE), "cpu")
+    assert type(net) is fe.FeatureExtractorInceptionV3
+    assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())  # the file's weights, all of them
+    F._load_inception.cache_clear()
+
+
+class _Extractor(torch.nn.Module):
+    """Stand-in for torch-fidelity's FeatureExtractorInceptionV3 with its constructor's contract (0.3, 0.4):
+    ``torch.load(path, weights_only=False)`` then ``self.load_state_dict(...)``; no path means a download."""
+
+    def __init__(self, name: str, features_list: list[str], feature_extractor_weights_path: Any = None) -> None:
+        super().__init__()
+        assert (name, features_list) == ("inception-v3-compat", ["2048"])
+        self.Mixed_7c = torch.nn.Module()
+        self.Mixed_7c.branch_pool = torch.nn.Module()
+        self.Mixed_7c.branch_pool.conv = torch.nn.Conv2d(3, 4, 1)
+        if feature_extractor_weights_path is None:
+            raise AssertionError("the constructor would download the weights")
+        self.load_state_dict(torch.load(feature_extractor_weights_path, weights_only=False))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
+        return (self.Mixed_7c.branch_pool.conv(x.float()).mean((2, 3)),)
+
+
+class _Evil:
+    """Unpickling this with weights_only=False would run code; weights_only=True refuses the global."""
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (print, ("pwned",))
+
+
+def test_weights_are_read_once_and_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    pkg, mod = types.ModuleType("torch_fidelity"), types.ModuleType("torch_fidelity.feature_extractor_inceptionv3")
+    mod.FeatureExtractorInceptionV3 = _Extractor  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "torch_fidelity", pkg)
+    monkeypatch.setitem(sys.modules, "torch_fidelity.feature_extractor_inceptionv3", mod)
+    calls: list[tuple[Any, Any]] = []
+    real_load = torch.load
+
+    def counting_load(f: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append((f, kwargs.get("weights_only")))
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, 1).state_dict()
+    state = {f"Mixed_7c.branch_pool.conv.{k}": v + 1 for k, v in conv.items()}  # not what the constructor draws
+    path = str(tmp_path / F.INCEPTION_FILE)
+    torch.save(state, path)
+    F._load_inception.cache_clear()
+    imgs = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    f = F._inception_features(imgs, path, torch.device("cpu"))
+    F._inception_features(imgs, path, torch.device("cpu"))  # cached: no second read
+    net = F._load_inception(path, "cpu")
+    F._load_inception.cache_clear()
+    assert type(net) is _Extractor  # no subclass left behind on the returned network
+    assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
+    assert f.shape == (2, 4) and f.dtype == torch.float64
+    # The file: one torch.load, with weights_only=True. The constructor's own weights_only=False load got
+    # an in-memory placeholder, never a path.
+    assert [w for p, w in calls if isinstance(p, (str, Path))] == [True]
+    assert all(w is True or isinstance(p, io.BytesIO) for p, w in calls)
+    # A pickle that would run code is refused before any network is built.
+    calls.clear()
+    torch.save({**state, "evil": _Evil()}, tmp_path / "evil.pth")
+    with pytest.raises(SystemExit, match="not a tensor state dict"):
+        F._inception_features(imgs, str(tmp_path / "evil.pth"), torch.device("cpu"))
+    assert [w for _, w in calls] == [True]
     F._load_inception.cache_clear()
 
 

@@ -48,9 +48,9 @@ def test_per_sample_errors() -> None:
         PerSampleNoise(range(3)).randn((4, 2), **F32)
     with pytest.raises(ValueError, match="at least one seed"):
         PerSampleNoise([])
-    with pytest.raises(TypeError, match="non-negative ints"):
+    with pytest.raises(ValueError, match=r"seeds must be in \[0, 2\*\*64\).*got -2"):
         PerSampleNoise([1, -2])
-    with pytest.raises(TypeError, match="non-negative ints"):
+    with pytest.raises(TypeError, match=r"seeds must be ints.*got float 1\.5"):
         PerSampleNoise([1.5])  # type: ignore[list-item]
 
 
@@ -80,3 +80,71 @@ def test_as_noise_source() -> None:
     assert as_noise_source(src) is src
     with pytest.raises(TypeError, match="noise must be a NoiseSource"):
         as_noise_source(42)
+
+
+# ---- issue 11: no bad input gives a silent wrong answer -----------------------------------------
+
+
+SOURCES = [
+    lambda: PerSampleNoise([3, 4]),
+    lambda: GlobalNoise(torch.Generator()),
+    lambda: PrecomputedNoise(torch.randn(2, 2, 3, generator=torch.Generator().manual_seed(0))),
+]
+
+
+@pytest.mark.parametrize("make", SOURCES)
+def test_every_source_rejects_non_floating_dtypes(make) -> None:  # type: ignore[no-untyped-def]
+    for dtype in (torch.int64, torch.bool, torch.uint8, "float32"):
+        # PerSampleNoise(dtype=torch.int64) truncated the normal draws to (mostly zero) integers.
+        with pytest.raises(TypeError, match=r"dtype must be a floating torch\.dtype"):
+            make().randn((2, 3), dtype=dtype, device="cpu")
+    out = make().randn((2, 3), dtype=torch.float16, device="cpu")
+    assert out.dtype == torch.float16 and out.shape == (2, 3)
+
+
+@pytest.mark.parametrize("make", SOURCES)
+def test_every_source_rejects_non_int_shapes(make) -> None:  # type: ignore[no-untyped-def]
+    for shape, err, match in [
+        ((2.5, 3), TypeError, r"shape entries must be an int, got float 2\.5"),  # int() truncated it to 2
+        ((True, 3), TypeError, r"shape entries must be an int, got bool"),
+        ("23", TypeError, r"shape must be a sequence of ints"),  # int() split it into (2, 3)
+        ((2, -3), ValueError, r"shape entries must be in \[0, "),
+        ((), ValueError, r"shape must have a batch dimension"),
+    ]:
+        with pytest.raises(err, match=match):
+            make().randn(shape, dtype=torch.float32, device="cpu")
+    with pytest.raises(ValueError, match=r"device must name a device"):
+        make().randn((2, 3), dtype=torch.float32, device="gpu")
+
+
+def test_seeds_are_checked_at_construction() -> None:
+    # 2**64 was accepted and failed at the first draw ("Overflow when unpacking long long").
+    with pytest.raises(ValueError, match=r"seeds must be in \[0, 2\*\*64\).*got 18446744073709551616"):
+        PerSampleNoise([0, 2**64])
+    with pytest.raises(TypeError, match=r"seeds must be ints in \[0, 2\*\*64\), got bool True"):
+        PerSampleNoise([True])
+    with pytest.raises(TypeError, match=r"seeds must be an int, got a tensor of dtype torch\.float32"):
+        PerSampleNoise([torch.tensor(1.0)])
+    with pytest.raises(TypeError, match=r"seeds must be an iterable of ints"):
+        PerSampleNoise(7)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"seeds must be an iterable of ints"):
+        PerSampleNoise("01")  # type: ignore[arg-type]
+    top = PerSampleNoise([2**64 - 1]).randn((1, 3), **F32)  # the largest seed manual_seed takes
+    assert torch.equal(top[0], torch.randn(3, generator=torch.Generator().manual_seed(2**64 - 1)))
+
+
+def test_numpy_and_tensor_integer_seeds_are_ints() -> None:
+    np = pytest.importorskip("numpy")
+    a = PerSampleNoise(np.arange(3)).randn((3, 4), **F32)
+    b = PerSampleNoise(torch.arange(3)).randn((3, 4), **F32)
+    assert torch.equal(a, PerSampleNoise(range(3)).randn((3, 4), **F32)) and torch.equal(a, b)
+    assert all(type(s) is int for s in PerSampleNoise(np.arange(3)).seeds)
+
+
+def test_precomputed_noise_rejects_non_finite_draws() -> None:
+    d = torch.randn(2, 2, 3, generator=torch.Generator().manual_seed(0))
+    d[1, 0, 2] = float("nan")
+    with pytest.raises(ValueError, match="draws must be finite"):
+        PrecomputedNoise(d)
+    with pytest.raises(TypeError, match=r"draws must be a floating tensor .*got dtype torch\.int64"):
+        PrecomputedNoise(torch.zeros(2, 2, 3, dtype=torch.int64))

@@ -359,3 +359,135 @@ def test_float64_sampling_feeds_a_float32_network_float32() -> None:
     out32 = heun_sample(pre, x.float(), karras_sigmas(4))
     # Same float32 network; the float64 state only changes round-off of the skip arithmetic.
     torch.testing.assert_close(out64.float(), out32, rtol=1e-4, atol=1e-4)
+
+
+# ---- issue 11: no bad input gives a silent wrong answer -----------------------------------------
+
+
+def _lin_net(x_in: Tensor, c_noise: Tensor, **cond: Any) -> Tensor:
+    del cond
+    return 0.5 * x_in + c_noise.reshape(-1, *([1] * (x_in.ndim - 1)))
+
+
+WRAPPERS = [EDMPrecond, VPPrecond, VEPrecond, iDDPMPrecond]
+SCALINGS = [edm_scalings, vp_scalings, ve_scalings, iddpm_scalings]
+
+
+@pytest.mark.parametrize("wrapper", WRAPPERS)
+def test_wrappers_reject_bad_sigma(wrapper) -> None:  # type: ignore[no-untyped-def]
+    den = wrapper(_lin_net)
+    x = torch.ones(2, 3)
+    # VP and iDDPM gave a finite, wrong D for sigma = -1 (they see only sigma^2 or |u_j - sigma|); EDM/VE NaN.
+    for bad, shown in [(-1.0, "-1.0"), (float("nan"), "nan"), (float("inf"), "inf"), (0.0, "0.0")]:
+        with pytest.raises(ValueError, match=rf"sigma must be finite and > 0, got sigma = {shown}"):
+            den(x, bad)
+        with pytest.raises(ValueError, match=r"sigma must be finite and > 0, got sigma\[1\]"):
+            den(x, torch.tensor([1.0, bad]))
+    with pytest.raises(TypeError, match=r"sigma must be a floating-point tensor, got dtype torch\.int64"):
+        den(x, torch.tensor([1, 2]))
+    with pytest.raises(TypeError, match=r"sigma must be a tensor or a real number, got bool"):
+        den(x, True)
+    # float64 1e-50 is 0 in x's float32 compute dtype: checked after that cast.
+    with pytest.raises(ValueError, match=r"sigma must be finite and > 0"):
+        den(x, torch.tensor([1.0, 1e-50], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("scalings", SCALINGS)
+def test_scalings_reject_negative_sigma_and_allow_zero(scalings) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match=r"sigma must be finite and >= 0, got sigma\[0\] = -2\.0"):
+        scalings(torch.tensor([-2.0, 1.0]))
+    with pytest.raises(ValueError, match=r"sigma must be finite and >= 0, got sigma = nan"):
+        scalings(float("nan"))
+    sc = scalings(0.0)  # the exact limit: c_skip = 1, c_out = 0 (c_noise may be -inf)
+    assert sc.c_skip.item() == 1.0 and sc.c_out.item() == 0.0
+
+
+def test_no_sync_path_turns_bad_sigma_into_nan(monkeypatch: pytest.MonkeyPatch) -> None:
+    # On an accelerator (or under compile/vmap) nothing is read back: bad entries become NaN, good rows stay exact.
+    import edm_samplers._validate as v
+
+    x = torch.randn(3, 2, generator=torch.Generator().manual_seed(0))
+    sigma = torch.tensor([-1.0, 0.7, float("nan")])
+    good = {w: w(_lin_net)(x, torch.tensor([0.7, 0.7, 0.7])) for w in WRAPPERS}
+    monkeypatch.setattr(v, "values_on_host", lambda t: False)
+    for w in WRAPPERS:
+        d = w(_lin_net)(x, sigma)
+        assert bool(d[0].isnan().all()) and bool(d[2].isnan().all()), w.__name__
+        assert torch.equal(d[1], good[w][1]), w.__name__
+    assert bool(vp_scalings(torch.tensor([-1.0])).c_out.isnan().all())
+    monkeypatch.undo()
+    # the same through torch.vmap, which cannot read values back
+    c_out = torch.vmap(lambda s: vp_scalings(s).c_out)(torch.tensor([-1.0, 1.0]))
+    assert bool(c_out[0].isnan()) and c_out[1].item() == -1.0
+
+
+def test_devices_of_sigma_and_net_output_are_checked() -> None:
+    den = EDMPrecond(_lin_net)
+    x = torch.ones(2, 3)
+    with pytest.raises(ValueError, match=r"sigma is on meta but x is on cpu; move it with sigma\.to\(x\.device\)"):
+        den(x, torch.ones(2, device="meta"))
+    with pytest.raises(ValueError, match=r"net returned a tensor on meta for an input on cpu"):
+        EDMPrecond(lambda x_in, c: _lin_net(x_in, c).to("meta"))(x, 1.0)
+    assert den(x, torch.tensor(1.0)).shape == x.shape  # a 0-d CPU tensor is a scalar, as in torch
+
+
+def test_clamp_sigmas_checks_round_sigma_and_the_range() -> None:
+    sig = karras_sigmas(6)
+
+    class Den:
+        sigma_min, sigma_max = 0.01, 50.0
+
+        def __init__(self, rs: Any) -> None:
+            self.round_sigma = rs
+
+    for rs, match in [
+        (lambda s: -s, "non-positive or non-finite"),  # gave a negative schedule
+        (lambda s: 0 * s, "non-positive or non-finite"),  # gave zeros before the end
+        (lambda s: s.flip(0), "reversed the order"),
+        (lambda s: s[:2], r"must map a \[N\] float tensor"),
+        (lambda s: s.long(), r"must map a \[N\] float tensor"),
+    ]:
+        with pytest.raises((ValueError, TypeError), match=match):
+            clamp_sigmas(sig, denoiser=Den(rs))
+    assert torch.equal(
+        clamp_sigmas(sig, denoiser=Den(lambda s: s.tolist())), clamp_sigmas(sig, denoiser=Den(lambda s: s))
+    )
+
+    class Bad:
+        sigma_min = "0.1"
+
+    with pytest.raises(TypeError, match=r"denoiser\.sigma_min must be a real number, got str"):
+        clamp_sigmas(sig, denoiser=Bad())
+    Bad.sigma_min = float("nan")  # type: ignore[assignment]
+    with pytest.raises(ValueError, match=r"denoiser\.sigma_min must not be NaN"):
+        clamp_sigmas(sig, denoiser=Bad())
+    s16 = torch.tensor([2.0, 0.5, 0.0], dtype=torch.float16)
+    with pytest.raises(ValueError, match=r"clamp_sigmas.*float16.*not strictly decreasing"):
+        clamp_sigmas(s16, denoiser=EDMPrecond(_lin_net, sigma_min=1.0001, sigma_max=1.0002))
+
+
+def test_scalings_do_not_overflow_at_huge_sigma() -> None:
+    # sigma^2 overflows float32 at 1.8e19: the direct forms gave c_in = c_out = 0 there (a finite, wrong D).
+    s32 = torch.tensor([1e20, 3e30])
+    s64 = s32.double()
+    for fn in (edm_scalings, iddpm_scalings):
+        got, want = fn(s32), fn(s64)
+        for name, g, w in zip(Scalings._fields, got, want, strict=True):
+            # float32 round-off of a few operations; c_skip ~ 1e-41 is subnormal in float32: absolute bound
+            torch.testing.assert_close(g.double(), w, rtol=1e-6, atol=1e-44, msg=f"{fn.__name__}.{name}")
+    assert edm_scalings(s32).c_out[0].item() == pytest.approx(0.5, rel=1e-6)
+    assert iddpm_scalings(s32).c_in[0].item() == pytest.approx(1e-20, rel=1e-6)
+    # VP's time needs ln(sigma^2 + 1), which float32 cannot form there: a clear error, not NaN.
+    with pytest.raises(ValueError, match=r"sigma\^2 overflows torch\.float32"):
+        vp_scalings(s32)
+    torch.testing.assert_close(vp_scalings(s64).c_in, 1 / s64, rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("sigma_data", [1e-300, 1e-30, 0.5, 1e30, 1e300])
+def test_edm_scalings_with_extreme_sigma_data_in_float32(sigma_data: float) -> None:
+    # float32 sigma: sigma_data never becomes a float32 constant it does not fit in (it raised or gave inf).
+    s = torch.tensor([1e-3, 1.0, 1e3])
+    got, want = edm_scalings(s, sigma_data), edm_scalings(s.double(), sigma_data)
+    for name, g, w in zip(Scalings._fields, got, want, strict=True):
+        # float32 round-off; values below float32's smallest subnormal (1.4e-45) round to 0
+        torch.testing.assert_close(g.double(), w, rtol=1e-6, atol=1e-44, msg=name)

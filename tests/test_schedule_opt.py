@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,105 @@ def test_errors() -> None:
         optimize_schedule(gm, x, 3, reference=ref, sigma_min=-1.0)
     with pytest.raises(ValueError, match="reference must be a tensor"):
         optimize_schedule(gm, x, 3, reference=x[:2])
+
+
+# ---- issue 11: no bad input gives a silent wrong answer -----------------------------------------
+
+
+def test_load_schedule_rejects_non_numbers_and_bad_dtypes(tmp_path: Path) -> None:
+    p = tmp_path / "s.json"
+    for content in ([True, False], ["1.0", "0"], {"sigmas": [2.0, None, 0.0]}, [[1.0], [0.0]]):
+        p.write_text(json.dumps(content))
+        with pytest.raises(ValueError, match=r"sigmas in '.*s\.json' must be a JSON list of numbers"):
+            load_schedule(p)
+    p.write_text("[80.0, 1.0, 0.0]")
+    with pytest.raises(TypeError, match=r"dtype must be a floating torch.dtype.*torch.int64"):
+        load_schedule(p, dtype=torch.int64)  # gave tensor([80, 1, 0]), truncated
+    p.write_text("[1.0001, 1.0, 0.0]")
+    with pytest.raises(ValueError, match=r"cannot be held by dtype=torch.float16"):
+        load_schedule(p, dtype=torch.float16)  # both levels are 1.0 in float16
+    p.write_text("[1e-30, 0.0]")
+    with pytest.raises(ValueError, match=r"cannot be held by dtype=torch.float16"):
+        load_schedule(p, dtype=torch.float16)  # a 0 before the end
+    assert load_schedule(p, dtype=torch.float32).dtype == torch.float32
+
+
+def test_load_schedule_names_the_file_on_malformed_json(tmp_path: Path) -> None:
+    p = tmp_path / "broken.json"
+    p.write_text("[80.0, ")
+    with pytest.raises(ValueError, match=r"'.*broken\.json' is not a JSON schedule file"):
+        load_schedule(p)
+    p.write_text('{"levels": [1.0, 0.0]}')
+    with pytest.raises(ValueError, match=r"broken\.json' holds a JSON object without a 'sigmas' entry"):
+        load_schedule(p)
+    p.write_bytes(b"\xff\xfe[")
+    with pytest.raises(ValueError, match=r"broken\.json' is not a JSON schedule file"):
+        load_schedule(p)
+    p.write_text("[80.0, NaN, 0.0]")
+    with pytest.raises(ValueError, match=r"sigmas in '.*broken\.json' must be finite"):
+        load_schedule(p)
+    with pytest.raises(TypeError, match=r"path must be a str or os.PathLike"):
+        load_schedule(3)  # type: ignore[arg-type]  # open(3) would read file descriptor 3
+
+
+def test_save_schedule_is_atomic(tmp_path: Path) -> None:
+    p = tmp_path / "s.json"
+    save_schedule(p, karras_sigmas(3), solver="heun", nfe=5)
+    before = p.read_bytes()
+    with pytest.raises(TypeError, match=r"metadata \['m'\] must be plain JSON.*nothing was written"):
+        save_schedule(p, karras_sigmas(4), m=object())  # used to leave a truncated file behind
+    with pytest.raises(ValueError, match=r"metadata \['m'\] must be plain JSON"):
+        save_schedule(p, karras_sigmas(4), m=float("nan"))  # strict JSON has no NaN
+    assert p.read_bytes() == before
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["s.json"], "no temporary file left behind"
+    with pytest.raises(TypeError, match=r"path must be a str or os.PathLike"):
+        save_schedule(1, karras_sigmas(3))  # type: ignore[arg-type]  # open(1, "w") would write to stdout
+    save_schedule(p, karras_sigmas(4), note="replaced")
+    assert json.loads(p.read_text())["note"] == "replaced"
+    assert torch.equal(load_schedule(p), karras_sigmas(4))
+
+
+def test_save_schedule_keeps_the_old_file_if_the_write_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = tmp_path / "s.json"
+    save_schedule(p, karras_sigmas(3))
+    before = p.read_bytes()
+
+    def boom(src: str, dst: str) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError, match=r"disk full"):
+        save_schedule(p, karras_sigmas(5))
+    assert p.read_bytes() == before
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["s.json"]
+
+
+def test_optimize_schedule_raises_on_a_nan_denoiser() -> None:
+    gm, x, ref = _problem()
+
+    def nan_den(x: torch.Tensor, sigma: torch.Tensor, **cond: object) -> torch.Tensor:
+        return x * float("nan")
+
+    # It returned the initial schedule with error=inf and no error.
+    at_80 = r"denoiser nan_den returned non-finite values at sigma=80\.0 \(step 0\)"
+    with pytest.raises(FloatingPointError, match=r"heun_sample on the initial schedule .* " + at_80):
+        optimize_schedule(nan_den, x, 3, reference=ref, max_evals=5)
+    with pytest.raises(FloatingPointError, match=r"the reference solution .* " + at_80):
+        optimize_schedule(nan_den, x, 3, max_evals=5)
+
+    def low_nan(x: torch.Tensor, sigma: torch.Tensor, **cond: object) -> torch.Tensor:
+        out = gm(x, sigma)
+        return torch.where(sigma.reshape(-1, 1) < 1.0, out * float("nan"), out)
+
+    with pytest.raises(
+        FloatingPointError, match=r"denoiser low_nan returned non-finite values at sigma=0\.05 \(step 2\)"
+    ):
+        optimize_schedule(low_nan, x, 3, reference=ref, init=karras_sigmas(3, 0.05, 80.0), sampler=euler_sample)
+
+
+def test_optimize_schedule_rejects_non_finite_inputs() -> None:
+    gm, x, ref = _problem()
+    with pytest.raises(ValueError, match=r"reference must be a finite floating-point tensor"):
+        optimize_schedule(gm, x, 3, reference=ref * float("nan"), max_evals=5)
+    with pytest.raises(ValueError, match=r"x .* must be finite"):
+        optimize_schedule(gm, x * float("inf"), 3, reference=ref, max_evals=5)

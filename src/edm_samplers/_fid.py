@@ -13,6 +13,7 @@ torch hub's checkpoints folder, and a clear error says where to put them when th
 from __future__ import annotations
 
 import functools
+import io
 import json
 import os
 from collections.abc import Callable
@@ -107,20 +108,45 @@ def find_inception_weights(path: str | None) -> str:
 
 @functools.lru_cache(maxsize=2)
 def _load_inception(weights: str, device: str) -> Any:
-    """torch-fidelity's Inception-v3 (pool3 '2048' features) with local ``weights``, in eval mode on ``device``."""
+    """torch-fidelity's Inception-v3 (pool3 '2048' features) with local ``weights``, in eval mode on ``device``.
+
+    The file is read exactly once, by ``torch.load(..., weights_only=True)`` (plain tensors only: a pickle
+    that would run code is refused), and the network receives that checked state dict.
+    """
     try:
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
     except ImportError as e:
         raise _exit(f"FID needs torch-fidelity: pip install 'edm-samplers[fid]' ({e})") from None
-    # torch-fidelity unpickles the file with weights_only=False; refuse anything but plain tensors first.
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as e:
         raise _exit(f"{weights} is not a tensor state dict of Inception-v3 weights: {str(e)[:300]}") from None
     if not isinstance(state, dict) or "Mixed_7c.branch_pool.conv.weight" not in state:
         raise _exit(f"{weights} does not hold torch-fidelity's Inception-v3 weights (no Mixed_7c layers)")
-    net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=weights)
+    net = _with_state(FeatureExtractorInceptionV3, state)
     return net.eval().requires_grad_(False).to(device)
+
+
+def _with_state(cls: Any, state: dict[str, Tensor]) -> Any:
+    """``cls("inception-v3-compat", ["2048"])`` holding ``state``, without letting it open any file.
+
+    torch-fidelity's constructor (0.3, 0.4) reads its weights itself, ``torch.load(path, weights_only=False)``
+    then ``self.load_state_dict(...)``, and with no path it downloads them. Here it unpickles only an empty
+    dict serialised in memory here, and a one-shot subclass loads the checked ``state`` (strictly)
+    in its place; the object is then turned back into a plain ``cls``.
+    """
+
+    class _Checked(cls):  # type: ignore[misc]
+        def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+            del state_dict, strict  # the constructor's in-memory placeholder
+            return super().load_state_dict(state, strict=True, assign=assign)
+
+    placeholder = io.BytesIO()
+    torch.save({}, placeholder)
+    placeholder.seek(0)
+    net = _Checked("inception-v3-compat", ["2048"], feature_extractor_weights_path=placeholder)
+    net.__class__ = cls
+    return net
 
 
 def _inception_features(images_uint8: Tensor, weights: str, device: torch.device) -> Tensor:

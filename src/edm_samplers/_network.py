@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ._validate import check_nonnegative_values
+
 __all__ = [
     "SigmaLike",
     "append_dims",
@@ -19,6 +21,11 @@ __all__ = [
 
 SigmaLike = Tensor | float
 
+_FORWARD_FIX = (
+    "a denoiser is evaluated at sigma > 0 only (D(x; 0) = x needs no network: the samplers' last step to 0 "
+    "does not call it)"
+)
+
 
 def as_sigma(sigma: SigmaLike) -> Tensor:
     if isinstance(sigma, Tensor):
@@ -26,7 +33,7 @@ def as_sigma(sigma: SigmaLike) -> Tensor:
             raise TypeError(f"sigma must be a floating-point tensor, got dtype {sigma.dtype}")
         return sigma
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
-        raise TypeError(f"sigma must be a tensor or a real number, got {type(sigma).__name__}")
+        raise TypeError(f"sigma must be a tensor or a real number, got {type(sigma).__name__} {sigma!r}")
     return torch.tensor(float(sigma), dtype=torch.float64)
 
 
@@ -52,11 +59,24 @@ def net_dtype_of(net: object, net_dtype: torch.dtype | None) -> torch.dtype | No
 
 
 def compute_dtype_and_sigma(x: object, sigma: SigmaLike) -> tuple[torch.dtype, Tensor]:
-    """Shared entry of every wrapper: x's dtype promoted to >= float32, and sigma as a ``[batch]`` tensor in it."""
+    """Shared entry of every wrapper: x's dtype promoted to >= float32, and sigma as a ``[batch]`` tensor in it.
+
+    A sigma tensor must live on x's device (a 0-d CPU tensor is accepted, as torch accepts CPU scalars): a
+    silent copy would be a host-device transfer per call, and a meta/other-device sigma failed deep in torch.
+    """
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 1:
-        raise TypeError("x must be a floating-point tensor of shape [batch, ...]")
+        got = f"dtype {x.dtype}, shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+        raise TypeError(f"x must be a floating-point tensor of shape [batch, ...], got {got}")
+    if isinstance(sigma, Tensor) and sigma.device != x.device and not (sigma.ndim == 0 and sigma.device.type == "cpu"):
+        raise ValueError(
+            f"sigma is on {sigma.device} but x is on {x.device}; move it with sigma.to(x.device) (only a 0-d CPU "
+            "tensor or a number may accompany x on another device)"
+        )
     cdt = torch.promote_types(x.dtype, torch.float32)
-    s = as_sigma(sigma).to(device=x.device, dtype=cdt)
+    # Checked in the compute dtype (a float64 1e-50 is 0 in float32) but before the move to x's device, so a
+    # number or 0-d CPU sigma is checked on the host even for an x on an accelerator.
+    s = check_nonnegative_values(as_sigma(sigma).to(dtype=cdt), "sigma", fix=_FORWARD_FIX, positive=True)
+    s = s.to(device=x.device)
     if s.ndim == 0:
         s = s.expand(x.shape[0])
     elif s.shape != (x.shape[0],):

@@ -41,7 +41,14 @@ import torch
 from torch import Tensor, nn
 
 from ._types import Denoiser
-from ._validate import check_float, check_int
+from ._validate import (
+    check_denoised,
+    check_device,
+    check_float,
+    check_float_dtype,
+    check_int,
+    check_nonnegative_values,
+)
 from .augment import AugmentPipeProtocol
 from .schedules import vp_sigma
 
@@ -62,11 +69,72 @@ __all__ = [
 # Sigma samplers and weightings
 
 
-def _check_draw(n: int, dtype: torch.dtype) -> int:
+def _check_draw(n: int, dtype: torch.dtype, device: object = None) -> int:
     n = check_int(n, "n", minimum=1)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    check_float_dtype(dtype)
+    check_device(device)
     return n
+
+
+def _log_range(dtype: torch.dtype) -> tuple[float, float]:
+    """ln of the smallest normal and the largest finite value of ``dtype``: training sigmas must lie between."""
+    fi = torch.finfo(dtype)
+    return math.log(fi.tiny), math.log(fi.max)
+
+
+# Draws beyond 6 standard deviations are about 2e-9 likely each; the loss's finite check catches the rest.
+_LOGNORMAL_SPAN = 6.0
+
+
+def _check_lognormal(p_mean: object, p_std: object, dtype: torch.dtype) -> tuple[float, float]:
+    mean = check_float(p_mean, "p_mean")
+    std = check_float(p_std, "p_std", nonnegative=True)
+    lo, hi = mean - _LOGNORMAL_SPAN * std, mean + _LOGNORMAL_SPAN * std
+    ln_tiny, ln_max = _log_range(dtype)
+    if not (ln_tiny <= lo and hi <= ln_max):
+        raise ValueError(
+            f"p_mean={mean}, p_std={std} put ln sigma in [{lo:.4g}, {hi:.4g}] (6 standard deviations), beyond "
+            f"{dtype}'s range [{ln_tiny:.4g}, {ln_max:.4g}]: draws would be 0 or inf. EDM uses p_mean=-1.2, p_std=1.2"
+        )
+    return mean, std
+
+
+def _check_loguniform(sigma_min: object, sigma_max: object, dtype: torch.dtype) -> tuple[float, float]:
+    lo = check_float(sigma_min, "sigma_min", positive=True)
+    hi = check_float(sigma_max, "sigma_max", positive=True)
+    if not lo < hi:
+        raise ValueError(f"sigma_min must be < sigma_max, got {sigma_min} and {sigma_max}")
+    fi = torch.finfo(dtype)
+    if lo < fi.tiny or hi > fi.max:
+        raise ValueError(
+            f"sigma_min={lo}, sigma_max={hi} must lie within {dtype}'s normal range [{fi.tiny:.4g}, {fi.max:.4g}]"
+        )
+    return lo, hi
+
+
+def _check_vp_training(
+    beta_d: object, beta_min: object, eps_t: object, dtype: torch.dtype
+) -> tuple[float, float, float]:
+    et = check_float(eps_t, "eps_t", positive=True)
+    if not et < 1:
+        raise ValueError(f"eps_t must be in (0, 1), got {eps_t}")
+    bd = check_float(beta_d, "beta_d", positive=True)
+    bm = check_float(beta_min, "beta_min", nonnegative=True)
+
+    def ln_sigma(t: float) -> float:  # ln vp_sigma(t) = ln(expm1(z)) / 2, without overflow
+        z = 0.5 * bd * t * t + bm * t
+        if z <= 0:
+            return -math.inf
+        return 0.5 * (z + math.log(-math.expm1(-z))) if z > 1 else 0.5 * math.log(math.expm1(z))
+
+    lo, hi = ln_sigma(et), ln_sigma(1.0)
+    ln_tiny, ln_max = _log_range(dtype)
+    if not (ln_tiny <= lo and hi <= ln_max):
+        raise ValueError(
+            f"beta_d={bd}, beta_min={bm}, eps_t={et} give training sigmas from e^{lo:.4g} to e^{hi:.4g}, beyond "
+            f"{dtype}'s range [e^{ln_tiny:.4g}, e^{ln_max:.4g}]: draws would be 0 or inf. Table 1 uses 19.9, 0.1, 1e-5"
+        )
+    return bd, bm, et
 
 
 def lognormal_sigmas(
@@ -82,14 +150,14 @@ def lognormal_sigmas(
 
     Args:
         n: number of draws.
-        p_mean, p_std: P_mean and P_std (EDM: -1.2, 1.2).
+        p_mean, p_std: P_mean and P_std (EDM: -1.2, 1.2); P_mean +- 6 P_std must stay within ``dtype``'s
+            range in log space (else draws would round to 0 or inf).
         generator: optional ``torch.Generator`` (on ``device``) for reproducible draws.
         device, dtype: where and in which floating dtype to draw.
     """
-    n = _check_draw(n, dtype)
-    p_mean = check_float(p_mean, "p_mean")
-    p_std = check_float(p_std, "p_std", nonnegative=True)
-    z = torch.randn(n, generator=generator, device=device, dtype=dtype)
+    n = _check_draw(n, dtype, device)
+    p_mean, p_std = _check_lognormal(p_mean, p_std, dtype)
+    z = torch.randn(n, generator=_check_generator(generator), device=device, dtype=dtype)
     return (z * p_std + p_mean).exp()
 
 
@@ -103,13 +171,10 @@ def loguniform_sigmas(
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
     """VE training noise levels: ln sigma ~ U(ln sigma_min, ln sigma_max) (EDM Table 1: 0.02, 100)."""
-    n = _check_draw(n, dtype)
-    lo = math.log(check_float(sigma_min, "sigma_min", positive=True))
-    hi = math.log(check_float(sigma_max, "sigma_max", positive=True))
-    if not lo < hi:
-        raise ValueError(f"sigma_min must be < sigma_max, got {sigma_min} and {sigma_max}")
-    u = torch.rand(n, generator=generator, device=device, dtype=dtype)
-    return (lo + (hi - lo) * u).exp()
+    n = _check_draw(n, dtype, device)
+    lo, hi = _check_loguniform(sigma_min, sigma_max, dtype)
+    u = torch.rand(n, generator=_check_generator(generator), device=device, dtype=dtype)
+    return (math.log(lo) + (math.log(hi) - math.log(lo)) * u).exp()
 
 
 def vp_training_sigmas(
@@ -123,25 +188,62 @@ def vp_training_sigmas(
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
     """VP training noise levels: sigma = sigma_vp(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1), t ~ U(eps_t, 1)."""
-    n = _check_draw(n, dtype)
-    eps_t = check_float(eps_t, "eps_t", positive=True)
-    if not eps_t < 1:
-        raise ValueError(f"eps_t must be in (0, 1), got {eps_t}")
-    beta_d = check_float(beta_d, "beta_d", positive=True)
-    beta_min = check_float(beta_min, "beta_min", nonnegative=True)
-    u = torch.rand(n, generator=generator, device=device, dtype=dtype)
+    n = _check_draw(n, dtype, device)
+    beta_d, beta_min, eps_t = _check_vp_training(beta_d, beta_min, eps_t, dtype)
+    u = torch.rand(n, generator=_check_generator(generator), device=device, dtype=dtype)
     return vp_sigma(eps_t + (1 - eps_t) * u, beta_d=beta_d, beta_min=beta_min)
 
 
+def _as_sigma_tensor(sigma: object) -> Tensor:
+    if isinstance(sigma, Tensor):
+        if not sigma.is_floating_point():
+            raise TypeError(f"sigma must be a floating-point tensor, got dtype {sigma.dtype}")
+        return sigma
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
+        raise TypeError(f"sigma must be a floating-point tensor or a number, got {type(sigma).__name__} {sigma!r}")
+    return torch.tensor(float(sigma), dtype=torch.float64)
+
+
+_WEIGHT_FIX = "training noise levels are finite and > 0 (lambda(0) is infinite)"
+
+
 def edm_weight(sigma: Tensor, sigma_data: float = 0.5) -> Tensor:
-    """EDM's loss weight lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 = 1 / c_out(sigma)^2."""
-    sigma_data = check_float(sigma_data, "sigma_data", positive=True)
-    return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+    """EDM's loss weight lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 = 1 / c_out(sigma)^2.
+
+    Evaluated as 1/sigma^2 + 1/sigma_data^2 (the same number, without the overflow of (sigma sigma_data)^2).
+    A negative or NaN sigma is rejected where that is free to check (numbers, CPU tensors) and gives NaN
+    elsewhere (no device sync); sigma = 0 gives the limit, inf.
+
+    Raises:
+        TypeError / ValueError: for a non-floating sigma, a bad sigma_data, one whose 1/sigma_data^2 overflows
+            sigma's dtype, or (where checked) a negative or NaN sigma.
+    """
+    sd = check_float(sigma_data, "sigma_data", positive=True)
+    s = check_nonnegative_values(_as_sigma_tensor(sigma), "sigma", fix=_WEIGHT_FIX)
+    inv_sd = 1.0 / sd
+    inv_sd2 = inv_sd * inv_sd  # a Python float: inf (not OverflowError) if it overflows
+    if not inv_sd2 <= torch.finfo(s.dtype).max:
+        raise ValueError(f"sigma_data={sd} makes lambda = 1/sigma^2 + 1/sigma_data^2 overflow {s.dtype}")
+    return torch.reciprocal(s).square() + inv_sd2
 
 
 def inverse_square_weight(sigma: Tensor) -> Tensor:
-    """The VP and VE loss weight lambda(sigma) = 1 / sigma^2 = 1 / c_out(sigma)^2."""
-    return 1 / sigma**2
+    """The VP and VE loss weight lambda(sigma) = 1 / sigma^2 = 1 / c_out(sigma)^2 (sigma checked as in
+    :func:`edm_weight`)."""
+    s = check_nonnegative_values(_as_sigma_tensor(sigma), "sigma", fix=_WEIGHT_FIX)
+    return 1 / s**2
+
+
+def _check_bool(v: object, name: str) -> bool:
+    if not isinstance(v, bool):
+        raise TypeError(f"{name} must be True or False, got {type(v).__name__} {v!r}")
+    return v
+
+
+def _check_generator(generator: object) -> torch.Generator | None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    return generator
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,7 +276,11 @@ class LearnedUncertainty(nn.Module):
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, sigma: Tensor) -> Tensor:
-        """u(sigma) for ``sigma`` of shape ``[B]``, returned as ``[B]`` (float32)."""
+        """u(sigma) for ``sigma`` of shape ``[B]`` (finite, > 0), returned as ``[B]`` (float32)."""
+        if not isinstance(sigma, Tensor) or not sigma.is_floating_point() or sigma.ndim != 1:
+            got = f"dtype {sigma.dtype}, shape {tuple(sigma.shape)}" if isinstance(sigma, Tensor) else type(sigma)
+            raise TypeError(f"sigma must be a 1-D floating tensor [batch], got {got}")
+        sigma = check_nonnegative_values(sigma, "sigma", fix=_WEIGHT_FIX)
         arg = 2 * math.pi * (sigma.to(torch.float32).log() / 4)[:, None] * self.freqs[None, :]
         out: Tensor = self.linear(torch.cat([arg.cos(), arg.sin()], dim=1))
         return out.reshape(-1)
@@ -213,23 +319,64 @@ def _denoising_loss(
     labels: Tensor | None,
     augment_pipe: AugmentPipeProtocol | None,
     generator: torch.Generator | None,
-) -> tuple[Tensor, Tensor]:
-    """Shared body: augment, add noise, denoise; returns (weighted squared error, sigma)."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Shared body: augment, add noise, denoise; returns (weighted squared error, sigma, y, D)."""
     cond: dict[str, Any] = {}
     y = images
     if augment_pipe is not None:
-        y, augment_labels = augment_pipe(images, generator=generator)
+        out = augment_pipe(images, generator=generator)
+        if not isinstance(out, tuple) or len(out) != 2:
+            raise TypeError(f"augment_pipe must return (images, augment_labels), got {type(out).__name__}")
+        y, augment_labels = out
+        if not isinstance(y, Tensor) or y.shape != images.shape or not y.is_floating_point():
+            got = f"shape {tuple(y.shape)}, dtype {y.dtype}" if isinstance(y, Tensor) else type(y).__name__
+            raise ValueError(f"augment_pipe must return floating images of shape {tuple(images.shape)}, got {got}")
         cond["augment_labels"] = augment_labels
     if labels is not None:
         cond["class_labels"] = labels
     n = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype) * _bcast(sigma, y.ndim)
-    denoised = denoiser(y + n, sigma, **cond)
-    if not isinstance(denoised, Tensor) or denoised.shape != y.shape:
-        raise ValueError(
-            f"denoiser returned {getattr(denoised, 'shape', type(denoised).__name__)} for images of shape "
-            f"{tuple(y.shape)}; D(x; sigma) must have the shape of x"
+    x = y + n
+    # A static check (no sync): an integer output would silently turn the loss into a rounding error.
+    denoised = check_denoised(denoiser(x, sigma, **cond), x)
+    if denoised.device != y.device:
+        raise ValueError(f"denoiser returned a tensor on {denoised.device} for images on {y.device}")
+    return _bcast(weight, y.ndim) * (denoised - y) ** 2, sigma, y, denoised
+
+
+def _can_sync(t: Tensor) -> bool:
+    """Whether reading a value back is allowed here: not while compiling, tracing or capturing a CUDA graph."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():  # type: ignore[attr-defined,no-untyped-call]
+        return False
+    return not (t.device.type == "cuda" and torch.cuda.is_current_stream_capturing())
+
+
+def _rows(bad: Tensor) -> list[int]:
+    return torch.nonzero(bad.reshape(bad.shape[0], -1).any(dim=1)).flatten().tolist()
+
+
+def _finite_or_raise(name: str, loss: Tensor, sigma: Tensor, weight: Tensor, y: Tensor, denoised: Tensor) -> None:
+    """One reduction and one sync; the diagnosis below runs only on failure."""
+    lo, hi = torch.aminmax(loss.detach())
+    if bool(torch.isfinite(lo) & torch.isfinite(hi)):
+        return
+    rows = _rows(~torch.isfinite(loss.detach()))
+    sig = sigma.detach().reshape(-1)
+    causes = []
+    if bad := _rows(~torch.isfinite(y.detach())):
+        causes.append(f"the images hold NaN/inf in rows {bad[:10]}")
+    if bad := _rows(~torch.isfinite(denoised.detach())):
+        causes.append(
+            f"the denoiser returned NaN/inf in rows {bad[:10]} (at sigma {[sig[i].item() for i in bad[:10]]})"
         )
-    return _bcast(weight, y.ndim) * (denoised - y) ** 2, sigma
+    if bad := torch.nonzero(~torch.isfinite(weight.detach().reshape(-1))).flatten().tolist():
+        causes.append(f"lambda(sigma) is not finite at sigma {[sig[i].item() for i in bad[:10]]}")
+    if not causes:
+        causes.append("the squared error overflowed (a huge denoiser output or lambda)")
+    raise FloatingPointError(
+        f"{name}: the loss is not finite for {len(rows)} of {loss.shape[0]} images (rows {rows[:10]}): "
+        f"{'; '.join(causes)}. Pass check_finite=False to get the raw loss (e.g. under AMP with a GradScaler, "
+        "which skips such steps itself)."
+    )
 
 
 class _TableLoss(abc.ABC):
@@ -237,6 +384,7 @@ class _TableLoss(abc.ABC):
     (and, with a :class:`LearnedUncertainty`, apply EDM2's per-sigma uncertainty)."""
 
     uncertainty: LearnedUncertainty | None = None
+    check_finite: bool = True
 
     @abc.abstractmethod
     def sample_sigmas(self, n: int, *, generator: torch.Generator | None = None, device: Any = None) -> Tensor:
@@ -256,11 +404,15 @@ class _TableLoss(abc.ABC):
         generator: torch.Generator | None = None,
     ) -> Tensor:
         images = _check_inputs(denoiser, images, labels, augment_pipe)
+        _check_generator(generator)
         sigma = self.sample_sigmas(images.shape[0], generator=generator, device=images.device).to(images.dtype)
-        loss, sigma = _denoising_loss(denoiser, images, sigma, self.weight(sigma), labels, augment_pipe, generator)
+        weight = self.weight(sigma)
+        loss, sigma, y, denoised = _denoising_loss(denoiser, images, sigma, weight, labels, augment_pipe, generator)
         if self.uncertainty is not None:
             u = _bcast(self.uncertainty(sigma).to(loss.dtype), loss.ndim)
             loss = loss / u.exp() + u
+        if self.check_finite and _can_sync(loss):
+            _finite_or_raise(type(self).__name__, loss, sigma, weight, y, denoised)
         return loss
 
 
@@ -282,6 +434,15 @@ class EDMLoss(_TableLoss):
         sigma_data: the data standard deviation (0.5 for images in [-1, 1]).
         uncertainty: optional :class:`LearnedUncertainty` (EDM2); then the loss is
             lambda ||D - y||^2 / exp(u(sigma)) + u(sigma). Train its parameters with the network's.
+        check_finite: raise ``FloatingPointError`` when the loss holds NaN/inf, naming the rows, their sigma
+            and the cause (a non-finite denoiser output, image or weight). It costs one reduction and one
+            device sync per call, negligible beside a training step's backward pass and no more than logging
+            the loss; without it a diverging network silently turns every later step into NaN. Skipped
+            automatically while compiling, tracing or capturing a CUDA graph (no sync is possible there).
+            Pass ``False`` with AMP's ``GradScaler``, which expects occasional inf and skips those steps.
+
+    The denoiser's output must be a floating tensor of the images' shape, on their device (checked
+    statically, every call, for free).
 
     Call: ``loss(denoiser, images, labels=None, augment_pipe=None, *, generator=None) -> Tensor`` of
     ``images.shape`` (see the module docstring for the conditioning keywords ``class_labels`` and
@@ -301,13 +462,17 @@ class EDMLoss(_TableLoss):
         sigma_data: float = 0.5,
         *,
         uncertainty: LearnedUncertainty | None = None,
+        check_finite: bool = True,
     ) -> None:
-        self.p_mean = check_float(p_mean, "p_mean")
-        self.p_std = check_float(p_std, "p_std", nonnegative=True)
+        self.p_mean, self.p_std = _check_lognormal(p_mean, p_std, torch.float32)
         self.sigma_data = check_float(sigma_data, "sigma_data", positive=True)
-        if uncertainty is not None and not isinstance(uncertainty, nn.Module):
-            raise TypeError("uncertainty must be a LearnedUncertainty module (or None)")
+        edm_weight(torch.ones(1), self.sigma_data)  # rejects a sigma_data whose 1/sigma_data^2 overflows float32
+        if uncertainty is not None and not isinstance(uncertainty, LearnedUncertainty):
+            raise TypeError(
+                f"uncertainty must be a LearnedUncertainty module or None, got {type(uncertainty).__name__}"
+            )
         self.uncertainty = uncertainty
+        self.check_finite = _check_bool(check_finite, "check_finite")
 
     def sample_sigmas(self, n: int, *, generator: torch.Generator | None = None, device: Any = None) -> Tensor:
         return lognormal_sigmas(n, p_mean=self.p_mean, p_std=self.p_std, generator=generator, device=device)
@@ -322,16 +487,16 @@ class VPLoss(_InverseSquareLoss):
     Args:
         beta_d, beta_min: the VP schedule (19.9, 0.1).
         eps_t: the smallest training t (1e-5).
+        check_finite: as in :class:`EDMLoss`.
 
     Call as :class:`EDMLoss`.
     """
 
-    def __init__(self, beta_d: float = 19.9, beta_min: float = 0.1, eps_t: float = 1e-5) -> None:
-        self.beta_d = check_float(beta_d, "beta_d", positive=True)
-        self.beta_min = check_float(beta_min, "beta_min", nonnegative=True)
-        self.eps_t = check_float(eps_t, "eps_t", positive=True)
-        if not self.eps_t < 1:
-            raise ValueError(f"eps_t must be in (0, 1), got {eps_t}")
+    def __init__(
+        self, beta_d: float = 19.9, beta_min: float = 0.1, eps_t: float = 1e-5, *, check_finite: bool = True
+    ) -> None:
+        self.beta_d, self.beta_min, self.eps_t = _check_vp_training(beta_d, beta_min, eps_t, torch.float32)
+        self.check_finite = _check_bool(check_finite, "check_finite")
 
     def sample_sigmas(self, n: int, *, generator: torch.Generator | None = None, device: Any = None) -> Tensor:
         return vp_training_sigmas(
@@ -344,15 +509,14 @@ class VELoss(_InverseSquareLoss):
 
     Args:
         sigma_min, sigma_max: the training range (0.02, 100).
+        check_finite: as in :class:`EDMLoss`.
 
     Call as :class:`EDMLoss`.
     """
 
-    def __init__(self, sigma_min: float = 0.02, sigma_max: float = 100.0) -> None:
-        self.sigma_min = check_float(sigma_min, "sigma_min", positive=True)
-        self.sigma_max = check_float(sigma_max, "sigma_max", positive=True)
-        if not self.sigma_min < self.sigma_max:
-            raise ValueError(f"sigma_min must be < sigma_max, got {sigma_min} and {sigma_max}")
+    def __init__(self, sigma_min: float = 0.02, sigma_max: float = 100.0, *, check_finite: bool = True) -> None:
+        self.sigma_min, self.sigma_max = _check_loguniform(sigma_min, sigma_max, torch.float32)
+        self.check_finite = _check_bool(check_finite, "check_finite")
 
     def sample_sigmas(self, n: int, *, generator: torch.Generator | None = None, device: Any = None) -> Tensor:
         return loguniform_sigmas(

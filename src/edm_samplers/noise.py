@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from ._types import NoiseSource
+from ._validate import check_device, check_float_dtype, check_int_range
 
 __all__ = ["GlobalNoise", "PerSampleNoise", "PrecomputedNoise", "as_noise_source"]
 
@@ -30,13 +31,43 @@ _DRAW_DTYPE = torch.float32
 
 
 def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
-    try:
-        out = tuple(int(s) for s in shape)
-    except TypeError:
-        raise TypeError(f"shape must be a sequence of ints, got {shape!r}") from None
-    if len(out) < 1 or any(s < 0 for s in out):
+    # Each size must be an int: int() would truncate 2.5 to 2, map True to 1, and split the string "12".
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, (Sequence, torch.Size)):
+        raise TypeError(f"shape must be a sequence of ints such as (batch, 3, 32, 32), got {shape!r}")
+    out = tuple(check_int_range(s, "shape entries", minimum=0, maximum=2**62) for s in shape)
+    if len(out) < 1:
         raise ValueError(f"shape must have a batch dimension and non-negative sizes, got {out}")
     return out
+
+
+def _check_draw(
+    shape: Sequence[int], dtype: object, device: object
+) -> tuple[tuple[int, ...], torch.dtype, torch.device]:
+    """The arguments of every ``randn``: a shape of ints, a floating dtype (an integer dtype would truncate
+    the normal draws to mostly zeros) and a device."""
+    shp = _check_shape(shape)
+    dt = check_float_dtype(dtype)
+    dev = check_device(device)
+    if dev is None:
+        raise TypeError("device must be a torch.device or a string such as 'cpu', got None")
+    return shp, dt, dev
+
+
+# torch.Generator.manual_seed takes [-2**63, 2**64) and maps a negative seed s to s + 2**64; we take the
+# non-negative half only, so that every seed names one stream (-1 and 2**64 - 1 would be the same one).
+_SEED_MAX = 2**64 - 1
+
+
+def _check_seed(seed: object) -> int:
+    if isinstance(seed, (bool, float)) or type(seed).__name__ == "bool_" or not hasattr(seed, "__index__"):
+        raise TypeError(f"seeds must be ints in [0, 2**64), got {type(seed).__name__} {seed!r}")
+    try:
+        return check_int_range(seed, "seeds", minimum=0, maximum=_SEED_MAX)
+    except ValueError:
+        raise ValueError(
+            f"seeds must be in [0, 2**64) (the range of torch.Generator.manual_seed without its wrap-around of "
+            f"negative seeds), got {seed!r}; pass seed % 2**64 if you mean the wrapped value"
+        ) from None
 
 
 class PerSampleNoise:
@@ -50,16 +81,21 @@ class PerSampleNoise:
     ``PerSampleNoise(seeds)`` to reproduce a run, or call :meth:`reset`.
 
     Args:
-        seeds: the seeds, one per batch row, as non-negative ints (e.g. ``range(16)``).
+        seeds: the seeds, one per batch row, as ints in [0, 2**64) (e.g. ``range(16)``; numpy integers and
+            0-d integer tensors are accepted). Negative seeds are rejected although ``manual_seed`` accepts
+            them: it maps s to s + 2**64, so -1 and 2**64 - 1 would silently give the same stream.
+
+    Raises:
+        TypeError: for a non-iterable ``seeds`` or a seed that is not an int (bool and float included).
+        ValueError: for no seeds or a seed outside [0, 2**64).
     """
 
     def __init__(self, seeds: Iterable[int]) -> None:
-        seeds_t = list(seeds)
+        if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Iterable):
+            raise TypeError(f"seeds must be an iterable of ints such as range(16), got {type(seeds).__name__}")
+        seeds_t = [_check_seed(s) for s in seeds]
         if len(seeds_t) == 0:
             raise ValueError("seeds must hold at least one seed, got an empty sequence")
-        for s in seeds_t:
-            if isinstance(s, bool) or not isinstance(s, int) or s < 0:
-                raise TypeError(f"seeds must be non-negative ints, got {s!r}")
         self.seeds: tuple[int, ...] = tuple(seeds_t)
         self._gens: dict[torch.device, list[torch.Generator]] = {}
 
@@ -81,13 +117,12 @@ class PerSampleNoise:
         return gens
 
     def randn(self, shape: Sequence[int], *, dtype: torch.dtype, device: torch.device | str) -> Tensor:
-        shape = _check_shape(shape)
+        shape, dtype, device = _check_draw(shape, dtype, device)
         if shape[0] != len(self.seeds):
             raise ValueError(
                 f"seeds has {len(self.seeds)} seeds but the batch has {shape[0]} rows; "
                 "pass exactly one seed per batch row"
             )
-        device = torch.device(device)
         gens = self._generators(device)
         out = torch.empty(shape, dtype=_DRAW_DTYPE, device=device)
         for row, g in zip(out, gens, strict=True):
@@ -108,8 +143,7 @@ class GlobalNoise:
         self.generator = generator
 
     def randn(self, shape: Sequence[int], *, dtype: torch.dtype, device: torch.device | str) -> Tensor:
-        shape = _check_shape(shape)
-        device = torch.device(device)
+        shape, dtype, device = _check_draw(shape, dtype, device)
         if self.generator is not None and self.generator.device.type != device.type:
             raise ValueError(
                 f"the generator lives on {self.generator.device} but the draw is for {device}; "
@@ -118,21 +152,39 @@ class GlobalNoise:
         return torch.randn(shape, generator=self.generator, dtype=_DRAW_DTYPE, device=device).to(dtype)
 
 
+def _can_read(t: Tensor) -> bool:
+    """Whether one read-back is allowed: not while compiling, tracing or capturing a CUDA graph, not on meta."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():  # type: ignore[attr-defined,no-untyped-call]
+        return False
+    if t.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return False
+    return t.device.type != "meta"
+
+
 class PrecomputedNoise:
     """Hands out ``draws[0]``, ``draws[1]``, ... in order; raises once they run out.
 
     Args:
-        draws: a tensor whose first dimension indexes the draws, e.g. ``[num_steps, *x.shape]``.
+        draws: a finite floating tensor whose first dimension indexes the draws, e.g. ``[num_steps, *x.shape]``
+            (checked once here, one read-back, skipped while compiling or capturing; a NaN draw would silently
+            poison a sample).
     """
 
     def __init__(self, draws: Tensor) -> None:
         if not isinstance(draws, Tensor) or not draws.is_floating_point() or draws.ndim < 2:
-            raise TypeError("draws must be a floating tensor of shape [num_draws, batch, ...]")
+            got = (
+                f"dtype {draws.dtype}, shape {tuple(draws.shape)}"
+                if isinstance(draws, Tensor)
+                else type(draws).__name__
+            )
+            raise TypeError(f"draws must be a floating tensor of shape [num_draws, batch, ...], got {got}")
+        if _can_read(draws) and not bool(torch.isfinite(draws).all()):
+            raise ValueError("draws must be finite, got NaN/inf entries; pass standard-normal draws")
         self.draws = draws
         self.index = 0
 
     def randn(self, shape: Sequence[int], *, dtype: torch.dtype, device: torch.device | str) -> Tensor:
-        shape = _check_shape(shape)
+        shape, dtype, device = _check_draw(shape, dtype, device)
         if self.index >= self.draws.shape[0]:
             raise ValueError(f"PrecomputedNoise is exhausted: all {self.draws.shape[0]} draws were used")
         d = self.draws[self.index]

@@ -35,7 +35,6 @@ from torch import Tensor, nn
 
 from ._network import SigmaLike
 from ._network import append_dims as _append_dims
-from ._network import as_sigma as _as_sigma
 from ._network import check_net_dtype as _check_net_dtype
 from ._network import compute_dtype_and_sigma as _compute_dtype_and_sigma
 from ._network import net_dtype_of as _net_dtype
@@ -43,7 +42,12 @@ from ._network import split_variance as _split_variance
 from ._validate import check_float, check_int
 from .scalings import Scalings, edm_scalings, iddpm_scalings, ve_scalings, vp_scalings
 from .scalings import cached_iddpm_grid as _cached_grid
+from .scalings import checked_sigma as _checked_sigma
+from .scalings import edm_coefficients as _edm
+from .scalings import iddpm_coefficients as _iddpm
 from .scalings import iddpm_index as _iddpm_index
+from .scalings import ve_coefficients as _ve
+from .scalings import vp_coefficients as _vp
 from .schedules import vp_sigma
 
 __all__ = [
@@ -107,14 +111,22 @@ class Precond(nn.Module, metaclass=abc.ABCMeta):
     def scalings(self, sigma: Tensor) -> Scalings:
         """The coefficients (c_skip, c_out, c_in, c_noise) at noise levels ``sigma``."""
 
+    def _scalings_checked_sigma(self, s: Tensor) -> Scalings:
+        # forward has already checked s (once per call); the built-in wrappers skip a second check here.
+        return self.scalings(s)
+
     def round_sigma(self, sigma: SigmaLike) -> Tensor:
         """Map sigma to a level the network supports: the identity for continuous-time models."""
-        return _as_sigma(sigma)
+        return _checked_sigma(sigma)
 
     def forward(self, x: Tensor, sigma: SigmaLike, **cond: Any) -> Tensor:
-        """D(x; sigma) for ``x`` of shape ``[batch, ...]`` (any rank) and sigma ``[batch]`` or a scalar."""
+        """D(x; sigma) for ``x`` of shape ``[batch, ...]`` (any rank) and sigma ``[batch]`` or a scalar.
+
+        sigma must be finite, > 0 and on x's device (see :func:`edm_scalings` for how it is checked without a
+        sync; at sigma = 0, c_noise = ln(sigma)/4 would be -inf for the network, while D(x; 0) = x needs none).
+        """
         cdt, s = _compute_dtype_and_sigma(x, sigma)
-        sc = self.scalings(s)
+        sc = self._scalings_checked_sigma(s)
         xc = x.to(cdt)
         x_in = _append_dims(sc.c_in, x.ndim) * xc
         c_noise = sc.c_noise
@@ -133,6 +145,8 @@ class Precond(nn.Module, metaclass=abc.ABCMeta):
             )
         if not f.is_floating_point():
             raise TypeError(f"net must return a floating-point tensor, got dtype {f.dtype}")
+        if f.device != x.device:
+            raise ValueError(f"net returned a tensor on {f.device} for an input on {x.device}; return it on x's device")
         return _append_dims(sc.c_skip, x.ndim) * xc + _append_dims(sc.c_out, x.ndim) * f.to(cdt)
 
     def _call_net(self, x_in: Tensor, c_noise: Tensor, cond: dict[str, Any]) -> Any:
@@ -166,6 +180,9 @@ class EDMPrecond(Precond):
 
     def scalings(self, sigma: Tensor) -> Scalings:
         return edm_scalings(sigma, self.sigma_data)
+
+    def _scalings_checked_sigma(self, s: Tensor) -> Scalings:
+        return _edm(s, self.sigma_data)
 
 
 class VPPrecond(Precond):
@@ -204,6 +221,9 @@ class VPPrecond(Precond):
     def scalings(self, sigma: Tensor) -> Scalings:
         return vp_scalings(sigma, self.beta_d, self.beta_min, self.M)
 
+    def _scalings_checked_sigma(self, s: Tensor) -> Scalings:
+        return _vp(s, self.beta_d, self.beta_min, self.M)
+
 
 class VEPrecond(Precond):
     """VE preconditioning (Table 1, "VE" column; Song et al. 2021's NCSN++): D = x + sigma F(x, ln(sigma/2)).
@@ -226,6 +246,9 @@ class VEPrecond(Precond):
 
     def scalings(self, sigma: Tensor) -> Scalings:
         return ve_scalings(sigma)
+
+    def _scalings_checked_sigma(self, s: Tensor) -> Scalings:
+        return _ve(s)
 
 
 class iDDPMPrecond(Precond):
@@ -268,9 +291,12 @@ class iDDPMPrecond(Precond):
     def scalings(self, sigma: Tensor) -> Scalings:
         return iddpm_scalings(sigma, M=self.M, grid=self.u)
 
+    def _scalings_checked_sigma(self, s: Tensor) -> Scalings:
+        return _iddpm(s, self.M, self.u)
+
     def round_sigma(self, sigma: SigmaLike) -> Tensor:
         """The trained level u_j nearest to sigma (same shape and dtype as sigma)."""
-        s = _as_sigma(sigma)
+        s = _checked_sigma(sigma)
         j = _iddpm_index(s, self.u)
         return self.u.to(device=s.device, dtype=s.dtype)[j]
 

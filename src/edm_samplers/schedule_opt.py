@@ -33,8 +33,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._types import Denoiser
-from ._validate import check_float, check_int, check_sigmas, check_x
+from ._safetensors import write_atomic
+from ._types import Denoiser, StepInfo
+from ._validate import check_float, check_float_dtype, check_int, check_path, check_sigmas, check_x
 from .schedules import karras_sigmas
 from .solvers import heun_sample
 from .solvers.api import sampler_function
@@ -88,6 +89,40 @@ def _to_sigmas(u: Tensor, sigma_max: float, floor: float, pinned: bool) -> Tenso
     return torch.cat([s, s.new_zeros(1)])
 
 
+def _where_nonfinite(
+    sampler: Sampler,
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    cond: Mapping[str, Any] | None,
+    kw: Mapping[str, Any],
+) -> str:
+    """Rerun a failed sampling run with a callback and say where it first went non-finite (error path only)."""
+    if not bool(torch.isfinite(x).all()):
+        return "the calibration batch x itself holds NaN/inf"
+    found: list[str] = []
+
+    def callback(info: StepInfo) -> None:
+        if found:
+            return
+        if not bool(torch.isfinite(info.denoised).all()):
+            found.append(f"returned non-finite values at sigma={info.sigma_hat!r} (step {info.i})")
+        elif not bool(torch.isfinite(info.x_next).all()):
+            found.append(
+                f"made the state non-finite within step {info.i}, from sigma={info.sigma_hat!r} to "
+                f"sigma={info.sigma_next!r}"
+            )
+
+    opts = {**kw, "check_finite": False, "callback": callback}
+    try:
+        with torch.no_grad():
+            sampler(denoiser, x, sigmas, cond=cond, **opts)
+    except Exception as e:  # a custom sampler without callback=: report what is known
+        return f"the result holds NaN/inf (no step-by-step diagnosis: {type(e).__name__}: {e})"
+    name = getattr(denoiser, "__name__", type(denoiser).__name__)
+    return f"denoiser {name} {found[0]}" if found else "the result holds NaN/inf although every step was finite"
+
+
 def optimize_schedule(
     denoiser: Denoiser,
     x: Tensor,
@@ -139,9 +174,14 @@ def optimize_schedule(
         calibration batch).
 
     Raises:
-        ValueError / TypeError: on invalid arguments.
+        ValueError / TypeError: on invalid arguments (including a non-finite ``x`` or ``reference``).
+        FloatingPointError: if the denoiser makes the reference solution or the sampler's run on the initial
+            schedule non-finite (the message names the first sigma where it happened; a search from there
+            could only return ``init`` with error = inf). Non-finite candidates met later are just rejected.
     """
     check_x(x)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x (the calibration batch) must be finite, got NaN/inf entries")
     n = check_int(num_steps, "num_steps", minimum=2)
     floor = check_float(sigma_floor, "sigma_floor", positive=True)
     max_evals = check_int(max_evals, "max_evals", minimum=1)
@@ -175,10 +215,22 @@ def optimize_schedule(
     kw = dict(knobs)
     kw.setdefault("check_finite", False)
     if reference is None:
+        ref_sigmas = karras_sigmas(512, min(0.002, hi / 2), hi)
         with torch.no_grad():
-            reference = heun_sample(denoiser, x, karras_sigmas(512, min(0.002, hi / 2), hi), cond=cond, dtype=x.dtype)
+            reference = heun_sample(denoiser, x, ref_sigmas, cond=cond, dtype=x.dtype, check_finite=False)
+        if not bool(torch.isfinite(reference).all()):  # one sync, once
+            where = _where_nonfinite(heun_sample, denoiser, x, ref_sigmas, cond, {"dtype": x.dtype})
+            raise FloatingPointError(
+                f"optimize_schedule: the reference solution (heun_sample, 512 steps from sigma_max={hi}) is not "
+                f"finite: {where}. Fix the denoiser (or pass a finite reference=)"
+            )
     elif not isinstance(reference, Tensor) or reference.shape != x.shape:
         raise ValueError("reference must be a tensor of x's shape (the converged samples for x)")
+    elif not reference.is_floating_point() or not bool(torch.isfinite(reference).all()):
+        raise ValueError(
+            f"reference must be a finite floating-point tensor (the converged samples for x), got dtype "
+            f"{reference.dtype} with {int((~torch.isfinite(reference.double())).sum())} non-finite entries"
+        )
     ref = reference.detach()
 
     evals = 0
@@ -198,6 +250,14 @@ def optimize_schedule(
     pos = init_s[:-1].clone()
     best = objective(torch.cat([pos, pos.new_zeros(1)]))
     initial = best
+    if not math.isfinite(initial):
+        # Every candidate would compare as inf: the search could only return init with error=inf.
+        where = _where_nonfinite(run, denoiser, x, init_s, cond, kw)
+        raise FloatingPointError(
+            f"optimize_schedule: {getattr(run, '__name__', 'sampler')} on the initial schedule "
+            f"{init_s.tolist()} gives a non-finite error: {where}. Fix the denoiser, or pass an init= whose "
+            "levels it handles"
+        )
     history = [best]
     for _ in range(sweeps):
         improved = False
@@ -249,15 +309,63 @@ def optimize_schedule(
 
 
 def save_schedule(path: str | os.PathLike[str], sigmas: Tensor, **meta: Any) -> None:
-    """Write a schedule as JSON: ``{"sigmas": [...], **meta}`` (plain floats, loadable anywhere)."""
+    """Write a schedule as JSON: ``{"sigmas": [...], **meta}`` (plain floats, loadable anywhere).
+
+    The file is written atomically (a temporary file in the same directory, then ``os.replace``): an
+    error, e.g. metadata that JSON cannot hold, never leaves a truncated file or loses an existing one.
+
+    Raises:
+        TypeError: for a ``path`` that is not a str/PathLike, or ``meta`` that is not JSON-serialisable.
+        ValueError: for an invalid schedule or non-finite floats in ``meta`` (strict JSON has no NaN).
+    """
+    check_path(path)
     s = check_sigmas(sigmas)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump({"sigmas": s.tolist(), **meta}, f, indent=1)
+    try:
+        text = json.dumps({"sigmas": s.tolist(), **meta}, indent=1, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise type(e)(
+            f"save_schedule: the metadata {sorted(meta)} must be plain JSON (str, int, finite float, bool, None, "
+            f"lists and dicts of them): {e}; nothing was written to {os.fspath(path)!r}"
+        ) from None
+    write_atomic(path, text.encode("utf-8"))
 
 
 def load_schedule(path: str | os.PathLike[str], *, dtype: torch.dtype = torch.float64) -> Tensor:
-    """Read a schedule written by :func:`save_schedule` (or a bare JSON list of floats); validated."""
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    values = data["sigmas"] if isinstance(data, dict) else data
-    return check_sigmas(values, name=f"sigmas in {os.fspath(path)}").to(dtype)
+    """Read a schedule written by :func:`save_schedule` (or a bare JSON list of floats); validated.
+
+    The values must be JSON numbers (not booleans or strings) forming a valid schedule (finite, >= 0,
+    non-increasing, 0 only at the end); after the cast to ``dtype`` it must still be one, with no two
+    distinct levels merged.
+
+    Raises:
+        TypeError: for a non-floating ``dtype`` or a ``path`` that is not a str/PathLike.
+        ValueError: naming the file, for malformed JSON, a missing ``"sigmas"`` entry, non-numeric values,
+            an invalid schedule, or levels that ``dtype`` cannot hold apart.
+    """
+    check_path(path)
+    dt = check_float_dtype(dtype)
+    name = f"sigmas in {os.fspath(path)!r}"
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{os.fspath(path)!r} is not a JSON schedule file: {e}") from None
+    if isinstance(data, dict):
+        if "sigmas" not in data:
+            raise ValueError(f"{os.fspath(path)!r} holds a JSON object without a 'sigmas' entry (keys: {sorted(data)})")
+        values = data["sigmas"]
+    else:
+        values = data
+    if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"{name} must be a JSON list of numbers, got {values!r}"[:400])
+    s = check_sigmas(values, name=name)
+    out = s.to(dt)
+    if dt != torch.float64:
+        back = out.to(torch.float64)
+        merged = (back[1:] == back[:-1]) & (s[1:] != s[:-1])
+        if not bool(torch.isfinite(back).all()) or bool((back[:-1] == 0).any()) or bool(merged.any()):
+            raise ValueError(
+                f"{name} cannot be held by dtype={dt}: the cast gives {back.tolist()}"[:400]
+                + "; load it in torch.float32 or torch.float64"
+            )
+    return out

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._validate import check_sigmas
+from .._validate import check_float_dtype, check_int, check_sigmas, check_strict_schedule
 from ..solvers.registry import label, parse_label
 
 __all__ = ["SCHEDULES_FILE", "digits_schedule", "digits_schedules"]
@@ -55,13 +55,28 @@ def digits_schedule(sampler: str, nfe: int, *, dtype: torch.dtype = torch.float6
         sig = es.models.digits_schedule("unipc", 5, **knobs)
         imgs = es.generate(den, range(64), (1, 8, 8), sig, sampler="unipc", **knobs)
 
+    Args:
+        sampler: a registry name, or a key of :func:`digits_schedules` (str).
+        nfe: the number of network evaluations (int; a float is not rounded, it is an error).
+        dtype: a floating dtype for the result; it must hold the levels apart.
+        **knobs: the sampler's knobs (registry defaults for the others).
+
     Raises:
+        TypeError: for a non-str ``sampler``, a non-int ``nfe``, a non-floating ``dtype`` or a bad knob.
+        ValueError: for an unknown sampler, ``nfe`` < 1, or a ``dtype`` that merges levels.
         KeyError: if no schedule was tuned for that configuration and NFE (the message lists those on offer).
     """
+    if not isinstance(sampler, str):
+        raise TypeError(f"sampler must be a registry name (str), got {type(sampler).__name__} {sampler!r}")
+    n = check_int(nfe, "nfe", minimum=1)
+    dt = check_float_dtype(dtype)
     name, given = parse_label(sampler)
     key = label(name, {**given, **knobs}, full=True)
     try:
-        values = _load()["schedules"][key][str(int(nfe))]
+        values = _load()["schedules"][key][str(n)]
     except KeyError:
-        raise KeyError(f"no tuned digits schedule for {key!r} at nfe={nfe}; available: {digits_schedules()}") from None
-    return check_sigmas(values, name="tuned schedule", final_zero=True).to(dtype)
+        raise KeyError(f"no tuned digits schedule for {key!r} at nfe={n}; available: {digits_schedules()}") from None
+    s = check_sigmas(values, name="tuned schedule", final_zero=True)
+    return check_strict_schedule(
+        s.to(dt), f"digits_schedule({key!r}, {n}) in {dt}", fix="use dtype=torch.float32 or torch.float64"
+    )
