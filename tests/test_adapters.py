@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from edm_samplers import euler_sample, karras_sigmas
 from edm_samplers.adapters import ContinuousDenoiser, DDPMDenoiser, sigmas_from_alphas_cumprod
 from edm_samplers.precond import VPPrecond
-from edm_samplers.schedules import clamp_sigmas
+from edm_samplers.schedule_fit import clamp_sigmas
 
 sigma_st = st.floats(min_value=1e-3, max_value=200.0)
 

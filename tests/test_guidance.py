@@ -13,7 +13,7 @@ from torch import Tensor
 from edm_samplers import GaussianMixture, heun_sample, karras_sigmas
 from edm_samplers.guidance import guided
 from edm_samplers.precond import EDMPrecond
-from edm_samplers.schedules import clamp_sigmas
+from edm_samplers.schedule_fit import clamp_sigmas
 
 
 class Counting:

@@ -491,3 +491,13 @@ def test_edm_scalings_with_extreme_sigma_data_in_float32(sigma_data: float) -> N
     for name, g, w in zip(Scalings._fields, got, want, strict=True):
         # float32 round-off; values below float32's smallest subnormal (1.4e-45) round to 0
         torch.testing.assert_close(g.double(), w, rtol=1e-6, atol=1e-44, msg=name)
+
+
+def test_wrapper_scalings_method_uses_its_own_constants() -> None:
+    # The public scalings() of a wrapper (what training code calls) and its forward pass agree, with the
+    # wrapper's own sigma_data (a wrapper that forgot it would silently use 0.5).
+    s = torch.tensor([0.3, 2.0, 40.0], dtype=torch.float64)
+    pre = EDMPrecond(Recorder(), sigma_data=2.0)
+    for got, want in zip(pre.scalings(s), edm_scalings(s, 2.0), strict=True):
+        assert torch.equal(got, want)
+    assert not torch.equal(pre.scalings(s).c_skip, edm_scalings(s).c_skip)

@@ -55,12 +55,12 @@ from .scalings import edm_scalings as edm_scalings
 from .scalings import iddpm_scalings as iddpm_scalings
 from .scalings import ve_scalings as ve_scalings
 from .scalings import vp_scalings as vp_scalings
+from .schedule_fit import clamp_sigmas as clamp_sigmas
 from .schedule_opt import ScheduleSearch as ScheduleSearch
 from .schedule_opt import load_schedule as load_schedule
 from .schedule_opt import optimize_schedule as optimize_schedule
 from .schedule_opt import save_schedule as save_schedule
 from .schedules import append_zero as append_zero
-from .schedules import clamp_sigmas as clamp_sigmas
 from .schedules import iddpm_grid as iddpm_grid
 from .schedules import iddpm_sigmas as iddpm_sigmas
 from .schedules import karras_sigmas as karras_sigmas

@@ -19,7 +19,6 @@ With ``num_steps = 1`` the single level is ``sigma_max`` (the i/(N-1) fraction i
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -30,7 +29,6 @@ from ._validate import (
     check_float_dtype,
     check_int,
     check_nonnegative_values,
-    check_sigmas,
     check_strict_schedule,
     first_bad,
     values_on_host,
@@ -38,7 +36,6 @@ from ._validate import (
 
 __all__ = [
     "append_zero",
-    "clamp_sigmas",
     "iddpm_grid",
     "iddpm_sigmas",
     "karras_sigmas",
@@ -391,100 +388,3 @@ def append_zero(sigmas: Tensor) -> Tensor:
         sigmas, "append_zero(sigmas)", final_zero=False, fix="pass positive, strictly decreasing levels without the 0"
     )
     return torch.cat([sigmas, sigmas.new_zeros(1)])
-
-
-def _range_attr(denoiser: object, name: str, default: float) -> float:
-    v = getattr(denoiser, name, default)
-    if isinstance(v, Tensor) and v.numel() == 1:
-        v = v.item()
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise TypeError(f"denoiser.{name} must be a real number, got {type(v).__name__} {v!r}")
-    if math.isnan(v):
-        raise ValueError(f"denoiser.{name} must not be NaN")
-    return float(v)
-
-
-def _rounded(rs: object, pos: Tensor) -> Tensor:
-    """``denoiser.round_sigma(pos)``, checked: one finite positive level per input level, in the same order."""
-    if not callable(rs):
-        raise TypeError("denoiser.round_sigma must be callable")
-    r = rs(pos)
-    if isinstance(r, (list, tuple)):
-        r = torch.tensor(r, dtype=torch.float64) if all(isinstance(v, (int, float)) for v in r) else r
-    if not isinstance(r, Tensor) or r.numel() != pos.numel() or not r.is_floating_point():
-        got = f"dtype {r.dtype}, shape {tuple(r.shape)}" if isinstance(r, Tensor) else type(r).__name__
-        raise TypeError(f"denoiser.round_sigma must map a [N] float tensor to a [N] float tensor, got {got}")
-    rounded = r.detach().to(device="cpu", dtype=torch.float64).reshape(pos.shape)
-    if not bool(torch.isfinite(rounded).all()) or not bool((rounded > 0).all()):
-        raise ValueError(
-            f"denoiser.round_sigma returned non-positive or non-finite levels {rounded.tolist()} "
-            f"for {pos.tolist()}; it must map each level to a nearby positive one"
-        )
-    if bool((rounded[1:] > rounded[:-1]).any()):
-        raise ValueError(
-            f"denoiser.round_sigma reversed the order of the levels: {pos.tolist()} -> {rounded.tolist()}; "
-            "it must be non-decreasing in sigma"
-        )
-    return rounded
-
-
-def clamp_sigmas(
-    sigmas: Tensor | Sequence[float],
-    sigma_min: float | None = None,
-    sigma_max: float | None = None,
-    *,
-    denoiser: object = None,
-    round: bool = True,
-) -> Tensor:
-    """Fit a schedule to a denoiser: clamp its positive levels into the valid range, round them, drop repeats.
-
-    The range is [``sigma_min``, ``sigma_max``] where given, else the ``denoiser``'s ``sigma_min`` /
-    ``sigma_max`` attributes (every preconditioner, adapter and guided denoiser of the library has them),
-    else unbounded. With ``round``, the denoiser's ``round_sigma`` (if any: discrete-time models) maps each
-    level onto one the network was trained at. The final 0 stays 0; consecutive duplicates created by
-    clamping or rounding are removed, so every step moves (a zero-length step would waste network
-    evaluations). Runs once on the host, before sampling.
-
-    Examples: ``clamp_sigmas(karras_sigmas(18), denoiser=den)``, ``clamp_sigmas(s, 0.01, 20.0)``.
-
-    Returns:
-        The fitted schedule, in ``sigmas``' dtype and on its device (float64 on the CPU for a list): positive,
-        strictly decreasing levels, then the final 0 if ``sigmas`` had one.
-
-    Raises:
-        ValueError / TypeError: for an invalid schedule; a range that is not two numbers with
-            0 <= sigma_min < sigma_max (arguments first, else the denoiser's); a ``round_sigma`` that does not
-            return one finite positive level per input level in the same order (e.g. ``lambda s: -s``); or
-            levels that become equal after the cast back to ``sigmas``' dtype (e.g. float16 with sigma_min
-            and sigma_max within an ulp).
-    """
-    s = check_sigmas(sigmas)
-    given = check_float(sigma_min, "sigma_min", positive=True) if sigma_min is not None else None
-    lo = _range_attr(denoiser, "sigma_min", 0.0) if given is None else given
-    given = check_float(sigma_max, "sigma_max", positive=True, allow_inf=True) if sigma_max is not None else None
-    hi = _range_attr(denoiser, "sigma_max", math.inf) if given is None else given
-    if not 0 <= lo < hi:
-        raise ValueError(
-            f"sigma_min must be < sigma_max, got sigma_min={lo}, sigma_max={hi} (arguments first, else the "
-            "denoiser's); the range needs 0 <= sigma_min < sigma_max"
-        )
-    pos = s[s > 0].clamp(lo, hi)
-    rs = getattr(denoiser, "round_sigma", None)
-    if round and rs is not None:
-        pos = _rounded(rs, pos)
-    keep = torch.ones_like(pos, dtype=torch.bool)
-    keep[1:] = pos[1:] != pos[:-1]
-    out = pos[keep]
-    ends_in_zero = bool(s[-1] == 0)
-    if ends_in_zero:
-        out = torch.cat([out, out.new_zeros(1)])
-    if isinstance(sigmas, Tensor):
-        out = out.to(dtype=sigmas.dtype)
-        check_strict_schedule(
-            out,
-            f"clamp_sigmas(sigmas, sigma_min={lo}, sigma_max={hi}) in {sigmas.dtype}",
-            final_zero=ends_in_zero,
-            fix="clamp a float32/float64 schedule",
-        )
-        return out.to(device=sigmas.device)
-    return out
