@@ -5,7 +5,7 @@
   denoiser;
 - the NFE sweep over the named problems of ``edm_samplers._named``: same seeds (per-seed noise), same
   initial noise and same NFE for everyone; global error against
-  :func:`~edm_samplers.reference.ode_reference`, Frechet distance, sliced Wasserstein;
+  :func:`~edm_samplers.evaluation.ode_reference`, Frechet distance, sliced Wasserstein;
 - sharding over ``torch.distributed`` ranks: seeds split into fixed chunks by global position, each rank
   samples its chunks, statistics are summed exactly across ranks (never gathered as samples).
 """
@@ -28,10 +28,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from edm_samplers import GaussianMixture, PerSampleNoise, generate
+from edm_samplers import PerSampleNoise, generate
 from edm_samplers._dist import cpu_group, dist_info, shard_chunks
 from edm_samplers._named import Problem, make_sigmas
-from edm_samplers.metrics import FeatureStats, frechet_distance_from_stats, sliced_wasserstein
+from edm_samplers.evaluation import FeatureStats, GaussianMixture, frechet_distance_from_stats, sliced_wasserstein
 from edm_samplers.solvers.registry import REGISTRY, get, parse_label
 
 # ---- the library's samplers, from the registry --------------------------------------------------------
@@ -295,7 +295,7 @@ def reference_cached(problem: Problem, seeds: Sequence[int], smin: float, smax: 
         rtol = 1e-9 if problem.exact else 1e-5
     import numpy as np
 
-    from edm_samplers.reference import ode_reference
+    from edm_samplers.evaluation import ode_reference
 
     key = hashlib.sha256(
         f"{problem.name}|{list(seeds)}|{smin!r}|{smax!r}|{rtol!r}|{problem.shape}".encode()

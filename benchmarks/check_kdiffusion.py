@@ -34,7 +34,7 @@ def main() -> int:
         print("k-diffusion is not importable: nothing compared")
         return 2
     g = torch.Generator().manual_seed(0)
-    gm = es.GaussianMixture(
+    gm = es.evaluation.GaussianMixture(
         torch.randn(4, 5, generator=g, dtype=torch.float64),
         torch.rand(4, generator=g, dtype=torch.float64) * 0.4 + 0.1,
         torch.rand(4, generator=g, dtype=torch.float64) + 0.2,

@@ -129,11 +129,11 @@ def main() -> None:
     perm = torch.randperm(real.shape[0], generator=torch.Generator().manual_seed(0))
     feats_a = digits_features(real[perm[:899]])
     feats_b = digits_features(real[perm[899:]])
-    real_fd = es.frechet_distance(feats_b, feats_a)
+    real_fd = es.evaluation.frechet_distance(feats_b, feats_a)
     x0 = latents(range(args.samples)) * SIG_MAX
 
     def fd(images: torch.Tensor) -> float:
-        v = es.frechet_distance(digits_features(images.clamp(-1, 1)), feats_a)
+        v = es.evaluation.frechet_distance(digits_features(images.clamp(-1, 1)), feats_a)
         return v if math.isfinite(v) else float("inf")
 
     t0 = time.time()

@@ -37,9 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import test_augment
 import test_loss
 import test_metrics
-from edm_samplers import GaussianMixture, edm_scalings, heun_sample, karras_sigmas
+from edm_samplers import edm_scalings, heun_sample, karras_sigmas
+from edm_samplers.evaluation import GaussianMixture, frechet_distance
 from edm_samplers.guidance import guided
-from edm_samplers.metrics import frechet_distance
 
 Check = Callable[[int], "dict[str, float] | None"]
 

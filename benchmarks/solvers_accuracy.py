@@ -4,7 +4,7 @@ Every solver integrates the same probability-flow ODE on the same exact (closed-
 same initial noise, on the same schedule (EDM's rho = 7, sigma 80 -> 0.002, then 0), at the same number of
 denoiser evaluations (NFE). The error is the RMS over the batch of ||x - x_ref|| / sqrt(dim), with x_ref
 the float64 adaptive Dormand-Prince solution of the ODE followed by the final step x = D(x; sigma_min) that
-every sampler takes (:func:`edm_samplers.reference.ode_reference`): it measures discretisation error only.
+every sampler takes (:func:`edm_samplers.evaluation.ode_reference`): it measures discretisation error only.
 
 diffusers' schedulers are driven in their own loop (``scheduler.step``) with ``prediction_type="sample"``:
 the model returns D(x / alpha; sigma) for their VP-scaled state x = alpha x_EDM, with sigma read from the
@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 import edm_samplers as es
-from edm_samplers.reference import ode_reference
+from edm_samplers.evaluation import ode_reference
 from edm_samplers.solvers.api import sampler_function
 from edm_samplers.solvers.registry import get, parse_label
 
@@ -47,17 +47,26 @@ def problems(batch: int) -> dict[str, tuple[Any, torch.Tensor]]:
     # 2-D mixture of 8 narrow Gaussians on a ring (multi-modal, sharp at low sigma).
     ang = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
     ring = torch.stack([ang.cos(), ang.sin()], 1)
-    out["gmm2d_ring"] = (es.GaussianMixture(ring, 0.05), torch.randn(batch, 2, generator=g, dtype=torch.float64))
+    out["gmm2d_ring"] = (
+        es.evaluation.GaussianMixture(ring, 0.05),
+        torch.randn(batch, 2, generator=g, dtype=torch.float64),
+    )
     # 16-D mixture of 6 components with unequal widths and weights.
     means = torch.randn(6, 16, generator=g, dtype=torch.float64)
     stds = torch.rand(6, generator=g, dtype=torch.float64) * 0.4 + 0.1
     w = torch.rand(6, generator=g, dtype=torch.float64) + 0.2
-    out["gmm16d"] = (es.GaussianMixture(means, stds, w), torch.randn(batch, 16, generator=g, dtype=torch.float64))
+    out["gmm16d"] = (
+        es.evaluation.GaussianMixture(means, stds, w),
+        torch.randn(batch, 16, generator=g, dtype=torch.float64),
+    )
     # Empirical denoiser of 64 points in 8-D (what a perfectly fitted network converges to).
     data = torch.randn(64, 8, generator=g, dtype=torch.float64) * 0.5
-    out["empirical8d"] = (es.empirical_denoiser(data), torch.randn(batch, 8, generator=g, dtype=torch.float64))
+    out["empirical8d"] = (
+        es.evaluation.empirical_denoiser(data),
+        torch.randn(batch, 8, generator=g, dtype=torch.float64),
+    )
     # 3x8x8 "images": a Gaussian (closed-form ODE) with data std 0.5.
-    gauss = es.GaussianMixture(torch.zeros(1, 3, 8, 8, dtype=torch.float64), 0.5)
+    gauss = es.evaluation.GaussianMixture(torch.zeros(1, 3, 8, 8, dtype=torch.float64), 0.5)
     out["gauss_img"] = (gauss, torch.randn(batch, 3, 8, 8, generator=g, dtype=torch.float64))
     return out
 

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import edm_samplers as es
 import solvers_accuracy as sa
-from edm_samplers.reference import ode_reference
+from edm_samplers.evaluation import ode_reference
 from edm_samplers.schedule_opt import optimize_schedule
 
 SIG_MAX, SIG_MIN = 80.0, 0.002

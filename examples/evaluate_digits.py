@@ -69,11 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         "n_generated": gen.shape[0],
         "nfe": es.count_nfe(sigmas, "heun"),
         "sampling_time_s": round(t_sample, 1),
-        "classifier_fd_real_vs_real": es.frechet_distance(fb, fa),
-        "classifier_fd_generated_vs_real": es.frechet_distance(fg, fa),
-        "classifier_fd_generated_vs_real_b": es.frechet_distance(fg, fb),
-        "pixel_fd_real_vs_real": es.frechet_distance(pix["b"], pix["a"]),
-        "pixel_fd_generated_vs_real": es.frechet_distance(pix["g"], pix["a"]),
+        "classifier_fd_real_vs_real": es.evaluation.frechet_distance(fb, fa),
+        "classifier_fd_generated_vs_real": es.evaluation.frechet_distance(fg, fa),
+        "classifier_fd_generated_vs_real_b": es.evaluation.frechet_distance(fg, fb),
+        "pixel_fd_real_vs_real": es.evaluation.frechet_distance(pix["b"], pix["a"]),
+        "pixel_fd_generated_vs_real": es.evaluation.frechet_distance(pix["g"], pix["a"]),
     }
     res["classifier_ratio"] = res["classifier_fd_generated_vs_real"] / res["classifier_fd_real_vs_real"]
     res["pixel_ratio"] = res["pixel_fd_generated_vs_real"] / res["pixel_fd_real_vs_real"]

@@ -34,10 +34,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from edm_samplers import EDMLoss
 from edm_samplers._safetensors import save_file
-from edm_samplers.augment import AugmentPipe
-from edm_samplers.ema import EMA
 from edm_samplers.models.digits import (
     DEFAULT_PRECOND_CONFIG,
     DEFAULT_UNET_CONFIG,
@@ -45,6 +42,7 @@ from edm_samplers.models.digits import (
     load_digits_images,
 )
 from edm_samplers.precond import EDMPrecond
+from edm_samplers.training import EMA, AugmentPipe, EDMLoss
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

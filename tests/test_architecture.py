@@ -37,9 +37,9 @@ def midpoint() -> Iterator[str]:
         TABLES.clear()
 
 
-def _mixture() -> es.GaussianMixture:
+def _mixture() -> es.evaluation.GaussianMixture:
     g = torch.Generator().manual_seed(3)
-    return es.GaussianMixture(torch.randn(4, 3, generator=g, dtype=torch.float64), 0.3)
+    return es.evaluation.GaussianMixture(torch.randn(4, 3, generator=g, dtype=torch.float64), 0.3)
 
 
 def test_toy_solver_is_the_midpoint_rule(midpoint: str) -> None:

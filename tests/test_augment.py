@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edm_samplers import AugmentPipe, AugmentPipeProtocol
+from edm_samplers.training import AugmentPipe, AugmentPipeProtocol
 
 ALL_OFF = {"xflip": 0.0, "yflip": 0.0, "translate_int": 0.0, "translate_frac": 0.0, "scale": 0.0, "rotate": 0.0,
            "aniso": 0.0}  # fmt: skip

@@ -244,9 +244,9 @@ def test_digits_schedule(kw: dict[str, Any]) -> None:
     assert_schedule(s)
 
 
-def _optimize_problem() -> tuple[es.GaussianMixture, Tensor, Tensor]:
+def _optimize_problem() -> tuple[es.evaluation.GaussianMixture, Tensor, Tensor]:
     g = torch.Generator().manual_seed(0)
-    gm = es.GaussianMixture(torch.randn(2, 3, generator=g, dtype=torch.float64), 0.2)
+    gm = es.evaluation.GaussianMixture(torch.randn(2, 3, generator=g, dtype=torch.float64), 0.2)
     x = torch.randn(4, 3, generator=g, dtype=torch.float64) * 80
     return gm, x, es.heun_sample(gm, x, es.karras_sigmas(64))
 
@@ -340,15 +340,15 @@ OUTPUTS = {
     "list": lambda y, s: y.tolist(),
 }
 LOSS_PARAMS: dict[Any, dict[str, object]] = {
-    es.EDMLoss: {"p_mean": -1.2, "p_std": 1.2, "sigma_data": 0.5},
-    es.VPLoss: {"beta_d": 19.9, "beta_min": 0.1, "eps_t": 1e-5},
-    es.VELoss: {"sigma_min": 0.02, "sigma_max": 100.0},
+    es.training.EDMLoss: {"p_mean": -1.2, "p_std": 1.2, "sigma_data": 0.5},
+    es.training.VPLoss: {"beta_d": 19.9, "beta_min": 0.1, "eps_t": 1e-5},
+    es.training.VELoss: {"sigma_min": 0.02, "sigma_max": 100.0},
 }
 
 
 @given(
     data=st.data(),
-    cls=st.sampled_from([es.EDMLoss, es.VPLoss, es.VELoss]),
+    cls=st.sampled_from([es.training.EDMLoss, es.training.VPLoss, es.training.VELoss]),
     out=st.sampled_from(["ok", "ok", "ok", *sorted(OUTPUTS)]),
 )
 def test_losses(data: st.DataObject, cls: Any, out: str) -> None:
@@ -364,9 +364,9 @@ def test_losses(data: st.DataObject, cls: Any, out: str) -> None:
 
 
 SAMPLERS: dict[str, tuple[Any, dict[str, object]]] = {
-    "lognormal": (es.lognormal_sigmas, {"p_mean": -1.2, "p_std": 1.2}),
-    "loguniform": (es.loguniform_sigmas, {"sigma_min": 0.02, "sigma_max": 100.0}),
-    "vp": (es.vp_training_sigmas, {"beta_d": 19.9, "beta_min": 0.1, "eps_t": 1e-5}),
+    "lognormal": (es.training.lognormal_sigmas, {"p_mean": -1.2, "p_std": 1.2}),
+    "loguniform": (es.training.loguniform_sigmas, {"sigma_min": 0.02, "sigma_max": 100.0}),
+    "vp": (es.training.vp_training_sigmas, {"beta_d": 19.9, "beta_min": 0.1, "eps_t": 1e-5}),
 }
 
 
@@ -394,7 +394,7 @@ def test_training_sigma_samplers(which: str, data: st.DataObject) -> None:
 def test_loss_weights(kw: dict[str, Any], edm: bool) -> None:
     sigma, sigma_data = kw["sigma"], kw["sigma_data"]
     try:
-        w = es.edm_weight(sigma, sigma_data) if edm else es.inverse_square_weight(sigma)
+        w = es.training.edm_weight(sigma, sigma_data) if edm else es.training.inverse_square_weight(sigma)
     except BAD:
         event("raised")
         return

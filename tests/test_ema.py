@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from edm_samplers import EMA, PowerEMA
-from edm_samplers.ema import gamma_to_sigma_rel, sigma_rel_to_gamma
+from edm_samplers.training import EMA, PowerEMA
+from edm_samplers.training.ema import gamma_to_sigma_rel, sigma_rel_to_gamma
 
 
 def _lin(value: float) -> nn.Linear:

@@ -19,7 +19,7 @@ from PIL import Image
 
 from edm_samplers import _fid as F
 from edm_samplers.cli import main
-from edm_samplers.metrics import FeatureStats
+from edm_samplers.evaluation import FeatureStats
 
 
 @pytest.fixture(autouse=True)

@@ -183,9 +183,9 @@ def replay_sigmas(kind: str, g: torch.Generator, n: int) -> Tensor:
 
 
 LOSSES: dict[str, Callable[[], Any]] = {
-    "edm": lambda: es.EDMLoss(p_mean=-0.4, p_std=0.7, sigma_data=1.3),
-    "ve": lambda: es.VELoss(sigma_min=0.1, sigma_max=30.0),
-    "vp": lambda: es.VPLoss(beta_d=11.0, beta_min=0.3, eps_t=0.01),
+    "edm": lambda: es.training.EDMLoss(p_mean=-0.4, p_std=0.7, sigma_data=1.3),
+    "ve": lambda: es.training.VELoss(sigma_min=0.1, sigma_max=30.0),
+    "vp": lambda: es.training.VPLoss(beta_d=11.0, beta_min=0.3, eps_t=0.01),
 }
 
 
@@ -224,7 +224,7 @@ def test_loss_target_is_the_augmented_image() -> None:
         seen.update(cond)
         return 0.5 * x
 
-    got = es.VELoss()(den, y, augment_pipe=pipe, generator=torch.Generator().manual_seed(9))
+    got = es.training.VELoss()(den, y, augment_pipe=pipe, generator=torch.Generator().manual_seed(9))
     g = torch.Generator().manual_seed(9)
     sigma = torch.exp(math.log(0.02) + (math.log(100.0) - math.log(0.02)) * torch.rand(4, generator=g))
     y_aug = 2.0 * y.flip(-1) + 1.0
@@ -238,11 +238,11 @@ def test_weights_are_table1() -> None:
     s = torch.tensor([0.01, 0.3, 2.0, 50.0], dtype=F64)
     for sd in (0.5, 1.7):
         want = [(v**2 + sd**2) / (v * sd) ** 2 for v in s.tolist()]
-        assert es.edm_weight(s, sd).tolist() == pytest.approx(want, rel=1e-14)
+        assert es.training.edm_weight(s, sd).tolist() == pytest.approx(want, rel=1e-14)
         # lambda c_out^2 = 1: the network's effective weight is one.
         c_out = es.edm_scalings(s, sd).c_out
-        assert (es.edm_weight(s, sd) * c_out**2).tolist() == pytest.approx([1.0] * 4, rel=1e-13)
-    assert es.inverse_square_weight(s).tolist() == pytest.approx([1 / v**2 for v in s.tolist()], rel=1e-14)
+        assert (es.training.edm_weight(s, sd) * c_out**2).tolist() == pytest.approx([1.0] * 4, rel=1e-13)
+    assert es.training.inverse_square_weight(s).tolist() == pytest.approx([1 / v**2 for v in s.tolist()], rel=1e-14)
 
 
 # ---- exact denoisers -------------------------------------------------------------------------------------
@@ -276,7 +276,7 @@ def test_gaussian_mixture_is_the_ideal_denoiser(seed: int, log_sigma: float) -> 
     means = torch.randn(3, 2, 3, generator=g, dtype=F64)
     stds = torch.tensor([0.05, 0.4, 1.3], dtype=F64)  # unequal: the -d/2 log(var_k) term weighs components
     weights = torch.tensor([0.2, 0.5, 0.3], dtype=F64)
-    gm = es.GaussianMixture(means, stds, weights)
+    gm = es.evaluation.GaussianMixture(means, stds, weights)
     sigma0 = math.exp(log_sigma)
     sigma = sigma0 * torch.tensor([1.0, 0.5, 2.0, 1.3], dtype=F64)
     y = gm.sample(4, generator=g)
@@ -296,7 +296,7 @@ def test_gaussian_mixture_samples_have_its_moments(seed: int) -> None:
     # 0.02), each component's per-coordinate mean (std err <= 1.5 / sqrt(6000) = 0.019, margin 0.12) and
     # pooled variance (relative std err <= sqrt(2 / (4 * 6000)) = 0.0091, margin 6 %).
     means = torch.stack([torch.full((4,), -8.0), torch.full((4,), 8.0)]).double()
-    gm = es.GaussianMixture(means, torch.tensor([0.5, 1.5], dtype=F64), [0.3, 0.7])
+    gm = es.evaluation.GaussianMixture(means, torch.tensor([0.5, 1.5], dtype=F64), [0.3, 0.7])
     y = gm.sample(20_000, generator=torch.Generator().manual_seed(seed))
     first = y.mean(1) < 0
     assert abs(float(first.double().mean()) - 0.3) < 0.02
@@ -316,9 +316,11 @@ def test_empirical_denoiser_and_point_mass_are_ideal() -> None:
         sq = ((z[:, None, :] - data[None]) ** 2).sum(-1)
         return torch.logsumexp(-0.5 * sq / sigma[:, None] ** 2, 1)
 
-    torch.testing.assert_close(es.empirical_denoiser(data)(x, sigma), tweedie(x, sigma, log_p), rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        es.evaluation.empirical_denoiser(data)(x, sigma), tweedie(x, sigma, log_p), rtol=0, atol=1e-12
+    )
     mu = torch.randn(4, generator=g, dtype=F64)
-    torch.testing.assert_close(es.PointMass(mu)(x, sigma), mu.expand(3, 4), rtol=0, atol=0)
+    torch.testing.assert_close(es.evaluation.PointMass(mu)(x, sigma), mu.expand(3, 4), rtol=0, atol=0)
 
 
 def test_gaussian_ode_solution_solves_the_ode() -> None:
@@ -326,14 +328,14 @@ def test_gaussian_ode_solution_solves_the_ode() -> None:
     # truncation O(h^2 x''') ~ 1e-10 relative.
     mu, s = 0.3, 0.7
     x0 = torch.tensor([[2.0, -5.0, 11.0]], dtype=F64)
-    gm = es.GaussianMixture(torch.full((1, 3), mu, dtype=F64), s)
+    gm = es.evaluation.GaussianMixture(torch.full((1, 3), mu, dtype=F64), s)
     for sig in (0.05, 0.9, 12.0):
-        x = es.gaussian_ode_solution(x0, 20.0, sig, mu, s)
+        x = es.evaluation.gaussian_ode_solution(x0, 20.0, sig, mu, s)
         h = 1e-5 * sig
-        up, down = (es.gaussian_ode_solution(x0, 20.0, sig + sign * h, mu, s) for sign in (1, -1))
+        up, down = (es.evaluation.gaussian_ode_solution(x0, 20.0, sig + sign * h, mu, s) for sign in (1, -1))
         deriv = (up - down) / (2 * h)
         torch.testing.assert_close(deriv, (x - gm(x, sig)) / sig, rtol=1e-7, atol=1e-9)
-    torch.testing.assert_close(es.gaussian_ode_solution(x0, 20.0, 20.0, mu, s), x0, rtol=1e-15, atol=0)
+    torch.testing.assert_close(es.evaluation.gaussian_ode_solution(x0, 20.0, 20.0, mu, s), x0, rtol=1e-15, atol=0)
 
 
 # ---- churn: EDM Algorithm 2 ------------------------------------------------------------------------------
@@ -369,9 +371,9 @@ def algorithm_2(
     return xs
 
 
-def mixture(seed: int = 0, dim: int = 3) -> es.GaussianMixture:
+def mixture(seed: int = 0, dim: int = 3) -> es.evaluation.GaussianMixture:
     g = torch.Generator().manual_seed(seed)
-    return es.GaussianMixture(
+    return es.evaluation.GaussianMixture(
         torch.randn(4, dim, generator=g, dtype=F64), torch.rand(4, generator=g, dtype=F64) * 0.4 + 0.05
     )
 

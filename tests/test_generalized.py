@@ -11,12 +11,10 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from edm_samplers import (
-    GaussianMixture,
     PerSampleNoise,
     PrecomputedNoise,
     StepInfo,
     euler_sample,
-    gaussian_ode_solution,
     generalized_sample,
     heun_sample,
     iddpm_sigmas,
@@ -25,6 +23,7 @@ from edm_samplers import (
     ve_sigmas,
     vp_sigmas,
 )
+from edm_samplers.evaluation import GaussianMixture, gaussian_ode_solution
 
 MIX = GaussianMixture(
     torch.tensor([[1.0, 0.0], [-1.0, 2.0]], dtype=torch.float64), torch.tensor([0.3, 0.5], dtype=torch.float64)

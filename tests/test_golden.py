@@ -71,7 +71,7 @@ def _digits() -> Callable[..., Tensor]:
 
 def _denoiser(name: str, inputs: dict[str, Tensor]) -> Callable[..., Tensor]:
     if name == "gm":
-        return es.GaussianMixture(inputs["gm_means"], inputs["gm_stds"], inputs["gm_weights"])
+        return es.evaluation.GaussianMixture(inputs["gm_means"], inputs["gm_stds"], inputs["gm_weights"])
     return _digits()
 
 

@@ -22,7 +22,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import edm_samplers
 from edm_samplers import (
-    GaussianMixture,
     GraphedSampler,
     PerSampleNoise,
     PrecomputedNoise,
@@ -32,6 +31,7 @@ from edm_samplers import (
     karras_sigmas,
     stochastic_sample,
 )
+from edm_samplers.evaluation import GaussianMixture
 from edm_samplers.solvers import registry
 from edm_samplers.solvers.runtime import prepare
 from edm_samplers.solvers.steps import churn, euler_step, heun_step, step_table, unstack

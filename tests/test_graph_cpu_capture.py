@@ -30,7 +30,6 @@ from torch.utils._pytree import tree_flatten
 
 import edm_samplers
 from edm_samplers import (
-    GaussianMixture,
     GraphedSampler,
     PerSampleNoise,
     PrecomputedNoise,
@@ -39,6 +38,7 @@ from edm_samplers import (
     karras_sigmas,
     stochastic_sample,
 )
+from edm_samplers.evaluation import GaussianMixture
 from edm_samplers.solvers import multistep, registry
 
 # ---- the stand-in -------------------------------------------------------------------------------------

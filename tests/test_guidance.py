@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
-from edm_samplers import GaussianMixture, heun_sample, karras_sigmas
+from edm_samplers import heun_sample, karras_sigmas
+from edm_samplers.evaluation import GaussianMixture
 from edm_samplers.guidance import guided
 from edm_samplers.precond import EDMPrecond
 from edm_samplers.schedule_fit import clamp_sigmas

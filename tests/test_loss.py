@@ -11,10 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from edm_samplers import (
+from edm_samplers import vp_sigma_inv
+from edm_samplers.evaluation import GaussianMixture
+from edm_samplers.models import UNet
+from edm_samplers.precond import EDMPrecond, edm_scalings, ve_scalings, vp_scalings
+from edm_samplers.training import (
     AugmentPipe,
     EDMLoss,
-    GaussianMixture,
     LearnedUncertainty,
     VELoss,
     VPLoss,
@@ -22,11 +25,8 @@ from edm_samplers import (
     inverse_square_weight,
     lognormal_sigmas,
     loguniform_sigmas,
-    vp_sigma_inv,
     vp_training_sigmas,
 )
-from edm_samplers.models import UNet
-from edm_samplers.precond import EDMPrecond, edm_scalings, ve_scalings, vp_scalings
 
 D = 256  # elements per image
 B = 512  # images

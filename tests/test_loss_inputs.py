@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from edm_samplers import (
+from edm_samplers.training import (
     EDMLoss,
     LearnedUncertainty,
     VELoss,

@@ -17,7 +17,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edm_samplers.metrics import (
+from edm_samplers.evaluation.metrics import (
     FeatureStats,
     _split_bins,
     frechet_distance,

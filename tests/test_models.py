@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import edm_samplers as es
-from edm_samplers.metrics import gaussian_frechet_distance
+from edm_samplers.evaluation.metrics import gaussian_frechet_distance
 from edm_samplers.models import UNet
 from edm_samplers.models.digits import (
     CLASSIFIER_WEIGHTS,
@@ -120,17 +120,17 @@ def test_gaussian_frechet_matches_diagonal_closed_form(dim: int, seed: int) -> N
 def test_frechet_distance_of_samples() -> None:
     g = torch.Generator().manual_seed(0)
     a = torch.randn(40000, 3, generator=g, dtype=torch.float64)
-    assert es.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
+    assert es.evaluation.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
     b = torch.randn(40000, 3, generator=g, dtype=torch.float64) * 2 + 1
     # N(0, I) vs N(1, 4 I) in 3-d: 3 * 1 + 3 * (2 - 1)^2 = 6. The estimate's standard deviation is ~0.15 at
     # 4000 samples per side (measured over 1000 seeds: +-0.3 failed 39 of them); at 40000 it is ~0.05, so
     # +-0.3 is a 6-sigma margin (benchmarks/seed_robustness.py's replica measures it).
-    assert es.frechet_distance(a, b) == pytest.approx(6.0, abs=0.3)
-    assert es.frechet_distance(a, b) == pytest.approx(es.frechet_distance(b, a), rel=1e-9)
+    assert es.evaluation.frechet_distance(a, b) == pytest.approx(6.0, abs=0.3)
+    assert es.evaluation.frechet_distance(a, b) == pytest.approx(es.evaluation.frechet_distance(b, a), rel=1e-9)
     with pytest.raises(ValueError, match="same feature size"):
-        es.frechet_distance(a, b[:, :2])
+        es.evaluation.frechet_distance(a, b[:, :2])
     with pytest.raises(ValueError, match="at least 2 samples"):
-        es.frechet_distance(a[:1], b)
+        es.evaluation.frechet_distance(a[:1], b)
 
 
 # ---- issue 11: tuned schedules under bad input --------------------------------------------------

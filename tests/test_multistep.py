@@ -1,7 +1,7 @@
 """Multistep / low-NFE solvers: convergence orders, independent transcriptions, noise contract, errors.
 
 Orders are measured on Gaussian data N(mu, s^2 I), whose probability-flow ODE has the closed-form
-solution :func:`edm_samplers.gaussian_ode_solution`, integrating from sigma = 80 to sigma_min = 0.002
+solution :func:`edm_samplers.evaluation.gaussian_ode_solution`, integrating from sigma = 80 to sigma_min = 0.002
 (no step to 0, so every step is a true step of the method) with 50..400 steps. The final step to 0 is
 checked separately.
 """
@@ -23,9 +23,7 @@ from scipy import integrate
 
 import edm_samplers as es
 from edm_samplers import (
-    GaussianMixture,
     PerSampleNoise,
-    PointMass,
     StepInfo,
     deis_sample,
     dpm2_sample,
@@ -34,12 +32,12 @@ from edm_samplers import (
     dpmpp_3m_sample,
     dpmpp_3m_sde_sample,
     euler_ancestral_sample,
-    gaussian_ode_solution,
     ipndm_sample,
     karras_sigmas,
     lms_sample,
     unipc_sample,
 )
+from edm_samplers.evaluation import GaussianMixture, PointMass, gaussian_ode_solution
 from edm_samplers.solvers import multistep_plan
 from strategies import schedules
 

@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from edm_samplers import (
-    GaussianMixture,
     PerSampleNoise,
     euler_sample,
     generate,
@@ -24,6 +23,7 @@ from edm_samplers import (
     stochastic_sample,
     vp_sigmas,
 )
+from edm_samplers.evaluation import GaussianMixture
 
 Den = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -9,8 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edm_samplers import GaussianMixture, gaussian_ode_solution, heun_sample, karras_sigmas
-from edm_samplers.reference import ode_reference, solve_ode
+from edm_samplers import heun_sample, karras_sigmas
+from edm_samplers.evaluation import GaussianMixture, gaussian_ode_solution, ode_reference, solve_ode
 
 
 def _gaussian(mu: float, s: float, dim: int) -> GaussianMixture:

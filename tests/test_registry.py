@@ -121,7 +121,7 @@ def test_steps_for_nfe() -> None:
 
 
 def test_generate_takes_names_and_functions_alike() -> None:
-    gm = es.GaussianMixture(torch.zeros(1, 2, dtype=torch.float64), 0.5)
+    gm = es.evaluation.GaussianMixture(torch.zeros(1, 2, dtype=torch.float64), 0.5)
     sig = es.karras_sigmas(4)
     a = es.generate(gm, [1, 2], (2,), sig, sampler="unipc", dtype=torch.float64, order=2)
     b = es.generate(gm, [1, 2], (2,), sig, sampler=es.unipc_sample, dtype=torch.float64, order=2)
@@ -135,7 +135,7 @@ def test_generate_takes_names_and_functions_alike() -> None:
 
 
 def test_run_options_are_checked() -> None:
-    gm = es.GaussianMixture(torch.zeros(1, 2, dtype=torch.float64), 0.5)
+    gm = es.evaluation.GaussianMixture(torch.zeros(1, 2, dtype=torch.float64), 0.5)
     with pytest.raises(TypeError, match="progress must be True or False"):
         es.heun_sample(gm, torch.zeros(1, 2), es.karras_sigmas(3), progress=1)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="check_finite must be True or False"):

@@ -12,13 +12,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edm_samplers import (
-    GaussianMixture,
     PerSampleNoise,
-    PointMass,
     StepInfo,
     count_nfe,
     euler_sample,
-    gaussian_ode_solution,
     generate,
     heun_sample,
     initial_x,
@@ -26,6 +23,7 @@ from edm_samplers import (
     loglinear_sigmas,
     stochastic_sample,
 )
+from edm_samplers.evaluation import GaussianMixture, PointMass, gaussian_ode_solution
 from edm_samplers.solvers import registry
 from strategies import sample_shapes, schedules
 

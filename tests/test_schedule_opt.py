@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from edm_samplers import GaussianMixture, euler_sample, heun_sample, karras_sigmas
+from edm_samplers import euler_sample, heun_sample, karras_sigmas
+from edm_samplers.evaluation import GaussianMixture
 from edm_samplers.schedule_opt import load_schedule, optimize_schedule, save_schedule
 
 

@@ -365,9 +365,9 @@ CASES: dict[str, Case] = {
 }
 
 
-def mixture(seed: int = 0, dim: int = 5) -> es.GaussianMixture:
+def mixture(seed: int = 0, dim: int = 5) -> es.evaluation.GaussianMixture:
     g = torch.Generator().manual_seed(seed)
-    return es.GaussianMixture(
+    return es.evaluation.GaussianMixture(
         torch.randn(4, dim, generator=g, dtype=F64),
         torch.rand(4, generator=g, dtype=F64) * 0.4 + 0.05,
         torch.rand(4, generator=g, dtype=F64) + 0.2,
@@ -452,7 +452,9 @@ def test_point_mass_path_is_exact(name: str, sig: Tensor, seed: int) -> None:
     mu = torch.randn(3, generator=g, dtype=F64)
     x0 = torch.randn(2, 3, generator=g, dtype=F64) * float(sig[0])
     infos: list[es.StepInfo] = []
-    ODE_SAMPLERS[name](es.PointMass(mu), x0, sig, callback=infos.append, noise=es.PerSampleNoise([seed, seed + 1]))
+    ODE_SAMPLERS[name](
+        es.evaluation.PointMass(mu), x0, sig, callback=infos.append, noise=es.PerSampleNoise([seed, seed + 1])
+    )
     s = sig.tolist()
     # Round-off of an O(sigma_0) state over <= 10 steps (weights up to ~1/0.001 on the closest allowed
     # levels): 1e-11 sigma_0 absolute.
@@ -466,7 +468,7 @@ def test_point_mass_path_is_exact(name: str, sig: Tensor, seed: int) -> None:
 # ---- error constants at a fixed N ----------------------------------------------------------------------------
 
 MU, S = 0.3, 0.5
-GAUSS = es.GaussianMixture(torch.full((1, 4), MU, dtype=F64), S)
+GAUSS = es.evaluation.GaussianMixture(torch.full((1, 4), MU, dtype=F64), S)
 X0 = torch.randn(16, 4, generator=torch.Generator().manual_seed(0), dtype=F64) * 80.0
 CONST_CASES = ["euler", "heun", "dpmpp_2m", "dpmpp_3m", "dpmpp_4m", "deis2", "deis3", "lms4", "ipndm4",
                "dpm2_noise", "dpm2_data"]  # fmt: skip
@@ -480,7 +482,7 @@ def test_error_constant_at_fixed_n(name: str) -> None:
     lib, ref, _ = CASES[name]
     sig_t = es.karras_sigmas(40, 0.002, 80.0)[:-1]
     sig = sig_t.tolist()
-    exact = es.gaussian_ode_solution(X0, sig[0], sig[-1], MU, S)
+    exact = es.evaluation.gaussian_ode_solution(X0, sig[0], sig[-1], MU, S)
     got = lib(GAUSS, X0, sig_t, torch.zeros(40, *X0.shape, dtype=F64), None)
     want = ref(GAUSS, X0, sig, torch.zeros(0))[-1]
     err_got = float((got - exact).abs().max())

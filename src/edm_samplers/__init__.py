@@ -5,7 +5,9 @@ The public API is exactly what this module exports; everything in ``_``-prefixed
 
 from importlib.metadata import PackageNotFoundError, version
 
+from . import evaluation as evaluation
 from . import models as models
+from . import training as training
 from ._types import Callback as Callback
 from ._types import Denoiser as Denoiser
 from ._types import NoiseSource as NoiseSource
@@ -13,32 +15,9 @@ from ._types import StepInfo as StepInfo
 from .adapters import ContinuousDenoiser as ContinuousDenoiser
 from .adapters import DDPMDenoiser as DDPMDenoiser
 from .adapters import sigmas_from_alphas_cumprod as sigmas_from_alphas_cumprod
-from .analytic import GaussianMixture as GaussianMixture
-from .analytic import PointMass as PointMass
-from .analytic import empirical_denoiser as empirical_denoiser
-from .analytic import gaussian_ode_solution as gaussian_ode_solution
-from .augment import AugmentPipe as AugmentPipe
-from .augment import AugmentPipeProtocol as AugmentPipeProtocol
 from .diffusers_adapter import from_diffusers as from_diffusers
-from .ema import EMA as EMA
-from .ema import PowerEMA as PowerEMA
 from .guidance import Guided as Guided
 from .guidance import guided as guided
-from .loss import EDMLoss as EDMLoss
-from .loss import LearnedUncertainty as LearnedUncertainty
-from .loss import VELoss as VELoss
-from .loss import VPLoss as VPLoss
-from .loss import edm_weight as edm_weight
-from .loss import inverse_square_weight as inverse_square_weight
-from .loss import lognormal_sigmas as lognormal_sigmas
-from .loss import loguniform_sigmas as loguniform_sigmas
-from .loss import vp_training_sigmas as vp_training_sigmas
-from .metrics import FeatureStats as FeatureStats
-from .metrics import frechet_distance as frechet_distance
-from .metrics import frechet_distance_from_stats as frechet_distance_from_stats
-from .metrics import load_stats as load_stats
-from .metrics import mmd_rbf as mmd_rbf
-from .metrics import sliced_wasserstein as sliced_wasserstein
 from .noise import GlobalNoise as GlobalNoise
 from .noise import PerSampleNoise as PerSampleNoise
 from .noise import PrecomputedNoise as PrecomputedNoise
@@ -47,9 +26,6 @@ from .precond import Precond as Precond
 from .precond import VEPrecond as VEPrecond
 from .precond import VPPrecond as VPPrecond
 from .precond import iDDPMPrecond as iDDPMPrecond
-from .reference import ReferenceInfo as ReferenceInfo
-from .reference import ode_reference as ode_reference
-from .reference import solve_ode as solve_ode
 from .scalings import Scalings as Scalings
 from .scalings import edm_scalings as edm_scalings
 from .scalings import iddpm_scalings as iddpm_scalings
@@ -94,34 +70,22 @@ except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
 
 __all__ = [
-    "EMA",
-    "AugmentPipe",
-    "AugmentPipeProtocol",
     "Callback",
     "ContinuousDenoiser",
     "DDPMDenoiser",
     "Denoiser",
-    "EDMLoss",
     "EDMPrecond",
-    "FeatureStats",
-    "GaussianMixture",
     "GlobalNoise",
     "GraphedSampler",
     "Guided",
-    "LearnedUncertainty",
     "NoiseSource",
     "PerSampleNoise",
-    "PointMass",
-    "PowerEMA",
     "PrecomputedNoise",
     "Precond",
-    "ReferenceInfo",
     "Scalings",
     "ScheduleSearch",
     "StepInfo",
-    "VELoss",
     "VEPrecond",
-    "VPLoss",
     "VPPrecond",
     "__version__",
     "append_zero",
@@ -134,14 +98,10 @@ __all__ = [
     "dpmpp_3m_sample",
     "dpmpp_3m_sde_sample",
     "edm_scalings",
-    "edm_weight",
-    "empirical_denoiser",
     "euler_ancestral_sample",
     "euler_sample",
-    "frechet_distance",
-    "frechet_distance_from_stats",
+    "evaluation",
     "from_diffusers",
-    "gaussian_ode_solution",
     "generalized_sample",
     "generate",
     "guided",
@@ -151,24 +111,17 @@ __all__ = [
     "iddpm_scalings",
     "iddpm_sigmas",
     "initial_x",
-    "inverse_square_weight",
     "ipndm_sample",
     "karras_sigmas",
     "lms_sample",
     "load_schedule",
-    "load_stats",
     "loglinear_sigmas",
-    "lognormal_sigmas",
-    "loguniform_sigmas",
-    "mmd_rbf",
     "models",
-    "ode_reference",
     "optimize_schedule",
     "save_schedule",
     "sigmas_from_alphas_cumprod",
-    "sliced_wasserstein",
-    "solve_ode",
     "stochastic_sample",
+    "training",
     "unipc_sample",
     "ve_scalings",
     "ve_sigmas",
@@ -176,5 +129,4 @@ __all__ = [
     "vp_sigma",
     "vp_sigma_inv",
     "vp_sigmas",
-    "vp_training_sigmas",
 ]

@@ -55,7 +55,7 @@ def demo(args: argparse.Namespace) -> int:
     rows = []
 
     def row(name: str, sampler: str, knobs: dict[str, Any], sig: Tensor) -> None:
-        from .metrics import frechet_distance
+        from .evaluation import frechet_distance
 
         out = run(sampler, knobs, sig)
         flat = (out - ref).reshape(len(seeds), -1)
@@ -90,9 +90,8 @@ def demo(args: argparse.Namespace) -> int:
 
 def _demo_analytic(args: argparse.Namespace, t0: float) -> int:
     """Fallback demo on a 16-D Gaussian mixture (exact denoiser) when the digits weights are absent."""
-    from .analytic import GaussianMixture
+    from .evaluation import GaussianMixture, ode_reference
     from .noise import PerSampleNoise
-    from .reference import ode_reference
 
     g = torch.Generator().manual_seed(0)
     gm = GaussianMixture(torch.randn(8, 16, generator=g, dtype=torch.float64),

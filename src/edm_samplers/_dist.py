@@ -2,7 +2,7 @@
 
 Seeds are split into fixed chunks by global position and the chunks dealt round-robin, so every sample is
 computed in the same batch (hence bit-identically) whatever the number of ranks; ranks exchange nothing but
-float64 statistics, summed exactly (:class:`~edm_samplers.FeatureStats`). Private: the command line and the
+float64 statistics, summed exactly (:class:`~edm_samplers.evaluation.FeatureStats`). Private: the command line and the
 benchmark scripts use it.
 """
 

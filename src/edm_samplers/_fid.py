@@ -3,7 +3,7 @@
 The standard protocol (Heusel et al. 2017, as used by EDM): images as 8-bit RGB, the 2048-d pool3
 features of the TensorFlow Inception-v3 (2015-12-05 graph), here torch-fidelity's bit-compatible port
 ``FeatureExtractorInceptionV3`` (it resizes to 299 x 299 with TF1's bilinear rule itself); mean mu and
-covariance C of the features accumulated in float64 (:class:`~edm_samplers.metrics.FeatureStats`), and
+covariance C of the features accumulated in float64 (:class:`~edm_samplers.evaluation.FeatureStats`), and
 FID = ||mu_g - mu_r||^2 + tr(C_g + C_r - 2 (C_g C_r)^1/2) over 50,000 generated images.
 
 Nothing is downloaded: the weights come from ``--inception-weights``, ``$EDM_SAMPLERS_INCEPTION`` or

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .analytic import GaussianMixture, empirical_denoiser
+from .evaluation import GaussianMixture, empirical_denoiser
 from .schedules import iddpm_sigmas, karras_sigmas, loglinear_sigmas, vp_sigmas
 
 __all__ = ["PROBLEMS", "SCHEDULES", "Problem", "digits_model", "make_sigmas"]

@@ -3,7 +3,7 @@
 A *denoiser* is the paper's D(x; sigma): given a noisy batch ``x`` and per-row noise levels ``sigma``
 (shape ``[batch]``), it returns the estimate of the clean data, same shape as ``x``. Any callable with
 that contract works: a preconditioned network, an adapter around an existing model, or one of the
-closed-form denoisers of :mod:`edm_samplers.analytic`.
+closed-form denoisers of :mod:`edm_samplers.evaluation`.
 """
 
 from __future__ import annotations

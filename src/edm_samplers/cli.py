@@ -37,7 +37,7 @@ from ._cli_tools import DIFFUSERS, Bar, device_for, emit, model, sample_chunks, 
 from ._demo import add_demo
 from ._dist import cpu_group, dist_info, init_distributed, iter_chunks, shard_chunks
 from ._named import PROBLEMS, SCHEDULES
-from .metrics import FeatureStats, frechet_distance_from_stats, load_stats
+from .evaluation import FeatureStats, frechet_distance_from_stats, load_stats
 from .solvers import generate
 from .solvers.registry import REGISTRY, count_nfe
 

@@ -6,7 +6,7 @@
   scikit-learn's ``load_digits`` (see ``docs/training.md``); loads offline, no download.
 - :func:`digits_schedule`: step schedules tuned for the digits model per solver and NFE.
 - :func:`digits_features`: features of a small shipped digits classifier, the space in which
-  :func:`~edm_samplers.frechet_distance` compares generated and real digits.
+  :func:`~edm_samplers.evaluation.frechet_distance` compares generated and real digits.
 """
 
 from .digits import digits as digits

@@ -1,13 +1,13 @@
 """The built-in model: 1x8x8 handwritten digits, shipped with the package and loaded offline.
 
 - :func:`digits` returns an :class:`~edm_samplers.precond.EDMPrecond`-wrapped :class:`UNet` in eval
-  mode, trained with :class:`~edm_samplers.EDMLoss` on the 1797 images of scikit-learn's
+  mode, trained with :class:`~edm_samplers.training.EDMLoss` on the 1797 images of scikit-learn's
   ``load_digits`` (``examples/train_digits.py``; command, seed, time and loss in ``docs/training.md``).
   Images are ``[B, 1, 8, 8]`` in [-1, 1]: the data's 0..16 grey levels mapped by v / 8 - 1.
 - :func:`digits_classifier` / :func:`digits_features`: a small CNN trained on the digit labels
   (``examples/train_digits_classifier.py``); its 64-dimensional penultimate activations are the
   feature space of the Frechet distance reported for the shipped model
-  (:func:`~edm_samplers.frechet_distance`), the digits analogue of FID's Inception features.
+  (:func:`~edm_samplers.evaluation.frechet_distance`), the digits analogue of FID's Inception features.
 - :func:`load_digits_images` loads the real data (needs scikit-learn, the ``train`` extra).
 
 Weights are stored as float16 safetensors next to this file (``digits.safetensors`` with its

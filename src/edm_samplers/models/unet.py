@@ -6,7 +6,7 @@ Written for this project (from the architecture descriptions in DDPM/ADM/EDM, no
   embedding [cos(2 pi f_k c), sin(2 pi f_k c)] with log-spaced frequencies, then a 2-layer MLP;
 - optional conditioning adds learned projections of ``class_labels`` (one-hot ``[B, label_dim]``, or
   integer class ids ``[B]``) and ``augment_labels`` (``[B, augment_dim]``, from
-  :class:`~edm_samplers.AugmentPipe`) to the embedding; both default to zeros when omitted;
+  :class:`~edm_samplers.training.AugmentPipe`) to the embedding; both default to zeros when omitted;
 - residual blocks GroupNorm -> SiLU -> 3x3 conv, with the embedding applied as a per-channel
   scale and shift after the second GroupNorm, the last conv of every residual branch
   zero-initialised so each block starts as the identity; optional self-attention at chosen

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._validate import check_float
+from .._validate import check_float
 
 __all__ = ["AugmentPipe", "AugmentPipeProtocol"]
 

@@ -22,7 +22,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ._validate import check_float, check_int
+from .._validate import check_float, check_int
 
 __all__ = ["EMA", "PowerEMA", "gamma_to_sigma_rel", "sigma_rel_to_gamma"]
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._validate import check_float
+from .._validate import check_float
 
 __all__ = ["GaussianMixture", "PointMass", "empirical_denoiser", "gaussian_ode_solution"]
 

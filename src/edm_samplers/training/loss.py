@@ -40,8 +40,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._types import Denoiser
-from ._validate import (
+from .._types import Denoiser
+from .._validate import (
     check_denoised,
     check_device,
     check_float,
@@ -49,8 +49,8 @@ from ._validate import (
     check_int,
     check_nonnegative_values,
 )
+from ..schedules import vp_sigma
 from .augment import AugmentPipeProtocol
-from .schedules import vp_sigma
 
 __all__ = [
     "EDMLoss",

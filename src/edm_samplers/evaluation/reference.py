@@ -27,8 +27,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ._types import Denoiser
-from ._validate import check_cond, check_float, check_int, check_sigmas, check_x
+from .._types import Denoiser
+from .._validate import check_cond, check_float, check_int, check_sigmas, check_x
 
 __all__ = ["ReferenceInfo", "ode_reference", "solve_ode"]
 
