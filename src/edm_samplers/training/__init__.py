@@ -9,6 +9,11 @@
 - Weight averaging: :class:`EMA` (fixed or ramped half-life) and :class:`PowerEMA` (power-function EMA).
 """
 
+from ._sigmas import edm_weight as edm_weight
+from ._sigmas import inverse_square_weight as inverse_square_weight
+from ._sigmas import lognormal_sigmas as lognormal_sigmas
+from ._sigmas import loguniform_sigmas as loguniform_sigmas
+from ._sigmas import vp_training_sigmas as vp_training_sigmas
 from .augment import AugmentPipe as AugmentPipe
 from .augment import AugmentPipeProtocol as AugmentPipeProtocol
 from .ema import EMA as EMA
@@ -17,11 +22,6 @@ from .loss import EDMLoss as EDMLoss
 from .loss import LearnedUncertainty as LearnedUncertainty
 from .loss import VELoss as VELoss
 from .loss import VPLoss as VPLoss
-from .loss import edm_weight as edm_weight
-from .loss import inverse_square_weight as inverse_square_weight
-from .loss import lognormal_sigmas as lognormal_sigmas
-from .loss import loguniform_sigmas as loguniform_sigmas
-from .loss import vp_training_sigmas as vp_training_sigmas
 
 __all__ = [
     "EMA",

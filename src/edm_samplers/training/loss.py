@@ -41,209 +41,22 @@ import torch
 from torch import Tensor, nn
 
 from .._types import Denoiser
-from .._validate import (
-    check_denoised,
-    check_device,
-    check_float,
-    check_float_dtype,
-    check_int,
-    check_nonnegative_values,
+from .._validate import check_denoised, check_flag, check_float, check_int, check_nonnegative_values
+from ._sigmas import (
+    WEIGHT_FIX,
+    check_generator,
+    check_lognormal,
+    check_loguniform,
+    check_vp_training,
+    edm_weight,
+    inverse_square_weight,
+    lognormal_sigmas,
+    loguniform_sigmas,
+    vp_training_sigmas,
 )
-from ..schedules import vp_sigma
 from .augment import AugmentPipeProtocol
 
-__all__ = [
-    "EDMLoss",
-    "LearnedUncertainty",
-    "VELoss",
-    "VPLoss",
-    "edm_weight",
-    "inverse_square_weight",
-    "lognormal_sigmas",
-    "loguniform_sigmas",
-    "vp_training_sigmas",
-]
-
-
-# ---------------------------------------------------------------------------------------------
-# Sigma samplers and weightings
-
-
-def _check_draw(n: int, dtype: torch.dtype, device: object = None) -> int:
-    n = check_int(n, "n", minimum=1)
-    check_float_dtype(dtype)
-    check_device(device)
-    return n
-
-
-def _log_range(dtype: torch.dtype) -> tuple[float, float]:
-    """ln of the smallest normal and the largest finite value of ``dtype``: training sigmas must lie between."""
-    fi = torch.finfo(dtype)
-    return math.log(fi.tiny), math.log(fi.max)
-
-
-# Draws beyond 6 standard deviations are about 2e-9 likely each; the loss's finite check catches the rest.
-_LOGNORMAL_SPAN = 6.0
-
-
-def _check_lognormal(p_mean: object, p_std: object, dtype: torch.dtype) -> tuple[float, float]:
-    mean = check_float(p_mean, "p_mean")
-    std = check_float(p_std, "p_std", nonnegative=True)
-    lo, hi = mean - _LOGNORMAL_SPAN * std, mean + _LOGNORMAL_SPAN * std
-    ln_tiny, ln_max = _log_range(dtype)
-    if not (ln_tiny <= lo and hi <= ln_max):
-        raise ValueError(
-            f"p_mean={mean}, p_std={std} put ln sigma in [{lo:.4g}, {hi:.4g}] (6 standard deviations), beyond "
-            f"{dtype}'s range [{ln_tiny:.4g}, {ln_max:.4g}]: draws would be 0 or inf. EDM uses p_mean=-1.2, p_std=1.2"
-        )
-    return mean, std
-
-
-def _check_loguniform(sigma_min: object, sigma_max: object, dtype: torch.dtype) -> tuple[float, float]:
-    lo = check_float(sigma_min, "sigma_min", positive=True)
-    hi = check_float(sigma_max, "sigma_max", positive=True)
-    if not lo < hi:
-        raise ValueError(f"sigma_min must be < sigma_max, got {sigma_min} and {sigma_max}")
-    fi = torch.finfo(dtype)
-    if lo < fi.tiny or hi > fi.max:
-        raise ValueError(
-            f"sigma_min={lo}, sigma_max={hi} must lie within {dtype}'s normal range [{fi.tiny:.4g}, {fi.max:.4g}]"
-        )
-    return lo, hi
-
-
-def _check_vp_training(
-    beta_d: object, beta_min: object, eps_t: object, dtype: torch.dtype
-) -> tuple[float, float, float]:
-    et = check_float(eps_t, "eps_t", positive=True)
-    if not et < 1:
-        raise ValueError(f"eps_t must be in (0, 1), got {eps_t}")
-    bd = check_float(beta_d, "beta_d", positive=True)
-    bm = check_float(beta_min, "beta_min", nonnegative=True)
-
-    def ln_sigma(t: float) -> float:  # ln vp_sigma(t) = ln(expm1(z)) / 2, without overflow
-        z = 0.5 * bd * t * t + bm * t
-        if z <= 0:
-            return -math.inf
-        return 0.5 * (z + math.log(-math.expm1(-z))) if z > 1 else 0.5 * math.log(math.expm1(z))
-
-    lo, hi = ln_sigma(et), ln_sigma(1.0)
-    ln_tiny, ln_max = _log_range(dtype)
-    if not (ln_tiny <= lo and hi <= ln_max):
-        raise ValueError(
-            f"beta_d={bd}, beta_min={bm}, eps_t={et} give training sigmas from e^{lo:.4g} to e^{hi:.4g}, beyond "
-            f"{dtype}'s range [e^{ln_tiny:.4g}, e^{ln_max:.4g}]: draws would be 0 or inf. Table 1 uses 19.9, 0.1, 1e-5"
-        )
-    return bd, bm, et
-
-
-def lognormal_sigmas(
-    n: int,
-    *,
-    p_mean: float = -1.2,
-    p_std: float = 1.2,
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> Tensor:
-    """EDM's training noise levels: ln sigma ~ N(P_mean, P_std^2), ``n`` draws of shape ``[n]``.
-
-    Args:
-        n: number of draws.
-        p_mean, p_std: P_mean and P_std (EDM: -1.2, 1.2); P_mean +- 6 P_std must stay within ``dtype``'s
-            range in log space (else draws would round to 0 or inf).
-        generator: optional ``torch.Generator`` (on ``device``) for reproducible draws.
-        device, dtype: where and in which floating dtype to draw.
-    """
-    n = _check_draw(n, dtype, device)
-    p_mean, p_std = _check_lognormal(p_mean, p_std, dtype)
-    z = torch.randn(n, generator=_check_generator(generator), device=device, dtype=dtype)
-    return (z * p_std + p_mean).exp()
-
-
-def loguniform_sigmas(
-    n: int,
-    *,
-    sigma_min: float = 0.02,
-    sigma_max: float = 100.0,
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> Tensor:
-    """VE training noise levels: ln sigma ~ U(ln sigma_min, ln sigma_max) (EDM Table 1: 0.02, 100)."""
-    n = _check_draw(n, dtype, device)
-    lo, hi = _check_loguniform(sigma_min, sigma_max, dtype)
-    u = torch.rand(n, generator=_check_generator(generator), device=device, dtype=dtype)
-    return (math.log(lo) + (math.log(hi) - math.log(lo)) * u).exp()
-
-
-def vp_training_sigmas(
-    n: int,
-    *,
-    beta_d: float = 19.9,
-    beta_min: float = 0.1,
-    eps_t: float = 1e-5,
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> Tensor:
-    """VP training noise levels: sigma = sigma_vp(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1), t ~ U(eps_t, 1)."""
-    n = _check_draw(n, dtype, device)
-    beta_d, beta_min, eps_t = _check_vp_training(beta_d, beta_min, eps_t, dtype)
-    u = torch.rand(n, generator=_check_generator(generator), device=device, dtype=dtype)
-    return vp_sigma(eps_t + (1 - eps_t) * u, beta_d=beta_d, beta_min=beta_min)
-
-
-def _as_sigma_tensor(sigma: object) -> Tensor:
-    if isinstance(sigma, Tensor):
-        if not sigma.is_floating_point():
-            raise TypeError(f"sigma must be a floating-point tensor, got dtype {sigma.dtype}")
-        return sigma
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
-        raise TypeError(f"sigma must be a floating-point tensor or a number, got {type(sigma).__name__} {sigma!r}")
-    return torch.tensor(float(sigma), dtype=torch.float64)
-
-
-_WEIGHT_FIX = "training noise levels are finite and > 0 (lambda(0) is infinite)"
-
-
-def edm_weight(sigma: Tensor, sigma_data: float = 0.5) -> Tensor:
-    """EDM's loss weight lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 = 1 / c_out(sigma)^2.
-
-    Evaluated as 1/sigma^2 + 1/sigma_data^2 (the same number, without the overflow of (sigma sigma_data)^2).
-    A negative or NaN sigma is rejected where that is free to check (numbers, CPU tensors) and gives NaN
-    elsewhere (no device sync); sigma = 0 gives the limit, inf.
-
-    Raises:
-        TypeError / ValueError: for a non-floating sigma, a bad sigma_data, one whose 1/sigma_data^2 overflows
-            sigma's dtype, or (where checked) a negative or NaN sigma.
-    """
-    sd = check_float(sigma_data, "sigma_data", positive=True)
-    s = check_nonnegative_values(_as_sigma_tensor(sigma), "sigma", fix=_WEIGHT_FIX)
-    inv_sd = 1.0 / sd
-    inv_sd2 = inv_sd * inv_sd  # a Python float: inf (not OverflowError) if it overflows
-    if not inv_sd2 <= torch.finfo(s.dtype).max:
-        raise ValueError(f"sigma_data={sd} makes lambda = 1/sigma^2 + 1/sigma_data^2 overflow {s.dtype}")
-    return torch.reciprocal(s).square() + inv_sd2
-
-
-def inverse_square_weight(sigma: Tensor) -> Tensor:
-    """The VP and VE loss weight lambda(sigma) = 1 / sigma^2 = 1 / c_out(sigma)^2 (sigma checked as in
-    :func:`edm_weight`)."""
-    s = check_nonnegative_values(_as_sigma_tensor(sigma), "sigma", fix=_WEIGHT_FIX)
-    return 1 / s**2
-
-
-def _check_bool(v: object, name: str) -> bool:
-    if not isinstance(v, bool):
-        raise TypeError(f"{name} must be True or False, got {type(v).__name__} {v!r}")
-    return v
-
-
-def _check_generator(generator: object) -> torch.Generator | None:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-    return generator
+__all__ = ["EDMLoss", "LearnedUncertainty", "VELoss", "VPLoss"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,7 +93,7 @@ class LearnedUncertainty(nn.Module):
         if not isinstance(sigma, Tensor) or not sigma.is_floating_point() or sigma.ndim != 1:
             got = f"dtype {sigma.dtype}, shape {tuple(sigma.shape)}" if isinstance(sigma, Tensor) else type(sigma)
             raise TypeError(f"sigma must be a 1-D floating tensor [batch], got {got}")
-        sigma = check_nonnegative_values(sigma, "sigma", fix=_WEIGHT_FIX)
+        sigma = check_nonnegative_values(sigma, "sigma", fix=WEIGHT_FIX)
         arg = 2 * math.pi * (sigma.to(torch.float32).log() / 4)[:, None] * self.freqs[None, :]
         out: Tensor = self.linear(torch.cat([arg.cos(), arg.sin()], dim=1))
         return out.reshape(-1)
@@ -404,7 +217,7 @@ class _TableLoss(abc.ABC):
         generator: torch.Generator | None = None,
     ) -> Tensor:
         images = _check_inputs(denoiser, images, labels, augment_pipe)
-        _check_generator(generator)
+        check_generator(generator)
         sigma = self.sample_sigmas(images.shape[0], generator=generator, device=images.device).to(images.dtype)
         weight = self.weight(sigma)
         loss, sigma, y, denoised = _denoising_loss(denoiser, images, sigma, weight, labels, augment_pipe, generator)
@@ -464,7 +277,7 @@ class EDMLoss(_TableLoss):
         uncertainty: LearnedUncertainty | None = None,
         check_finite: bool = True,
     ) -> None:
-        self.p_mean, self.p_std = _check_lognormal(p_mean, p_std, torch.float32)
+        self.p_mean, self.p_std = check_lognormal(p_mean, p_std, torch.float32)
         self.sigma_data = check_float(sigma_data, "sigma_data", positive=True)
         edm_weight(torch.ones(1), self.sigma_data)  # rejects a sigma_data whose 1/sigma_data^2 overflows float32
         if uncertainty is not None and not isinstance(uncertainty, LearnedUncertainty):
@@ -472,7 +285,7 @@ class EDMLoss(_TableLoss):
                 f"uncertainty must be a LearnedUncertainty module or None, got {type(uncertainty).__name__}"
             )
         self.uncertainty = uncertainty
-        self.check_finite = _check_bool(check_finite, "check_finite")
+        self.check_finite = check_flag(check_finite, "check_finite")
 
     def sample_sigmas(self, n: int, *, generator: torch.Generator | None = None, device: Any = None) -> Tensor:
         return lognormal_sigmas(n, p_mean=self.p_mean, p_std=self.p_std, generator=generator, device=device)
@@ -495,8 +308,8 @@ class VPLoss(_InverseSquareLoss):
     def __init__(
         self, beta_d: float = 19.9, beta_min: float = 0.1, eps_t: float = 1e-5, *, check_finite: bool = True
     ) -> None:
-        self.beta_d, self.beta_min, self.eps_t = _check_vp_training(beta_d, beta_min, eps_t, torch.float32)
-        self.check_finite = _check_bool(check_finite, "check_finite")
+        self.beta_d, self.beta_min, self.eps_t = check_vp_training(beta_d, beta_min, eps_t, torch.float32)
+        self.check_finite = check_flag(check_finite, "check_finite")
 
     def sample_sigmas(self, n: int, *, generator: torch.Generator | None = None, device: Any = None) -> Tensor:
         return vp_training_sigmas(
@@ -515,8 +328,8 @@ class VELoss(_InverseSquareLoss):
     """
 
     def __init__(self, sigma_min: float = 0.02, sigma_max: float = 100.0, *, check_finite: bool = True) -> None:
-        self.sigma_min, self.sigma_max = _check_loguniform(sigma_min, sigma_max, torch.float32)
-        self.check_finite = _check_bool(check_finite, "check_finite")
+        self.sigma_min, self.sigma_max = check_loguniform(sigma_min, sigma_max, torch.float32)
+        self.check_finite = check_flag(check_finite, "check_finite")
 
     def sample_sigmas(self, n: int, *, generator: torch.Generator | None = None, device: Any = None) -> Tensor:
         return loguniform_sigmas(
