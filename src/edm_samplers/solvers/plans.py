@@ -39,7 +39,7 @@ from numpy.typing import NDArray
 
 from .coefficients import ab_uniform, exp_lagrange_weights, logsigma_lagrange_weights, sigma_lagrange_weights
 
-__all__ = ["PLANS", "MultistepPlan"]
+__all__ = ["LOW_ORDER_SIGMA", "MAX_LOG_STEP", "PLANS", "MultistepPlan", "OrderRule"]
 
 F64 = NDArray[np.float64]
 
@@ -84,6 +84,35 @@ def _empty(n: int, k: int) -> tuple[F64, F64, F64, F64, F64]:
     return z(n), z(n), z((n, max(k, 1))), z((n, max(k, 1) + 1)), z(n)
 
 
+OrderRule = Literal["auto", "full", "final"]
+LOW_ORDER_SIGMA = 0.1
+"""``order_rule="auto"``: the data-prediction solvers take first-order steps to sigma <= this."""
+MAX_LOG_STEP = 1.0
+"""``order_rule="auto"``: and at most second-order (published 2M) steps longer than this in lambda = -ln sigma."""
+
+
+def _data_order(order: int, i: int, n: int, sigma_next: float, h: float, rule: OrderRule) -> int:
+    """The order of step i (of n) of a data-prediction solver: the warm-up cap, then the rule.
+
+    "full": the nominal order; "final": at most the steps left (diffusers' ``lower_order_final``); "auto":
+    order 1 where sigma_next <= LOW_ORDER_SIGMA and at most 2 over a log-step h > MAX_LOG_STEP. Below
+    sigma ~ 0.1-0.5 the denoiser output saturates along the trajectory (D -> x(0)), and a data-form
+    exponential integrator, whose weight e^lambda sits at the end of the step, extrapolates the polynomial
+    through outputs taken where D still moved across the whole step; rho = 7 schedules put their longest
+    log-steps exactly there, which made 3M and UniPC-3 worse than Euler at 5-10 NFE (benchmarks/
+    multistep_defaults.py). Decided on host floats: the plan stays capturable.
+    """
+    k = min(order, i + 1)
+    if rule == "final":
+        return min(k, n - i)
+    if rule == "auto":
+        if sigma_next <= LOW_ORDER_SIGMA:
+            return 1
+        if h > MAX_LOG_STEP:
+            return min(k, 2)
+    return k
+
+
 def _plan_data(
     s: F64,
     *,
@@ -91,7 +120,7 @@ def _plan_data(
     variant: Literal["exact", "2m", "unipc"],
     eta: float,
     stochastic: bool,
-    lower_final: bool = False,
+    rule: OrderRule = "full",
 ) -> MultistepPlan:
     """Data-family plans: DPM-Solver++ (2M as published, kM exact), UniPC-bh2, SDE variants (eta)."""
     n = s.shape[0] - 1
@@ -109,10 +138,10 @@ def _plan_data(
         a[i] = s[i + 1] / s[i] * math.exp(-eta * h)
         big_b = -math.expm1(-rate * h)
         noise[i] = s[i + 1] * math.sqrt(-math.expm1(-2.0 * eta * h)) if stochastic else 0.0
-        k = min(order, i + 1, n - i if lower_final else order)
+        k = _data_order(order, i, n, float(s[i + 1]), h, rule)
         if k == 1:
             b[i, 0] = big_b
-        elif variant == "2m" or (variant == "unipc" and k == 2):
+        elif variant == "2m" or (k == 2 and (variant == "unipc" or rule == "auto")):
             # DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2): D' = (1 + 1/(2r)) D_i - 1/(2r) D_{i-1},
             # r = h_{i-1} / h. UniPC-bh2 with one difference uses the same rho = 1/2 with B(h) = 1 - e^{-h}.
             r = (lam[i] - lam[i - 1]) / h
@@ -140,7 +169,7 @@ def _plan_data(
 
 
 def _plan_derivative(
-    s: F64, *, order: int, variant: Literal["lms", "ipndm", "deis"], lower_final: bool = False
+    s: F64, *, order: int, variant: Literal["lms", "ipndm", "deis"], rule: OrderRule = "full"
 ) -> MultistepPlan:
     """Derivative-family plans: x_{i+1} = x_i + sum_j c_j d_{i-j}, d = (x - D) / sigma."""
     n = s.shape[0] - 1
@@ -148,7 +177,9 @@ def _plan_derivative(
     a, e, b, corr, noise = _empty(n, order)
     nb: list[int] = []
     for i in range(n):
-        k = min(order, i + 1, n - i if lower_final else order)
+        # The derivative solvers stay close to Euler on the long last log-steps (their stale outputs are
+        # divided by their larger sigma): "auto" is "final" for them.
+        k = min(order, i + 1, n - i if rule != "full" else order)
         if variant == "deis" and s[i + 1] == 0:
             e[i] = 1.0  # final step to 0: x_N = D_{N-1} exactly (log sigma = -inf: no extrapolation)
             nb.append(0)
@@ -187,13 +218,14 @@ def _plan_ancestral(s: F64, *, eta: float) -> MultistepPlan:
 # ---- each registered solver's knobs -> its plan (knobs already checked by the registry) ---------------
 
 
-def _lof(k: Mapping[str, Any]) -> bool:
-    return bool(k.get("lower_order_final", False))
+def _rule(k: Mapping[str, Any]) -> OrderRule:
+    rule: OrderRule = k.get("order_rule", "full")
+    return rule
 
 
 def _sde(order: int, variant: Literal["exact", "2m"]) -> Callable[[F64, Mapping[str, Any]], MultistepPlan]:
     def plan(s: F64, k: Mapping[str, Any]) -> MultistepPlan:
-        p = _plan_data(s, order=order, variant=variant, eta=k["eta"], stochastic=True, lower_final=_lof(k))
+        p = _plan_data(s, order=order, variant=variant, eta=k["eta"], stochastic=True, rule=_rule(k))
         return p._replace(noise=p.noise * k["s_noise"])
 
     return plan
@@ -206,14 +238,14 @@ def _ancestral(s: F64, k: Mapping[str, Any]) -> MultistepPlan:
 
 def _data(variant: Literal["exact", "2m", "unipc"]) -> Callable[[F64, Mapping[str, Any]], MultistepPlan]:
     def plan(s: F64, k: Mapping[str, Any]) -> MultistepPlan:
-        return _plan_data(s, order=k.get("order", 2), variant=variant, eta=0.0, stochastic=False, lower_final=_lof(k))
+        return _plan_data(s, order=k.get("order", 2), variant=variant, eta=0.0, stochastic=False, rule=_rule(k))
 
     return plan
 
 
 def _derivative(variant: Literal["lms", "ipndm", "deis"]) -> Callable[[F64, Mapping[str, Any]], MultistepPlan]:
     def plan(s: F64, k: Mapping[str, Any]) -> MultistepPlan:
-        return _plan_derivative(s, order=k["order"], variant=variant, lower_final=_lof(k))
+        return _plan_derivative(s, order=k["order"], variant=variant, rule=_rule(k))
 
     return plan
 
