@@ -14,9 +14,10 @@ Problems (the same initial noise for every sampler of a problem, Euler in the sa
   4..25 and at data scales 0.5 and 2.
 
 Samplers: dpmpp_2m, dpmpp_3m, unipc (order 3), deis (3), lms (4), ipndm (4), dpmpp_2m_sde, dpmpp_3m_sde
-(eta = 1), and euler_ancestral for reference. Settings: the library's knobs (defaults, lower_order_final,
-order=2) and order rules that need a solver change ("new"), among them the recommended one ("auto",
-:func:`auto_orders`). To measure rules the library has no knob for, the script runs an INDEPENDENT
+(eta = 1), and euler_ancestral for reference. Settings: the library's knobs (the old defaults, now
+order_rule="full"; lower_order_final, now order_rule="final"; order=2) and order rules that need a solver
+change ("new"), among them the recommended one ("auto", :func:`auto_orders`, now the library's default).
+To measure rules the library has no knob for, the script runs an INDEPENDENT
 REIMPLEMENTATION of the linear multistep samplers with a per-step order (section below; checked against
 the library's samplers on their own knobs at the start of the run: float64 agreement ~1e-12, float32
 ~1e-5). The reimplementation carries the full multistep history, so no emulation by composing calls is
@@ -343,8 +344,8 @@ def _auto(m: str, p: int, s: Sequence[float]) -> list[int]:
 
 _DATA = ("dpmpp_2m", "dpmpp_3m", "unipc", *SDE_METHODS)
 SETTINGS = [
-    Setting("default", "library", "current defaults: full order (warm-up 1, 2, ...)", _full),
-    Setting("lof", "library", "lower_order_final=True: order <= steps left", _lof),
+    Setting("default", "library", "old defaults, order_rule=full: full order (warm-up 1, 2, ...)", _full),
+    Setting("lof", "library", "order_rule=final (old lower_order_final=True): order <= steps left", _lof),
     Setting("order=2", "library", "order=2 (exact order 2 for dpmpp_3m)", _order2, methods=ODE_METHODS[1:]),
     Setting("no corrector", "new", "UniPC without its corrector, full order", _full, None, ("unipc",), False),
     Setting("euler_final", "new", "order 1 on the step that lands on sigma_min (then Euler to 0)", _euler_final, True),
@@ -398,14 +399,14 @@ def digits_problem(samples: int = 898) -> Problem:
         if not bool(torch.isfinite(img).all()):
             return {"fd": math.inf, "fd_pix": math.inf}
         return {
-            "fd": es.frechet_distance(digits_features(img), feats_a),
-            "fd_pix": es.frechet_distance(img.reshape(img.shape[0], -1), pix_a),
+            "fd": es.evaluation.frechet_distance(digits_features(img), feats_a),
+            "fd_pix": es.evaluation.frechet_distance(img.reshape(img.shape[0], -1), pix_a),
         }
 
     return Problem("digits", den, x0, seeds, metrics)
 
 
-def mixture(seed: int = 64, k: int = 16, dim: int = 64, scale: float = 1.0) -> es.GaussianMixture:
+def mixture(seed: int = 64, k: int = 16, dim: int = 64, scale: float = 1.0) -> es.evaluation.GaussianMixture:
     """The fast test problem: 16 isotropic Gaussians in 64-D, means ~ N(0, 0.25 I), stds uniform in
     [0.05, 0.3], weights uniform in [0.5, 1.5] (normalised); the "mixture64d" of docs/benchmarks.md.
     ``scale`` multiplies means and stds (the data's scale, to test the rule's absolute sigma threshold)."""
@@ -413,10 +414,10 @@ def mixture(seed: int = 64, k: int = 16, dim: int = 64, scale: float = 1.0) -> e
     means = torch.randn(k, dim, generator=g, dtype=torch.float64) * 0.5 * scale
     stds = (0.05 + 0.25 * torch.rand(k, generator=g, dtype=torch.float64)) * scale
     weights = 0.5 + torch.rand(k, generator=g, dtype=torch.float64)
-    return es.GaussianMixture(means, stds, weights)
+    return es.evaluation.GaussianMixture(means, stds, weights)
 
 
-def mixture_moments(gm: es.GaussianMixture) -> tuple[torch.Tensor, torch.Tensor]:
+def mixture_moments(gm: es.evaluation.GaussianMixture) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact mean and covariance of the mixture (law of total covariance)."""
     w, st = gm.weights, gm.stds
     mu = gm.means.reshape(w.shape[0], -1)
@@ -480,8 +481,9 @@ LIBRARY: dict[str, Callable[..., torch.Tensor]] = {
 
 
 def check_reimplementation(prob: Problem, nfes: Sequence[int], lof_too: bool) -> float:
-    """Max |reimplementation - library| over every method (library knobs: defaults, and
-    lower_order_final=True when ``lof_too``), on ``prob``'s first 64 states."""
+    """Max |reimplementation - library| over every method (library knobs: order_rule="full", the old default,
+    "auto", the library's default since this study, and order_rule="final", the old lower_order_final=True,
+    when ``lof_too``), on ``prob``'s first 64 states."""
     x0 = prob.x0[:64]
     worst = 0.0
     for n in nfes:
@@ -489,8 +491,11 @@ def check_reimplementation(prob: Problem, nfes: Sequence[int], lof_too: bool) ->
         eps = [e[:64] for e in prob.noise_draws(n)]
         run = Runner(prob.den, x0, eps)
         for m, f in LIBRARY.items():
-            for st in SETTINGS[: 2 if lof_too else 1]:
-                kw: dict[str, Any] = {"lower_order_final": True} if st.label == "lof" else {}
+            rule = {"default": "full", "lof": "final", "auto": "auto"}
+            for st in [
+                s for s in SETTINGS if s.label in (("default", "auto", "lof") if lof_too else ("default", "auto"))
+            ]:
+                kw: dict[str, Any] = {"order_rule": rule[st.label]}
                 if m in SDE_METHODS:
                     kw["noise"] = es.PrecomputedNoise(torch.stack(eps))
                 with torch.no_grad():
@@ -705,7 +710,7 @@ def paired_frechet(x: torch.Tensor, ref: torch.Tensor) -> float:
     a, b = x.reshape(x.shape[0], -1).double(), ref.reshape(ref.shape[0], -1).double()
     if not bool(torch.isfinite(a).all()):
         return math.inf
-    return es.frechet_distance(a, b)
+    return es.evaluation.frechet_distance(a, b)
 
 
 def margins(sets: int, samples: int, nfes: Sequence[int], reference_steps: int = 64) -> dict[str, Any]:
@@ -800,7 +805,7 @@ def main() -> None:
 
     mix = mixture_problem(args.mixture_samples)
     err = check_reimplementation(mix, args.nfe, lof_too=True)
-    print(f"reimplementation vs library (mixture, float64, every method, defaults and lower_order_final, "
+    print(f"reimplementation vs library (mixture, float64, every method, order_rule full, auto and final, "
           f"NFE {args.nfe}): max abs difference {err:.1e}")  # fmt: skip
     out["check_mixture"] = err
     methods = list(ODE_METHODS + SDE_METHODS)

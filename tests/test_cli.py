@@ -123,15 +123,15 @@ def test_generate_wrong_knob_is_one_line_listing_the_valid_ones() -> None:
     with pytest.raises(SystemExit) as e:
         main([*base, "eta=1"])
     msg = str(e.value)
-    assert "\n" not in msg and "'eta'" in msg and "order (int), lower_order_final (bool)" in msg
+    assert "\n" not in msg and "'eta'" in msg and "order (int), order_rule ('auto' | 'full' | 'final')" in msg
     with pytest.raises(SystemExit) as e:
         main([*base, "order=3.5"])
     msg = str(e.value)
     assert "\n" not in msg and "order must be int between 1 and 3, got '3.5'" in msg
-    assert "order=int, lower_order_final=bool" in msg
+    assert "order=int, order_rule='auto' | 'full' | 'final'" in msg
     with pytest.raises(SystemExit, match="order must be between 1 and 3"):
         main([*base, "order=4"])
-    with pytest.raises(SystemExit, match="lower_order_final must be true or false"):
-        main([*base, "lower_order_final=maybe"])
+    with pytest.raises(SystemExit, match="order_rule must be 'auto', 'full' or 'final'"):
+        main([*base, "order_rule=maybe"])
     with pytest.raises(SystemExit, match="key=value"):
         main([*base, "order"])

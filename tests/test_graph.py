@@ -459,7 +459,7 @@ MS_KNOBS: dict[str, dict[str, Any]] = {
     "dpmpp_2m": {},
     "dpmpp_3m": {"order": 3},
     "dpmpp_2m_sde": {"eta": 0.7},
-    "dpmpp_3m_sde": {"eta": 1.0, "lower_order_final": True},
+    "dpmpp_3m_sde": {"eta": 1.0, "order_rule": "final"},
     "deis": {"order": 3},
     "lms": {"order": 4},
     "ipndm": {"order": 4},
@@ -561,7 +561,9 @@ def test_graphed_multistep_compile_option_matches_eager() -> None:
 def test_graphed_multistep_validation() -> None:
     x = start(2)
     sig = karras_sigmas(4)
-    with pytest.raises(TypeError, match=r"unknown option.*'eta'.*accepts order \(int\), lower_order_final \(bool\)"):
+    with pytest.raises(
+        TypeError, match=r"unknown option.*'eta'.*accepts order \(int\), order_rule \('auto' \| 'full' \| 'final'\)"
+    ):
         GraphedSampler(tiny_denoiser, sig, x.shape, sampler="unipc", eta=1.0)
     with pytest.raises(TypeError, match=r"'order' is a knob of sampler='dpmpp_3m', 'deis'"):
         GraphedSampler(tiny_denoiser, sig, x.shape, sampler="heun", order=2)
@@ -579,7 +581,7 @@ def test_graphed_multistep_validation() -> None:
         GraphedSampler(tiny_denoiser, [80.0, 1.0, 1.0, 0.0], x.shape, sampler="lms")
     with pytest.raises(TypeError, match="dpmpp_2m_sample got unknown option"):
         prepare(registry.get("dpmpp_2m"), tiny_denoiser, x, sig, {"order": 3})
-    assert registry.get("dpmpp_2m_sde").knob_names == ("eta", "s_noise", "lower_order_final")
+    assert registry.get("dpmpp_2m_sde").knob_names == ("eta", "s_noise", "order_rule")
 
 
 def test_multistep_tables_are_cached_but_never_skip_validation() -> None:
@@ -592,8 +594,8 @@ def test_multistep_tables_are_cached_but_never_skip_validation() -> None:
     assert prepare(registry.get("unipc"), tiny_denoiser, start(3), sig, {"order": 3}).program is not a.program
     with pytest.raises(TypeError, match="order"):  # equal to a cached key's 3, but not an int
         prepare(registry.get("unipc"), tiny_denoiser, x, sig, {"order": 3.0})
-    with pytest.raises(TypeError, match="lower_order_final"):
-        prepare(registry.get("unipc"), tiny_denoiser, x, sig, {"order": 3, "lower_order_final": 1})
+    with pytest.raises(ValueError, match="order_rule must be"):
+        prepare(registry.get("unipc"), tiny_denoiser, x, sig, {"order": 3, "order_rule": 1})
     with pytest.raises(TypeError, match="order"):  # unhashable: not cached, still validated
         prepare(registry.get("unipc"), tiny_denoiser, x, sig, {"order": [3]})
 

@@ -204,7 +204,7 @@ MULTISTEP: dict[str, dict[str, Any]] = {
     "dpmpp_2m": {},
     "dpmpp_3m": {"order": 3},
     "dpmpp_2m_sde": {"eta": 0.7},
-    "dpmpp_3m_sde": {"eta": 1.0, "lower_order_final": True},
+    "dpmpp_3m_sde": {"eta": 1.0, "order_rule": "final"},
     "deis": {"order": 3},
     "lms": {"order": 4},
     "ipndm": {"order": 4},

@@ -82,18 +82,23 @@ def _slope(
 
 
 ORDER_CASES: list[tuple[str, Any, dict[str, Any], float]] = [
-    ("dpmpp_2m", dpmpp_2m_sample, {}, 2.0),
-    ("dpmpp_3m", dpmpp_3m_sample, {}, 3.0),
-    ("dpmpp_4m", dpmpp_3m_sample, {"order": 4}, 4.0),
-    ("dpmpp_3m_sde_eta0", dpmpp_3m_sde_sample, {"eta": 0.0}, 3.0),
-    ("unipc1", unipc_sample, {"order": 1}, 2.0),  # UniC raises the predictor's order by one
-    ("unipc2", unipc_sample, {"order": 2}, 3.0),
-    ("unipc3", unipc_sample, {"order": 3}, 4.0),
-    ("deis2", deis_sample, {"order": 2}, 2.0),
-    ("deis3", deis_sample, {"order": 3}, 3.0),
-    ("lms3", lms_sample, {"order": 3}, 3.0),
-    ("lms4", lms_sample, {"order": 4}, 4.0),
-    ("ipndm4_karras", ipndm_sample, {"order": 4}, 2.0),  # fixed equal-step weights on a non-uniform grid
+    ("dpmpp_2m", dpmpp_2m_sample, {"order_rule": "full"}, 2.0),
+    ("dpmpp_3m", dpmpp_3m_sample, {"order_rule": "full"}, 3.0),
+    ("dpmpp_4m", dpmpp_3m_sample, {"order": 4, "order_rule": "full"}, 4.0),
+    ("dpmpp_3m_sde_eta0", dpmpp_3m_sde_sample, {"eta": 0.0, "order_rule": "full"}, 3.0),
+    ("unipc1", unipc_sample, {"order": 1, "order_rule": "full"}, 2.0),  # UniC raises the predictor's order by one
+    ("unipc2", unipc_sample, {"order": 2, "order_rule": "full"}, 3.0),
+    ("unipc3", unipc_sample, {"order": 3, "order_rule": "full"}, 4.0),
+    ("deis2", deis_sample, {"order": 2, "order_rule": "full"}, 2.0),
+    ("deis3", deis_sample, {"order": 3, "order_rule": "full"}, 3.0),
+    ("lms3", lms_sample, {"order": 3, "order_rule": "full"}, 3.0),
+    ("lms4", lms_sample, {"order": 4, "order_rule": "full"}, 4.0),
+    (
+        "ipndm4_karras",
+        ipndm_sample,
+        {"order": 4, "order_rule": "full"},
+        2.0,
+    ),  # fixed equal-step weights on a non-uniform grid
     ("dpm2_noise", dpm2_sample, {"form": "noise"}, 2.0),
     ("dpm2_data", dpm2_sample, {"form": "data"}, 2.0),
 ]
@@ -119,7 +124,9 @@ def test_ipndm_has_its_order_on_equal_steps(order: int) -> None:
     def uniform(n: int) -> torch.Tensor:
         return torch.linspace(5.0, 0.1, n, dtype=F64)
 
-    slope = _slope(lambda sig: ipndm_sample(GAUSS, x0, sig, order=order), uniform, [200, 400, 800], x0)
+    slope = _slope(
+        lambda sig: ipndm_sample(GAUSS, x0, sig, order=order, order_rule="full"), uniform, [200, 400, 800], x0
+    )
     assert abs(slope - order) < 0.35, f"slope {slope:.3f}"  # measured 2.0 / 3.3 / 3.9: start-up transient
 
 
@@ -309,14 +316,14 @@ def test_against_transcriptions(sched: str) -> None:
     sig = sig_t.tolist()
     x = x_init() * float(sig[0]) / 80.0
     pairs: list[tuple[str, torch.Tensor, torch.Tensor]] = [
-        ("2m", dpmpp_2m_sample(gm, x, sig_t), ref_dpmpp_2m(gm, x, sig)),
-        ("3m", dpmpp_3m_sample(gm, x, sig_t), ref_exact_3m(gm, x, sig)),
+        ("2m", dpmpp_2m_sample(gm, x, sig_t, order_rule="full"), ref_dpmpp_2m(gm, x, sig)),
+        ("3m", dpmpp_3m_sample(gm, x, sig_t, order_rule="full"), ref_exact_3m(gm, x, sig)),
     ]
     for o in (1, 2, 3, 4):
-        pairs.append((f"ipndm{o}", ipndm_sample(gm, x, sig_t, order=o), ref_ipndm(gm, x, sig, o)))
-        pairs.append((f"lms{o}", lms_sample(gm, x, sig_t, order=o), ref_lms(gm, x, sig, o)))
+        pairs.append((f"ipndm{o}", ipndm_sample(gm, x, sig_t, order=o, order_rule="full"), ref_ipndm(gm, x, sig, o)))
+        pairs.append((f"lms{o}", lms_sample(gm, x, sig_t, order=o, order_rule="full"), ref_lms(gm, x, sig, o)))
     for o in (1, 2, 3):
-        pairs.append((f"unipc{o}", unipc_sample(gm, x, sig_t, order=o), ref_unipc(gm, x, sig, o)))
+        pairs.append((f"unipc{o}", unipc_sample(gm, x, sig_t, order=o, order_rule="full"), ref_unipc(gm, x, sig, o)))
     for name, got, ref in pairs:
         # float64 throughout; quadrature vs. scipy.quad (rel 1e-13) and algebraically rearranged updates over
         # <= 15 steps of an O(sigma_max) state: agreement to ~1e-12 relative to the state scale.
@@ -330,10 +337,13 @@ def test_dpmpp_2m_and_unipc_match_diffusers() -> None:
     sig = karras_sigmas(16)
     x = x_init()
     for sched, ours in [
-        (diffusers.DPMSolverMultistepScheduler(solver_order=2, prediction_type="sample"), dpmpp_2m_sample(gm, x, sig)),
+        (
+            diffusers.DPMSolverMultistepScheduler(solver_order=2, prediction_type="sample"),
+            dpmpp_2m_sample(gm, x, sig, order_rule="full"),
+        ),
         (
             diffusers.UniPCMultistepScheduler(solver_order=2, solver_type="bh2", prediction_type="sample"),
-            unipc_sample(gm, x, sig, order=2),
+            unipc_sample(gm, x, sig, order=2, order_rule="full"),
         ),
     ]:
         n = sig.numel() - 1
@@ -490,17 +500,19 @@ def test_nan_is_reported() -> None:
             sampler(bad, torch.randn(2, 3), karras_sigmas(4))
 
 
-def test_lower_order_final_option() -> None:
-    # diffusers' lower_order_final: the last steps use at most as many past outputs as steps remain.
+def test_order_rule_final_option() -> None:
+    # order_rule="final" (diffusers' lower_order_final): the last steps use at most as many past outputs as
+    # steps remain.
     sig = karras_sigmas(6)
-    full = multistep_plan(sig, "dpmpp_3m", order=3)
-    low = multistep_plan(sig, "dpmpp_3m", order=3, lower_order_final=True)
+    full = multistep_plan(sig, "dpmpp_3m", order=3, order_rule="full")
+    low = multistep_plan(sig, "dpmpp_3m", order=3, order_rule="final")
     assert full.nb == (1, 2, 3, 3, 3, 1) and low.nb == (1, 2, 3, 3, 2, 1)
     gm, x = mixture(), x_init()
-    out = dpmpp_3m_sample(gm, x, karras_sigmas(6), lower_order_final=True)
-    assert torch.isfinite(out).all() and not torch.equal(out, dpmpp_3m_sample(gm, x, karras_sigmas(6)))
-    with pytest.raises(TypeError, match="lower_order_final must be True or False"):
-        dpmpp_3m_sample(gm, x, karras_sigmas(6), lower_order_final=1)  # type: ignore[arg-type]
+    out = dpmpp_3m_sample(gm, x, karras_sigmas(6), order_rule="final")
+    full_out = dpmpp_3m_sample(gm, x, karras_sigmas(6), order_rule="full")
+    assert torch.isfinite(out).all() and not torch.equal(out, full_out)
+    with pytest.raises(ValueError, match="order_rule must be 'auto', 'full' or 'final', got 1"):
+        dpmpp_3m_sample(gm, x, karras_sigmas(6), order_rule=1)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("sampler", ALL)

@@ -22,7 +22,7 @@ __all__ = ["add_demo"]
 
 SHOWN = ("euler", "heun", "dpmpp_2m")
 # The library's low-NFE answer: a 3rd-order solver on the schedule tuned for this model.
-TUNED: tuple[str, dict[str, Any]] = ("unipc", {"order": 3, "lower_order_final": False})
+TUNED: tuple[str, dict[str, Any]] = ("unipc", {"order": 3, "order_rule": "full"})
 
 
 def add_demo(sub: Any) -> None:

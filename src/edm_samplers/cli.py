@@ -10,7 +10,7 @@ Commands:
 Models (--model): digits (shipped), ring2d / mixture64d (closed-form mixtures), digits-empirical, or
 diffusers:PATH (a local diffusers UNet2DModel checkpoint with its scheduler config, wrapped by
 edm_samplers.from_diffusers). Samplers (--sampler): every registry name; knobs as --opt key=value, parsed
-by each knob's type (--opt order=3 lower_order_final=true). Samples come from edm_samplers.generate, so a
+by each knob's type (--opt order=3 order_rule=full). Samples come from edm_samplers.generate, so a
 seed gives the same sample here and in Python.
 
 ``generate`` and ``fid`` also run under ``torchrun --nproc_per_node=K``: seeds are split into fixed chunks

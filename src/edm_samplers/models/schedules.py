@@ -6,7 +6,7 @@ shipped as plain JSON (``digits_schedules.json``): ``{"meta": {...}, "schedules"
 
 A key is the sampler's registry name with every knob the schedule was tuned with
 (:func:`edm_samplers.solvers.registry.label` with ``full=True``), e.g.
-``"unipc:order=3,lower_order_final=false"``: a schedule answers only for the exact configuration it was tuned
+``"unipc:order=3,order_rule=full"``: a schedule answers only for the exact configuration it was tuned
 for, even after a default changes.
 """
 
@@ -37,7 +37,7 @@ def _load() -> dict[str, Any]:
 
 
 def digits_schedules() -> dict[str, list[int]]:
-    """The tuned schedules on offer: ``{key: [nfe, ...]}``, keys as ``"unipc:order=3,lower_order_final=false"``."""
+    """The tuned schedules on offer: ``{key: [nfe, ...]}``, keys as ``"unipc:order=3,order_rule=full"``."""
     return {k: sorted(int(n) for n in v) for k, v in _load()["schedules"].items()}
 
 
@@ -51,7 +51,7 @@ def digits_schedule(sampler: str, nfe: int, *, dtype: torch.dtype = torch.float6
 
         import edm_samplers as es
         den = es.models.digits()
-        knobs = {"order": 3, "lower_order_final": False}
+        knobs = {"order": 3, "order_rule": "full"}
         sig = es.models.digits_schedule("unipc", 5, **knobs)
         imgs = es.generate(den, range(64), (1, 8, 8), sig, sampler="unipc", **knobs)
 

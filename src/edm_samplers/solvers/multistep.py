@@ -4,9 +4,14 @@ Every one is a linear update of the state and past model outputs whose float64 c
 once per schedule (:mod:`.plans`) and applied by one loop (:mod:`.linear`); see :mod:`.plans` for the
 shared maths (orders, warm-up, the step to sigma = 0). Schedules must be strictly decreasing.
 
-``lower_order_final=True`` lowers the order on the last steps to at most the number of steps left
-(diffusers' ``lower_order_final``); recommended below ~15 steps on a learned model with a hand-made
-schedule, where high-order extrapolation over the last, longest log-sigma steps amplifies network error.
+``order_rule`` says which order each step takes. ``"auto"`` (the default) keeps every sampler at least as
+good as Euler at NFE 5-20 on rho = 7 schedules: the data-prediction solvers (DPM-Solver++, UniPC) take order
+1 on every step landing on sigma <= :data:`~.plans.LOW_ORDER_SIGMA` (0.1; assumes data scaled to about
+[-1, 1], sigma_data ~ 0.5) and order <= 2, with the published DPM-Solver++(2M) weights, where
+ln(sigma_i / sigma_{i+1}) > :data:`~.plans.MAX_LOG_STEP` (1.0); the derivative solvers (DEIS, LMS, iPNDM)
+take at most as many past outputs as steps remain. ``"final"`` is that last rule for every solver
+(diffusers' ``lower_order_final``), ``"full"`` the nominal order on every step after the warm-up (the
+old default, and what convergence-order studies want). Measurements: docs/multistep-defaults.md.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from torch import Tensor
 
 from .._types import Denoiser
 from .api import RunOptions, Sigmas, Unpack, call, public
-from .plans import PLANS, MultistepPlan
+from .plans import PLANS, MultistepPlan, OrderRule
 from .registry import get
 from .runtime import schedule
 
@@ -51,7 +56,7 @@ def multistep_plan(sigmas: Sigmas, sampler: str, **knobs: Any) -> MultistepPlan:
 
 
 @public("dpmpp_2m")
-def dpmpp_2m_sample(denoiser: Denoiser, x: Tensor, sigmas: Sigmas, *, lower_order_final: bool = False,
+def dpmpp_2m_sample(denoiser: Denoiser, x: Tensor, sigmas: Sigmas, *, order_rule: OrderRule = "auto",
                     **run: Unpack[RunOptions]) -> Tensor:  # fmt: skip
     """DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2), data prediction, steps in lambda = -log sigma.
 
@@ -59,11 +64,11 @@ def dpmpp_2m_sample(denoiser: Denoiser, x: Tensor, sigmas: Sigmas, *, lower_orde
     h = lambda_{i+1} - lambda_i and r = h_{i-1} / h. Order 2, 1 NFE per step (N NFE). The first step is
     DPM-Solver-1 (= Euler); the step to a final 0 is Euler and returns D exactly.
     """
-    return call("dpmpp_2m", denoiser, x, sigmas, run, lower_order_final=lower_order_final)
+    return call("dpmpp_2m", denoiser, x, sigmas, run, order_rule=order_rule)
 
 
 @public("dpmpp_3m")
-def dpmpp_3m_sample(denoiser: Denoiser, x: Tensor, sigmas: Sigmas, *, order: int = 3, lower_order_final: bool = False,
+def dpmpp_3m_sample(denoiser: Denoiser, x: Tensor, sigmas: Sigmas, *, order: int = 3, order_rule: OrderRule = "auto",
                     **run: Unpack[RunOptions]) -> Tensor:  # fmt: skip
     """Multistep DPM-Solver++ of order 3 (``order`` 1..4): exact exponential integrator in lambda.
 
@@ -74,12 +79,12 @@ def dpmpp_3m_sample(denoiser: Denoiser, x: Tensor, sigmas: Sigmas, *, order: int
     orders 1, 2, ...; the step to a final 0 is Euler (returns D exactly). ``order=1`` is DPM-Solver-1
     (= Euler), ``order=2`` the exact-integral variant of 2M.
     """
-    return call("dpmpp_3m", denoiser, x, sigmas, run, order=order, lower_order_final=lower_order_final)
+    return call("dpmpp_3m", denoiser, x, sigmas, run, order=order, order_rule=order_rule)
 
 
 @public("dpmpp_2m_sde")
 def dpmpp_2m_sde_sample(denoiser: Denoiser, x: Tensor, sigmas: Sigmas, *, eta: float = 1.0, s_noise: float = 1.0,
-                        lower_order_final: bool = False, **run: Unpack[RunOptions]) -> Tensor:  # fmt: skip
+                        order_rule: OrderRule = "auto", **run: Unpack[RunOptions]) -> Tensor:  # fmt: skip
     """DPM-Solver++(2M) SDE (Lu et al. 2022b, Sec. 5 / k-diffusion's "midpoint" form), data prediction.
 
     With H = (1 + eta) h: x_{i+1} = (sigma_{i+1}/sigma_i) e^{-eta h} x_i
@@ -90,12 +95,12 @@ def dpmpp_2m_sde_sample(denoiser: Denoiser, x: Tensor, sigmas: Sigmas, *, eta: f
     :class:`~edm_samplers.PerSampleNoise` each sample depends on its own seed only.
     """
     return call("dpmpp_2m_sde", denoiser, x, sigmas, run, eta=eta, s_noise=s_noise,
-                lower_order_final=lower_order_final)  # fmt: skip
+                order_rule=order_rule)  # fmt: skip
 
 
 @public("dpmpp_3m_sde")
 def dpmpp_3m_sde_sample(denoiser: Denoiser, x: Tensor, sigmas: Sigmas, *, eta: float = 1.0, s_noise: float = 1.0,
-                        lower_order_final: bool = False, **run: Unpack[RunOptions]) -> Tensor:  # fmt: skip
+                        order_rule: OrderRule = "auto", **run: Unpack[RunOptions]) -> Tensor:  # fmt: skip
     """DPM-Solver++(3M) SDE: the drift integral int_0^h (1 + eta) e^{-(1 + eta)(h - tau)} D(tau) dtau taken
     exactly over the quadratic through the last three outputs, plus noise as in :func:`dpmpp_2m_sde_sample`.
 
@@ -103,11 +108,11 @@ def dpmpp_3m_sde_sample(denoiser: Denoiser, x: Tensor, sigmas: Sigmas, *, eta: f
     final step to 0 is Euler (returns D exactly).
     """
     return call("dpmpp_3m_sde", denoiser, x, sigmas, run, eta=eta, s_noise=s_noise,
-                lower_order_final=lower_order_final)  # fmt: skip
+                order_rule=order_rule)  # fmt: skip
 
 
 @public("deis")
-def deis_sample(denoiser: Denoiser, x: Tensor, sigmas: Sigmas, *, order: int = 3, lower_order_final: bool = False,
+def deis_sample(denoiser: Denoiser, x: Tensor, sigmas: Sigmas, *, order: int = 3, order_rule: OrderRule = "auto",
                 **run: Unpack[RunOptions]) -> Tensor:  # fmt: skip
     """DEIS (Zhang & Chen 2023, "tAB" with log-rho steps): Adams-Bashforth on eps = (x - D)/sigma in log sigma.
 
@@ -117,11 +122,11 @@ def deis_sample(denoiser: Denoiser, x: Tensor, sigmas: Sigmas, *, order: int = 3
     (1..3; diffusers' default "logrho" DEIS); 1 NFE per step; warm-up orders 1, 2, ...; the step to a final 0
     is Euler (a polynomial in log sigma cannot be extrapolated to -inf) and returns D exactly.
     """
-    return call("deis", denoiser, x, sigmas, run, order=order, lower_order_final=lower_order_final)
+    return call("deis", denoiser, x, sigmas, run, order=order, order_rule=order_rule)
 
 
 @public("lms")
-def lms_sample(denoiser: Denoiser, x: Tensor, sigmas: Sigmas, *, order: int = 4, lower_order_final: bool = False,
+def lms_sample(denoiser: Denoiser, x: Tensor, sigmas: Sigmas, *, order: int = 4, order_rule: OrderRule = "auto",
                **run: Unpack[RunOptions]) -> Tensor:  # fmt: skip
     """Linear multistep (variable-step Adams-Bashforth in sigma; k-diffusion's ``sample_lms``).
 
@@ -130,11 +135,11 @@ def lms_sample(denoiser: Denoiser, x: Tensor, sigmas: Sigmas, *, order: int = 4,
     ``order`` (1..4) on any schedule; 1 NFE per step; warm-up orders 1, 2, ...; the step to a final 0 is a
     full-order step (the polynomial in sigma extends to 0), so the result is not exactly D.
     """
-    return call("lms", denoiser, x, sigmas, run, order=order, lower_order_final=lower_order_final)
+    return call("lms", denoiser, x, sigmas, run, order=order, order_rule=order_rule)
 
 
 @public("ipndm")
-def ipndm_sample(denoiser: Denoiser, x: Tensor, sigmas: Sigmas, *, order: int = 4, lower_order_final: bool = False,
+def ipndm_sample(denoiser: Denoiser, x: Tensor, sigmas: Sigmas, *, order: int = 4, order_rule: OrderRule = "auto",
                  **run: Unpack[RunOptions]) -> Tensor:  # fmt: skip
     """iPNDM (Zhang & Chen 2023; Zhou et al. 2024): equal-step Adams-Bashforth weights on d = (x - D)/sigma.
 
@@ -145,11 +150,11 @@ def ipndm_sample(denoiser: Denoiser, x: Tensor, sigmas: Sigmas, *, order: int = 
     global order to 2 (at low NFE it is still among the most accurate solvers; :func:`lms_sample` is the
     variable-step version). The step to a final 0 uses the same formula (not exactly D).
     """
-    return call("ipndm", denoiser, x, sigmas, run, order=order, lower_order_final=lower_order_final)
+    return call("ipndm", denoiser, x, sigmas, run, order=order, order_rule=order_rule)
 
 
 @public("unipc")
-def unipc_sample(denoiser: Denoiser, x: Tensor, sigmas: Sigmas, *, order: int = 3, lower_order_final: bool = False,
+def unipc_sample(denoiser: Denoiser, x: Tensor, sigmas: Sigmas, *, order: int = 3, order_rule: OrderRule = "auto",
                  **run: Unpack[RunOptions]) -> Tensor:  # fmt: skip
     """UniPC (Zhao et al. 2023) with B(h) = 1 - e^{-h} ("bh2"), data prediction, steps in lambda.
 
@@ -161,4 +166,4 @@ def unipc_sample(denoiser: Denoiser, x: Tensor, sigmas: Sigmas, *, order: int = 
     the step to a final 0 is Euler (returns D of the last, corrected-from, evaluation exactly; no corrector
     follows it). ``StepInfo.x`` is the state the denoiser saw (the predictor).
     """
-    return call("unipc", denoiser, x, sigmas, run, order=order, lower_order_final=lower_order_final)
+    return call("unipc", denoiser, x, sigmas, run, order=order, order_rule=order_rule)

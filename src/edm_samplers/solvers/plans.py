@@ -24,6 +24,16 @@ extrapolate D to infinity; all data-family solvers and DEIS therefore take a fir
 which returns D(x_{N-1}; sigma_{N-1}) exactly, like the core samplers. LMS and iPNDM, whose polynomials live
 in sigma itself, integrate to 0 at full order (as in k-diffusion).
 
+**Order rules** (the ``order_rule`` knob, decided on the host floats of the schedule when the plan is built,
+so plans stay cached and capturable). ``"full"``: the orders above. ``"final"``: also at most the number of
+steps left (diffusers' ``lower_order_final``). ``"auto"`` (the default): for the data-prediction solvers
+(DPM-Solver++ 2M/kM and their SDE variants, UniPC) order 1 on every step landing on sigma <=
+:data:`LOW_ORDER_SIGMA` = 0.1, order <= 2 with the published 2M weights where h = ln(sigma_i / sigma_{i+1}) >
+:data:`MAX_LOG_STEP` = 1, the nominal order otherwise; for the derivative solvers (DEIS, LMS, iPNDM)
+``"final"``. Below sigma ~ 0.1 (data scaled to about [-1, 1], sigma_data ~ 0.5) the denoiser output has
+saturated, and a data-form integrator, which weights the end of the step, would extrapolate a trend that has
+died out over rho = 7's longest log steps; Euler is nearly exact there (docs/multistep-defaults.md).
+
 Schedules must be strictly decreasing here (repeated levels would make interpolation nodes coincide).
 The loop that runs a plan is :mod:`.linear`; the registry entries are in :mod:`.registry`.
 """
@@ -39,9 +49,22 @@ from numpy.typing import NDArray
 
 from .coefficients import ab_uniform, exp_lagrange_weights, logsigma_lagrange_weights, sigma_lagrange_weights
 
-__all__ = ["PLANS", "MultistepPlan"]
+__all__ = ["LOW_ORDER_SIGMA", "MAX_LOG_STEP", "PLANS", "MultistepPlan", "OrderRule"]
 
 F64 = NDArray[np.float64]
+
+OrderRule = Literal["auto", "full", "final"]
+
+LOW_ORDER_SIGMA = 0.1
+"""``order_rule="auto"`` (data-prediction solvers): a step that lands on sigma <= this takes order 1.
+
+Absolute, so it assumes data scaled to about [-1, 1] (sigma_data ~ 0.5, EDM's setting): below it the
+denoiser output has saturated (D -> x(0) like sigma^2) and no polynomial in lambda through earlier outputs
+extrapolates it over a long step (docs/multistep-defaults.md)."""
+
+MAX_LOG_STEP = 1.0
+"""``order_rule="auto"`` (data-prediction solvers): a step with h = ln(sigma_i / sigma_{i+1}) above this takes
+order <= 2 with the published DPM-Solver++(2M) weights (docs/multistep-defaults.md)."""
 
 # ---- plans: every step's scalars, float64, host ------------------------------------------------
 
@@ -91,9 +114,14 @@ def _plan_data(
     variant: Literal["exact", "2m", "unipc"],
     eta: float,
     stochastic: bool,
-    lower_final: bool = False,
+    rule: OrderRule = "full",
 ) -> MultistepPlan:
-    """Data-family plans: DPM-Solver++ (2M as published, kM exact), UniPC-bh2, SDE variants (eta)."""
+    """Data-family plans: DPM-Solver++ (2M as published, kM exact), UniPC-bh2, SDE variants (eta).
+
+    ``rule``: ``"full"`` order ``min(order, i + 1)``; ``"final"`` also at most the steps left; ``"auto"``
+    order 1 on steps landing on sigma <= :data:`LOW_ORDER_SIGMA`, order <= 2 where h > :data:`MAX_LOG_STEP`,
+    and every order-2 step with the published 2M weights (also the exact kM's).
+    """
     n = s.shape[0] - 1
     lam = _lambdas(s)
     rate = 1.0 + eta
@@ -109,10 +137,14 @@ def _plan_data(
         a[i] = s[i + 1] / s[i] * math.exp(-eta * h)
         big_b = -math.expm1(-rate * h)
         noise[i] = s[i + 1] * math.sqrt(-math.expm1(-2.0 * eta * h)) if stochastic else 0.0
-        k = min(order, i + 1, n - i if lower_final else order)
+        k = min(order, i + 1, n - i if rule == "final" else order)
+        if rule == "auto" and s[i + 1] <= LOW_ORDER_SIGMA:  # host floats of the schedule: no sync
+            k = 1
+        elif rule == "auto" and h > MAX_LOG_STEP:
+            k = min(k, 2)
         if k == 1:
             b[i, 0] = big_b
-        elif variant == "2m" or (variant == "unipc" and k == 2):
+        elif variant == "2m" or (k == 2 and (variant == "unipc" or rule == "auto")):
             # DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2): D' = (1 + 1/(2r)) D_i - 1/(2r) D_{i-1},
             # r = h_{i-1} / h. UniPC-bh2 with one difference uses the same rho = 1/2 with B(h) = 1 - e^{-h}.
             r = (lam[i] - lam[i - 1]) / h
@@ -140,15 +172,18 @@ def _plan_data(
 
 
 def _plan_derivative(
-    s: F64, *, order: int, variant: Literal["lms", "ipndm", "deis"], lower_final: bool = False
+    s: F64, *, order: int, variant: Literal["lms", "ipndm", "deis"], rule: OrderRule = "full"
 ) -> MultistepPlan:
-    """Derivative-family plans: x_{i+1} = x_i + sum_j c_j d_{i-j}, d = (x - D) / sigma."""
+    """Derivative-family plans: x_{i+1} = x_i + sum_j c_j d_{i-j}, d = (x - D) / sigma.
+
+    ``rule``: ``"full"`` order ``min(order, i + 1)``; ``"final"`` and ``"auto"`` also at most the steps left.
+    """
     n = s.shape[0] - 1
     lam = _lambdas(s)
     a, e, b, corr, noise = _empty(n, order)
     nb: list[int] = []
     for i in range(n):
-        k = min(order, i + 1, n - i if lower_final else order)
+        k = min(order, i + 1, order if rule == "full" else n - i)
         if variant == "deis" and s[i + 1] == 0:
             e[i] = 1.0  # final step to 0: x_N = D_{N-1} exactly (log sigma = -inf: no extrapolation)
             nb.append(0)
@@ -187,13 +222,14 @@ def _plan_ancestral(s: F64, *, eta: float) -> MultistepPlan:
 # ---- each registered solver's knobs -> its plan (knobs already checked by the registry) ---------------
 
 
-def _lof(k: Mapping[str, Any]) -> bool:
-    return bool(k.get("lower_order_final", False))
+def _rule(k: Mapping[str, Any]) -> OrderRule:
+    rule: OrderRule = k.get("order_rule", "full")
+    return rule
 
 
 def _sde(order: int, variant: Literal["exact", "2m"]) -> Callable[[F64, Mapping[str, Any]], MultistepPlan]:
     def plan(s: F64, k: Mapping[str, Any]) -> MultistepPlan:
-        p = _plan_data(s, order=order, variant=variant, eta=k["eta"], stochastic=True, lower_final=_lof(k))
+        p = _plan_data(s, order=order, variant=variant, eta=k["eta"], stochastic=True, rule=_rule(k))
         return p._replace(noise=p.noise * k["s_noise"])
 
     return plan
@@ -206,14 +242,14 @@ def _ancestral(s: F64, k: Mapping[str, Any]) -> MultistepPlan:
 
 def _data(variant: Literal["exact", "2m", "unipc"]) -> Callable[[F64, Mapping[str, Any]], MultistepPlan]:
     def plan(s: F64, k: Mapping[str, Any]) -> MultistepPlan:
-        return _plan_data(s, order=k.get("order", 2), variant=variant, eta=0.0, stochastic=False, lower_final=_lof(k))
+        return _plan_data(s, order=k.get("order", 2), variant=variant, eta=0.0, stochastic=False, rule=_rule(k))
 
     return plan
 
 
 def _derivative(variant: Literal["lms", "ipndm", "deis"]) -> Callable[[F64, Mapping[str, Any]], MultistepPlan]:
     def plan(s: F64, k: Mapping[str, Any]) -> MultistepPlan:
-        return _plan_derivative(s, order=k["order"], variant=variant, lower_final=_lof(k))
+        return _plan_derivative(s, order=k["order"], variant=variant, rule=_rule(k))
 
     return plan
 

@@ -6,7 +6,7 @@ its order and NFE rule, whether it draws noise, its typed knobs (:class:`~.knobs
 docs) and its *builder* (see :mod:`.runtime`). The public ``*_sample`` functions, :func:`count_nfe`,
 :class:`~edm_samplers.GraphedSampler`, :func:`~edm_samplers.generate`, :func:`~edm_samplers.optimize_schedule`,
 the command line (``--sampler``, ``--opt k=v``), the benchmark scripts and the tuned-schedule keys
-(``"unipc:order=3,lower_order_final=false"``) all read these entries. Adding a solver is a builder plus a
+(``"unipc:order=3,order_rule=full"``) all read these entries. Adding a solver is a builder plus a
 :func:`register` call (``docs/architecture.md`` shows one in twenty lines).
 """
 
@@ -24,6 +24,7 @@ from .edm import build_edm
 from .generalized import build_generalized
 from .knobs import Knob, knob_values
 from .linear import build_linear
+from .plans import LOW_ORDER_SIGMA, MAX_LOG_STEP
 from .runtime import TABLES, Builder
 
 __all__ = ["REGISTRY", "SolverSpec", "count_nfe", "get", "label", "names", "parse_label", "register"]
@@ -187,7 +188,7 @@ def label(sampler: str, knobs: Mapping[str, Any] | None = None, *, full: bool = 
 
 
 def parse_label(text: str) -> tuple[str, dict[str, Any]]:
-    """``"unipc:order=3,lower_order_final=false"`` -> ``("unipc", {"order": 3, "lower_order_final": False})``."""
+    """``"unipc:order=3,order_rule=full"`` -> ``("unipc", {"order": 3, "order_rule": "full"})``."""
     name, _, rest = text.partition(":")
     spec = get(name.strip())
     return spec.name, parse_knobs(spec.name, [p for p in rest.split(",") if p.strip()])
@@ -214,9 +215,13 @@ def _churn_range(k: dict[str, Any]) -> None:
         raise ValueError(f"s_tmin must be <= s_tmax, got s_tmin={k['s_tmin']}, s_tmax={k['s_tmax']}")
 
 
-LOWER_ORDER_FINAL = Knob(
-    "lower_order_final", "bool", False,
-    "lower the order on the last steps to at most the number of steps left (diffusers' lower_order_final)",
+ORDER_RULE = Knob(
+    "order_rule", "str", "auto",
+    "which order each step takes: 'full' (nominal order after the warm-up), 'final' (at most the steps left, "
+    f"diffusers' lower_order_final) or 'auto' (data-prediction solvers: order 1 on steps landing on sigma <= "
+    f"{LOW_ORDER_SIGMA}, which assumes data in about [-1, 1] (sigma_data ~ 0.5), order <= 2 with the 2M weights "
+    f"where ln(sigma_i / sigma_i+1) > {MAX_LOG_STEP}; derivative solvers: 'final')",
+    choices=("auto", "full", "final"),
 )  # fmt: skip
 ETA = Knob("eta", "float", 1.0, "noise fraction (1: the reverse SDE, 0: the ODE)", low=0.0)
 S_NOISE = Knob("s_noise", "float", 1.0, "noise inflation S_noise", low=0.0)
@@ -266,14 +271,14 @@ for _spec in (
         name="generalized", summary="EDM's generalized sampler: any sigma(t), s(t), alpha, churn", order=2,
         nfe=by_solver_knob, stochastic=True, knobs=_GENERALIZED_KNOBS, build=build_generalized, check=_churn_range,
     ),
-    _linear("dpmpp_2m", "DPM-Solver++(2M)", 2, (LOWER_ORDER_FINAL,)),
-    _linear("dpmpp_3m", "multistep DPM-Solver++, exact integrals (order 1..4)", 3, (_order(3, 4), LOWER_ORDER_FINAL)),
-    _linear("dpmpp_2m_sde", "DPM-Solver++(2M) SDE", 1, (ETA, S_NOISE, LOWER_ORDER_FINAL), stochastic=True),
-    _linear("dpmpp_3m_sde", "DPM-Solver++(3M) SDE", 1, (ETA, S_NOISE, LOWER_ORDER_FINAL), stochastic=True),
-    _linear("deis", "DEIS tAB in log sigma (order 1..3)", 3, (_order(3, 3), LOWER_ORDER_FINAL)),
-    _linear("lms", "linear multistep in sigma (order 1..4)", 4, (_order(4, 4), LOWER_ORDER_FINAL)),
-    _linear("ipndm", "iPNDM: equal-step Adams-Bashforth (order 1..4)", 4, (_order(4, 4), LOWER_ORDER_FINAL)),
-    _linear("unipc", "UniPC-bh2 predictor-corrector (order 1..3)", 3, (_order(3, 3), LOWER_ORDER_FINAL)),
+    _linear("dpmpp_2m", "DPM-Solver++(2M)", 2, (ORDER_RULE,)),
+    _linear("dpmpp_3m", "multistep DPM-Solver++, exact integrals (order 1..4)", 3, (_order(3, 4), ORDER_RULE)),
+    _linear("dpmpp_2m_sde", "DPM-Solver++(2M) SDE", 1, (ETA, S_NOISE, ORDER_RULE), stochastic=True),
+    _linear("dpmpp_3m_sde", "DPM-Solver++(3M) SDE", 1, (ETA, S_NOISE, ORDER_RULE), stochastic=True),
+    _linear("deis", "DEIS tAB in log sigma (order 1..3)", 3, (_order(3, 3), ORDER_RULE)),
+    _linear("lms", "linear multistep in sigma (order 1..4)", 4, (_order(4, 4), ORDER_RULE)),
+    _linear("ipndm", "iPNDM: equal-step Adams-Bashforth (order 1..4)", 4, (_order(4, 4), ORDER_RULE)),
+    _linear("unipc", "UniPC-bh2 predictor-corrector (order 1..3)", 3, (_order(3, 3), ORDER_RULE)),
     _linear("euler_ancestral", "Euler ancestral", 1, (ETA, S_NOISE), stochastic=True),
     SolverSpec("dpm2", "DPM-Solver-2 / DPM-Solver++(2S), single step", 2, two_per_step, False, (FORM,), build_dpm2,
                strict=True),
