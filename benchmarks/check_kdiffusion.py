@@ -47,16 +47,19 @@ def main() -> int:
         it = iter(draws)
         return lambda s, sn: next(it)
 
-    cases = {
-        "dpmpp_2m": (es.dpmpp_2m_sample(gm, x, sig), ks.sample_dpmpp_2m(gm, x, sig, disable=True)),
-        "lms:order=4": (es.lms_sample(gm, x, sig, order=4), ks.sample_lms(gm, x, sig, disable=True, order=4)),
+    cases = {  # k-diffusion runs every step at full order: order_rule="full"
+        "dpmpp_2m": (es.dpmpp_2m_sample(gm, x, sig, order_rule="full"), ks.sample_dpmpp_2m(gm, x, sig, disable=True)),
+        "lms:order=4": (
+            es.lms_sample(gm, x, sig, order=4, order_rule="full"),
+            ks.sample_lms(gm, x, sig, disable=True, order=4),
+        ),
         "dpm2": (es.dpm2_sample(gm, x, sig), ks.sample_dpm_2(gm, x, sig, disable=True)),
         "euler_ancestral": (
             es.euler_ancestral_sample(gm, x, sig, eta=1.0, noise=es.PrecomputedNoise(draws)),
             ks.sample_euler_ancestral(gm, x, sig, disable=True, noise_sampler=noise_sampler()),
         ),
         "dpmpp_2m_sde": (
-            es.dpmpp_2m_sde_sample(gm, x, sig, eta=1.0, noise=es.PrecomputedNoise(draws)),
+            es.dpmpp_2m_sde_sample(gm, x, sig, eta=1.0, order_rule="full", noise=es.PrecomputedNoise(draws)),
             ks.sample_dpmpp_2m_sde(gm, x, sig, disable=True, noise_sampler=noise_sampler()),
         ),
         "heun": (es.heun_sample(gm, x, sig), ks.sample_heun(gm, x, sig, disable=True)),

@@ -41,7 +41,7 @@ from edm_samplers.models import digits, digits_features
 from edm_samplers.models.digits import load_digits_images
 from edm_samplers.models.schedules import SCHEDULES_FILE
 from edm_samplers.schedule_opt import optimize_schedule
-from edm_samplers.solvers.registry import label, parse_label
+from edm_samplers.solvers.registry import label
 
 SIG_MAX, SIG_MIN = 80.0, 0.002
 TUNED = ["euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc:order=3", "deis:order=3", "ipndm:order=4", "lms:order=4"]
@@ -49,7 +49,7 @@ TUNED = ["euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc:order=3", "deis:order=3
 
 
 def key(text: str) -> str:
-    return label(*parse_label(text), full=True)
+    return label(*sa.pinned(text), full=True)
 
 
 def latents(seeds: range) -> torch.Tensor:

@@ -13,16 +13,15 @@ Problems (the same initial noise for every sampler of a problem, Euler in the sa
   and RMS error against a converged ODE solution from the same noise ("rms"). Also swept over every NFE
   4..25 and at data scales 0.5 and 2.
 
-Samplers: dpmpp_2m, dpmpp_3m, unipc (order 3), deis (3), lms (4), ipndm (4), dpmpp_2m_sde, dpmpp_3m_sde (eta =
-1), and euler_ancestral for reference. Settings: the library's knobs (``order_rule="full"``, the default
-before issue 12; ``"final"``, formerly ``lower_order_final=True``; order=2) and order rules that needed a
-solver change ("new"), among them the recommended one ("auto", :func:`auto_orders`), now the library's default
-``order_rule="auto"``, checked against it at the start of the run. To measure rules the library has no knob
-for, the script runs an INDEPENDENT REIMPLEMENTATION of the linear multistep samplers with a per-step order
-(section below; checked against the library's samplers on their own knobs at the start of the run: float64
-agreement ~1e-12, float32 ~1e-5). The reimplementation carries the full multistep history, so no emulation by
-composing calls is involved. Runs share work: the state after every step is cached under the plan's
-coefficients so far.
+Samplers: dpmpp_2m, dpmpp_3m, unipc (order 3), deis (3), lms (4), ipndm (4), dpmpp_2m_sde, dpmpp_3m_sde
+(eta = 1), and euler_ancestral for reference. Settings: the library's knobs (the old defaults, now
+order_rule="full"; lower_order_final, now order_rule="final"; order=2) and order rules that need a solver
+change ("new"), among them the recommended one ("auto", :func:`auto_orders`, now the library's default).
+To measure rules the library has no knob for, the script runs an INDEPENDENT
+REIMPLEMENTATION of the linear multistep samplers with a per-step order (section below; checked against
+the library's samplers on their own knobs at the start of the run: float64 agreement ~1e-12, float32
+~1e-5). The reimplementation carries the full multistep history, so no emulation by composing calls is
+involved. Runs share work: the state after every step is cached under the plan's coefficients so far.
 
 Output: markdown tables (cells: value and, in brackets, the ratio to Euler's; "x" marks ratios > 1), the
 diagnosis of the cause on digits at NFE 10 (local error per step and order; the effect of lowering one
@@ -52,7 +51,6 @@ import torch
 from numpy.typing import NDArray
 
 import edm_samplers as es
-from edm_samplers.solvers.registry import label
 
 SIG_MIN, SIG_MAX = 0.002, 80.0
 
@@ -346,8 +344,8 @@ def _auto(m: str, p: int, s: Sequence[float]) -> list[int]:
 
 _DATA = ("dpmpp_2m", "dpmpp_3m", "unipc", *SDE_METHODS)
 SETTINGS = [
-    Setting("default", "library", "order_rule='full' (the old default): full order (warm-up 1, 2, ...)", _full),
-    Setting("lof", "library", "order_rule='final' (old lower_order_final=True): order <= steps left", _lof),
+    Setting("default", "library", "old defaults, order_rule=full: full order (warm-up 1, 2, ...)", _full),
+    Setting("lof", "library", "order_rule=final (old lower_order_final=True): order <= steps left", _lof),
     Setting("order=2", "library", "order=2 (exact order 2 for dpmpp_3m)", _order2, methods=ODE_METHODS[1:]),
     Setting("no corrector", "new", "UniPC without its corrector, full order", _full, None, ("unipc",), False),
     Setting("euler_final", "new", "order 1 on the step that lands on sigma_min (then Euler to 0)", _euler_final, True),
@@ -482,24 +480,22 @@ LIBRARY: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
-# The settings the library has a knob for since issue 12: order_rule="full" (the old default), "final" (the old
-# lower_order_final=True) and "auto" (the recommended rule, the library's default now).
-LIBRARY_RULE = {"default": "full", "lof": "final", "auto": "auto"}
-
-
 def check_reimplementation(prob: Problem, nfes: Sequence[int], lof_too: bool) -> float:
-    """Max |reimplementation - library| over every method (library knobs: order_rule="full" and "auto", and
-    "final" when ``lof_too``), on ``prob``'s first 64 states."""
+    """Max |reimplementation - library| over every method (library knobs: order_rule="full", the old default,
+    "auto", the library's default since this study, and order_rule="final", the old lower_order_final=True,
+    when ``lof_too``), on ``prob``'s first 64 states."""
     x0 = prob.x0[:64]
     worst = 0.0
-    checked = [st for st in SETTINGS if st.label in LIBRARY_RULE and (lof_too or st.label != "lof")]
     for n in nfes:
         s = es.karras_sigmas(n).tolist()
         eps = [e[:64] for e in prob.noise_draws(n)]
         run = Runner(prob.den, x0, eps)
         for m, f in LIBRARY.items():
-            for st in checked:
-                kw: dict[str, Any] = {"order_rule": LIBRARY_RULE[st.label]}
+            rule = {"default": "full", "lof": "final", "auto": "auto"}
+            for st in [
+                s for s in SETTINGS if s.label in (("default", "auto", "lof") if lof_too else ("default", "auto"))
+            ]:
+                kw: dict[str, Any] = {"order_rule": rule[st.label]}
                 if m in SDE_METHODS:
                     kw["noise"] = es.PrecomputedNoise(torch.stack(eps))
                 with torch.no_grad():
@@ -768,17 +764,17 @@ def margins(sets: int, samples: int, nfes: Sequence[int], reference_steps: int =
 
 def tuned_schedules(prob: Problem, nfes: Sequence[int]) -> dict[str, Any]:
     """The shipped tuned schedules (tuned for full order) under the current and the recommended defaults."""
-    # The knobs the shipped schedules were tuned with (their registry labels: "unipc:order=3,order_rule=full", ...).
-    keys: dict[str, dict[str, Any]] = {"dpmpp_2m": {}, "dpmpp_3m": {"order": 3}, "unipc": {"order": 3}}
-    keys |= {"deis": {"order": 3}, "lms": {"order": 4}, "ipndm": {"order": 4}}
+    # The registry labels the shipped schedules are stored under (they were tuned at full order).
+    keys = {"dpmpp_2m": "dpmpp_2m:order_rule=full", "dpmpp_3m": "dpmpp_3m:order=3,order_rule=full"}
+    keys |= {"unipc": "unipc:order=3,order_rule=full", "deis": "deis:order=3,order_rule=full"}
+    keys |= {"lms": "lms:order=4,order_rule=full", "ipndm": "ipndm:order=4,order_rule=full"}
     run = Runner(prob.den, prob.x0, [])
     out: dict[str, Any] = {}
     print(f"\n### {prob.name}: on the shipped tuned schedules (models.digits_schedule), default -> auto\n")
     print("| sampler | " + " | ".join(f"NFE {n}" for n in nfes) + " |")
     print("|---" * (len(nfes) + 1) + "|")
-    for m, knobs in keys.items():
+    for m, key in keys.items():
         cells = []
-        key = label(m, {**knobs, "order_rule": "full"})
         for n in nfes:
             s = es.models.digits_schedule(key, n).tolist()
             d = prob.metrics(run(s, plan_for(SETTINGS[0], m, s)))["fd"]
@@ -811,7 +807,7 @@ def main() -> None:
 
     mix = mixture_problem(args.mixture_samples)
     err = check_reimplementation(mix, args.nfe, lof_too=True)
-    print(f"reimplementation vs library (mixture, float64, every method, order_rule full / final / auto, "
+    print(f"reimplementation vs library (mixture, float64, every method, order_rule full, auto and final, "
           f"NFE {args.nfe}): max abs difference {err:.1e}")  # fmt: skip
     out["check_mixture"] = err
     methods = list(ODE_METHODS + SDE_METHODS)
@@ -832,7 +828,7 @@ def main() -> None:
         dig = digits_problem(args.digits_samples)
         err = check_reimplementation(dig, [10], lof_too=False)
         print(
-            f"\nreimplementation vs library (digits, float32, every method, order_rule full / auto, NFE 10): "
+            f"\nreimplementation vs library (digits, float32, every method's defaults, NFE 10): "
             f"max abs difference {err:.1e}"
         )
         out["check_digits"] = err

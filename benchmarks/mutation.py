@@ -78,7 +78,7 @@ LOSS = (FORMULAS, "tests/test_loss.py")
 ANALYTIC = (FORMULAS, TRANSCRIPTIONS, "tests/test_reference_solver.py")
 CORE = (FORMULAS, TRANSCRIPTIONS, "tests/test_reference.py", "tests/test_samplers.py")
 MULTI = (TRANSCRIPTIONS, "tests/test_multistep.py")
-DEFAULTS = ("tests/test_multistep_defaults.py", "tests/test_multistep.py")
+ORDER_RULE = ("tests/test_order_rule.py",)
 GENERAL = (FORMULAS, TRANSCRIPTIONS, "tests/test_generalized.py")
 NOISE = ("tests/test_noise.py", FORMULAS, TRANSCRIPTIONS, "tests/test_samplers.py")
 
@@ -304,26 +304,21 @@ MUTANTS: tuple[Mutant, ...] = (
            "b[i, :k] = logsigma_lagrange_weights(lam[i - np.arange(k)] - lam[i], float(s[i]), lam[i + 1] - lam[i])",
            "b[i, :k] = sigma_lagrange_weights(s[i - np.arange(k)] - s[i], float(s[i]), float(s[i + 1]))",
            MULTI, "DEIS computes LMS (polynomial in sigma) weights"),
-    Mutant("lower_order_final_off_by_one", "solvers/plans.py",
-           'k = min(order, i + 1, n - i if rule != "full" else order)',
-           'k = min(order, i + 1, n - i - 1 if rule != "full" else order)',
-           MULTI, "order_rule 'final' lowers one step too early (derivative family)"),
-    Mutant("final_rule_off_by_one_data", "solvers/plans.py",
-           "return min(k, n - i)", "return min(k, n - i - 1)",
-           MULTI, "order_rule 'final' lowers one step too early (data family)"),
-    Mutant("auto_no_first_order_at_low_sigma", "solvers/plans.py",
-           "if sigma_next <= LOW_ORDER_SIGMA:\n            return 1",
-           "if sigma_next <= LOW_ORDER_SIGMA:\n            return k",
-           DEFAULTS, "order_rule 'auto' keeps full order down to sigma = 0"),
-    Mutant("auto_no_log_step_cap", "solvers/plans.py",
-           "if h > MAX_LOG_STEP:", "if h > 2 * MAX_LOG_STEP:",
-           DEFAULTS, "order_rule 'auto' lets order 3 run over log-steps up to 2"),
-    Mutant("auto_exact_order_2", "solvers/plans.py",
-           'k == 2 and (variant == "unipc" or rule == "auto")', 'k == 2 and variant == "unipc"',
-           DEFAULTS, "order_rule 'auto' uses the exact order-2 weights in 3M instead of the published 2M ones"),
-    Mutant("auto_is_full_for_derivative_solvers", "solvers/plans.py",
-           'n - i if rule != "full" else order', 'n - i if rule == "final" else order',
-           DEFAULTS, "order_rule 'auto' does not lower the derivative solvers' last steps"),
+    Mutant("order_rule_final_off_by_one", "solvers/plans.py",
+           'k = min(order, i + 1, order if rule == "full" else n - i)',
+           'k = min(order, i + 1, order if rule == "full" else n - i - 1)',
+           MULTI, "order_rule final/auto lowers one step too early (derivative family)"),
+    Mutant("auto_low_sigma_threshold_moved", "solvers/plans.py",
+           'if rule == "auto" and s[i + 1] <= LOW_ORDER_SIGMA:',
+           'if rule == "auto" and s[i + 1] <= 0.5 * LOW_ORDER_SIGMA:',
+           ORDER_RULE, "order_rule auto: order 1 only below sigma 0.05 instead of 0.1"),
+    Mutant("auto_log_step_test_inverted", "solvers/plans.py",
+           'elif rule == "auto" and h > MAX_LOG_STEP:', 'elif rule == "auto" and h <= MAX_LOG_STEP:',
+           ORDER_RULE, "order_rule auto caps the order on the short log steps instead of the long ones"),
+    Mutant("auto_3m_exact_order2_weights", "solvers/plans.py",
+           'elif variant == "2m" or (k == 2 and (variant == "unipc" or rule == "auto")):',
+           'elif variant == "2m" or (k == 2 and variant == "unipc"):',
+           ORDER_RULE, "order_rule auto: 3M's order-2 steps use the exact weights, not the published 2M ones"),
     Mutant("unipc_c1_backward_euler", "solvers/plans.py",
            "wc = np.array([0.5 * big, 0.5 * big])", "wc = np.array([big, 0.0])",
            MULTI, "UniC-1 puts the whole weight on the new output"),

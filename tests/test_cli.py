@@ -131,7 +131,7 @@ def test_generate_wrong_knob_is_one_line_listing_the_valid_ones() -> None:
     assert "order=int, order_rule='auto' | 'full' | 'final'" in msg
     with pytest.raises(SystemExit, match="order must be between 1 and 3"):
         main([*base, "order=4"])
-    with pytest.raises(SystemExit, match="order_rule must be 'auto', 'full' or 'final', got 'maybe'"):
+    with pytest.raises(SystemExit, match="order_rule must be 'auto', 'full' or 'final'"):
         main([*base, "order_rule=maybe"])
     with pytest.raises(SystemExit, match="key=value"):
         main([*base, "order"])

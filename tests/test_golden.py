@@ -75,18 +75,6 @@ def _denoiser(name: str, inputs: dict[str, Tensor]) -> Callable[..., Tensor]:
     return _digits()
 
 
-def explicit(knobs: dict[str, Any]) -> dict[str, Any]:
-    """The stored knobs as today's API spells them, the old behaviour pinned.
-
-    Issue 12 item 7 replaced the multistep samplers' ``lower_order_final`` (default False) by ``order_rule``
-    (default "auto"): the old ``lower_order_final=False`` is ``order_rule="full"``, ``True`` is ``"final"``.
-    """
-    out = dict(knobs)
-    if "lower_order_final" in out:
-        out["order_rule"] = "final" if out.pop("lower_order_final") else "full"
-    return out
-
-
 def run_case(case: dict[str, Any], inputs: dict[str, Tensor]) -> Tensor:
     """One stored case, every knob passed explicitly; float64 state throughout."""
     d = case["denoiser"]
@@ -96,7 +84,7 @@ def run_case(case: dict[str, Any], inputs: dict[str, Tensor]) -> Tensor:
     if case["schedule"] == "trunc":
         sigmas = sigmas[:-1]  # stops at sigma_min: the last step is a full one, not the Euler step to 0
     seeds = [int(v) for v in inputs[f"{d}_seeds"]]
-    knobs = explicit(case["knobs"])
+    knobs = case["knobs"]
     kind, name = case["kind"], case["sampler"]
     f64 = torch.float64
     if kind == "sample":

@@ -89,7 +89,7 @@ def test_labels_round_trip(name: str, data: st.DataObject) -> None:
 
 
 def test_parse_knobs_and_unknown_knob_message() -> None:
-    assert parse_knobs("unipc", ["order=2", "order_rule=final"]) == {"order": 2, "order_rule": "final"}
+    assert parse_knobs("unipc", ["order=2", "order_rule=full"]) == {"order": 2, "order_rule": "full"}
     with pytest.raises(ValueError, match="s_tmin must be <= s_tmax"):
         parse_knobs("stochastic", ["s_tmin=2", "s_tmax=1"])
     with pytest.raises(TypeError) as e:

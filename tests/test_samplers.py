@@ -340,6 +340,7 @@ GOOD_X = torch.randn(2, 3)
         (torch.tensor([1.0, -1.0]), ValueError, ">= 0"),
         (torch.tensor([3, 0]), TypeError, "floating-point"),
         ("abc", TypeError, "1-D tensor or a sequence"),
+        ([True, False], TypeError, "got booleans"),  # read as [1.0, 0.0] before
     ],
 )
 @pytest.mark.parametrize("sampler", SAMPLERS)

@@ -288,55 +288,48 @@ def _lib(fn: Callable[..., Tensor], **kw: Any) -> LibCall:
     return call
 
 
-def _full(fn: Callable[..., Tensor], **kw: Any) -> LibCall:
-    """The library at full order (``order_rule="full"``), as the published algorithms transcribed above."""
-    return _lib(fn, order_rule="full", **kw)
-
-
 CASES: dict[str, Case] = {
     "euler": (_lib(es.euler_sample), lambda D, x, s, e: ref_euler_heun(D, x, s, False), False),
     "heun": (_lib(es.heun_sample), lambda D, x, s, e: ref_euler_heun(D, x, s, True), False),
-    "dpmpp_2m": (_full(es.dpmpp_2m_sample), lambda D, x, s, e: ref_dpmpp_2m(D, x, s), False),
+    "dpmpp_2m": (_lib(es.dpmpp_2m_sample, order_rule="full"), lambda D, x, s, e: ref_dpmpp_2m(D, x, s), False),
     "dpmpp_3m": (
-        _full(es.dpmpp_3m_sample),
+        _lib(es.dpmpp_3m_sample, order_rule="full"),
         lambda D, x, s, e: ref_exact_multistep(D, x, s, 3),
         False,
     ),
     "dpmpp_4m": (
-        _full(es.dpmpp_3m_sample, order=4),
+        _lib(es.dpmpp_3m_sample, order=4, order_rule="full"),
         lambda D, x, s, e: ref_exact_multistep(D, x, s, 4),
         False,
     ),
-    "deis1": (_full(es.deis_sample, order=1), lambda D, x, s, e: ref_deis(D, x, s, 1), False),
-    "deis2": (_full(es.deis_sample, order=2), lambda D, x, s, e: ref_deis(D, x, s, 2), False),
-    "deis3": (_full(es.deis_sample, order=3), lambda D, x, s, e: ref_deis(D, x, s, 3), False),
-    "lms4": (_full(es.lms_sample, order=4), lambda D, x, s, e: ref_lms(D, x, s, 4), False),
-    "ipndm4": (_full(es.ipndm_sample, order=4), lambda D, x, s, e: ref_ipndm(D, x, s, 4), False),
+    "deis1": (_lib(es.deis_sample, order=1, order_rule="full"), lambda D, x, s, e: ref_deis(D, x, s, 1), False),
+    "deis2": (_lib(es.deis_sample, order=2, order_rule="full"), lambda D, x, s, e: ref_deis(D, x, s, 2), False),
+    "deis3": (_lib(es.deis_sample, order=3, order_rule="full"), lambda D, x, s, e: ref_deis(D, x, s, 3), False),
+    "lms4": (_lib(es.lms_sample, order=4, order_rule="full"), lambda D, x, s, e: ref_lms(D, x, s, 4), False),
+    "ipndm4": (_lib(es.ipndm_sample, order=4, order_rule="full"), lambda D, x, s, e: ref_ipndm(D, x, s, 4), False),
     "dpm2_noise": (_lib(es.dpm2_sample, form="noise"), lambda D, x, s, e: ref_dpm2(D, x, s, "noise"), False),
     "dpm2_data": (_lib(es.dpm2_sample, form="data"), lambda D, x, s, e: ref_dpm2(D, x, s, "data"), False),
     "2m_sde": (
-        _full(es.dpmpp_2m_sde_sample, eta=1.0, s_noise=1.0),
+        _lib(es.dpmpp_2m_sde_sample, eta=1.0, s_noise=1.0, order_rule="full"),
         lambda D, x, s, e: ref_dpmpp_2m_sde(D, x, s, e, 1.0, 1.0),
         True,
     ),
     "2m_sde_eta0.6": (
-        _full(es.dpmpp_2m_sde_sample, eta=0.6, s_noise=1.02),
+        _lib(es.dpmpp_2m_sde_sample, eta=0.6, s_noise=1.02, order_rule="full"),
         lambda D, x, s, e: ref_dpmpp_2m_sde(D, x, s, e, 0.6, 1.02),
         True,
     ),
     "3m_sde": (
-        _full(es.dpmpp_3m_sde_sample, eta=1.0, s_noise=1.0),
+        _lib(es.dpmpp_3m_sde_sample, eta=1.0, s_noise=1.0, order_rule="full"),
         lambda D, x, s, e: ref_exact_multistep(D, x, s, 3, e, 1.0, 1.0),
         True,
     ),
     "3m_sde_eta0.5": (
-        _full(es.dpmpp_3m_sde_sample, eta=0.5, s_noise=0.97),
+        _lib(es.dpmpp_3m_sde_sample, eta=0.5, s_noise=0.97, order_rule="full"),
         lambda D, x, s, e: ref_exact_multistep(D, x, s, 3, e, 0.5, 0.97),
         True,
     ),
-    # order_rule="final" (diffusers' lower_order_final): the last steps use at most as many past outputs as
-    # steps remain. The other multistep cases pin order_rule="full": the transcriptions are the published
-    # full-order algorithms (the default "auto" lowers the order on the last steps, issue 12).
+    # order_rule="final" (diffusers' lower_order_final): the last steps use at most as many outputs as steps remain.
     "dpmpp_2m_lof": (
         _lib(es.dpmpp_2m_sample, order_rule="final"),
         lambda D, x, s, e: ref_dpmpp_2m_sde(D, x, s, torch.zeros(0), 0.0, 1.0, lower_final=True),

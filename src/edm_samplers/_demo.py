@@ -76,13 +76,16 @@ def demo(args: argparse.Namespace) -> int:
     save_grid(ref[:64], png, scale=6)
     payload = {"model": "digits", "samples": args.samples, "png": str(png), "rows": rows,
                "seconds": time.perf_counter() - t0}  # fmt: skip
+    w = max([len("sampler"), *(len(str(r["sampler"])) for r in rows)]) + 2  # labels such as "unipc:order=3,..."
     lines = [
         f"edm_samplers {__version__}: shipped digits model, {args.samples} seeds; image grid -> {png}",
         "quality vs the converged ODE solution of the same seeds (Heun, 127 NFE); rho=7 schedules unless tuned:",
-        f"{'sampler':<20}{'steps':>6}{'NFE':>5}{'rel. error':>12}{'Frechet (features)':>20}",
+        f"{'sampler':<{w}}{'steps':>6}{'NFE':>5}{'rel. error':>12}{'Frechet (features)':>20}",
     ]
-    lines += [f"{r['sampler']:<20}{r['steps']:>6}{r['nfe']:>5}{r['rel_error']:>12.3e}{r['frechet_to_converged']:>20.3e}"
-              for r in rows]  # fmt: skip
+    lines += [
+        f"{r['sampler']:<{w}}{r['steps']:>6}{r['nfe']:>5}{r['rel_error']:>12.3e}{r['frechet_to_converged']:>20.3e}"
+        for r in rows
+    ]
     lines.append(f"({payload['seconds']:.1f} s)")
     emit(args, payload, "\n".join(lines))
     return 0

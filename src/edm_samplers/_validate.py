@@ -59,6 +59,8 @@ def check_sigmas(sigmas: object, *, name: str = "sigmas", final_zero: bool = Fal
             raise TypeError(f"{name} must be a floating-point tensor, got dtype {sigmas.dtype}")
         s = sigmas.detach().to(device="cpu", dtype=torch.float64)
     elif isinstance(sigmas, (list, tuple)):
+        if any(isinstance(v, bool) for v in sigmas):  # [True, False] would read as [1.0, 0.0]
+            raise TypeError(f"{name} must be a sequence of numbers, got booleans in {list(sigmas)!r}")
         try:
             s = torch.tensor([float(v) for v in sigmas], dtype=torch.float64)
         except (TypeError, ValueError) as e:

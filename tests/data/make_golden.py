@@ -14,6 +14,11 @@ A rerun keeps the stored inputs (``--fresh-inputs`` rebuilds them). It was rerun
 unrefactored code (``PYTHONPATH`` pointing at an export of main's ``src/``) when issue 11's deliberate
 numerical fixes landed there (Euler ancestral's sigma_down; EDM coefficients through hypot, vp_sigma without
 overflow): the golden outputs are always those of the pre-refactor code paths, on fixed inputs.
+
+When ``lower_order_final`` became ``order_rule`` (issue 12 item 7) the stored cases' knobs were renamed in
+place (False -> "full", True -> "final": the same plans) and their outputs kept bit for bit; the
+``AUTO_CASES`` were appended, recorded by that version of the library (``--append-only`` adds cases missing
+from the file without recomputing the stored ones).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from edm_samplers._safetensors import load_file, save_file  # noqa: E402
 from test_golden import GOLDEN, build_inputs, run_case  # noqa: E402
 
 CHURN = {"s_churn": 40.0, "s_tmin": 0.05, "s_tmax": 50.0, "s_noise": 1.003}
-LOF = {"lower_order_final": False}
+LOF = {"order_rule": "full"}  # recorded as lower_order_final=False; "full" is the same plan
 
 # (sampler, knobs) per kind; every knob written out, defaults included.
 SAMPLE_CASES: list[tuple[str, dict[str, Any]]] = [
@@ -42,21 +47,21 @@ SAMPLE_CASES: list[tuple[str, dict[str, Any]]] = [
     ("stochastic", {**CHURN, "solver": "heun"}),
     ("stochastic", {**CHURN, "solver": "euler"}),
     ("dpmpp_2m", {**LOF}),
-    ("dpmpp_2m", {"lower_order_final": True}),
+    ("dpmpp_2m", {"order_rule": "final"}),
     ("dpmpp_3m", {"order": 3, **LOF}),
-    ("dpmpp_3m", {"order": 2, "lower_order_final": True}),
+    ("dpmpp_3m", {"order": 2, "order_rule": "final"}),
     ("dpmpp_2m_sde", {"eta": 1.0, "s_noise": 1.0, **LOF}),
-    ("dpmpp_2m_sde", {"eta": 0.5, "s_noise": 1.003, "lower_order_final": True}),
+    ("dpmpp_2m_sde", {"eta": 0.5, "s_noise": 1.003, "order_rule": "final"}),
     ("dpmpp_3m_sde", {"eta": 1.0, "s_noise": 1.0, **LOF}),
-    ("dpmpp_3m_sde", {"eta": 0.5, "s_noise": 1.0, "lower_order_final": True}),
+    ("dpmpp_3m_sde", {"eta": 0.5, "s_noise": 1.0, "order_rule": "final"}),
     ("deis", {"order": 3, **LOF}),
-    ("deis", {"order": 2, "lower_order_final": True}),
+    ("deis", {"order": 2, "order_rule": "final"}),
     ("lms", {"order": 4, **LOF}),
-    ("lms", {"order": 2, "lower_order_final": True}),
+    ("lms", {"order": 2, "order_rule": "final"}),
     ("ipndm", {"order": 4, **LOF}),
-    ("ipndm", {"order": 3, "lower_order_final": True}),
+    ("ipndm", {"order": 3, "order_rule": "final"}),
     ("unipc", {"order": 3, **LOF}),
-    ("unipc", {"order": 2, "lower_order_final": True}),
+    ("unipc", {"order": 2, "order_rule": "final"}),
     ("euler_ancestral", {"eta": 1.0, "s_noise": 1.0}),
     ("euler_ancestral", {"eta": 0.5, "s_noise": 1.003}),
     ("dpm2", {"form": "noise"}),
@@ -84,8 +89,22 @@ GRAPHED_CASES: list[tuple[str, dict[str, Any]]] = [
     ("euler", {}),
     ("stochastic", {**CHURN, "solver": "heun"}),
     ("dpmpp_2m_sde", {"eta": 1.0, "s_noise": 1.003, **LOF}),
-    ("unipc", {"order": 2, "lower_order_final": True}),
+    ("unipc", {"order": 2, "order_rule": "final"}),
     ("dpm2", {"form": "noise"}),
+]
+
+
+# order_rule="auto" (the default since issue 12 item 7), appended after the pre-refactor cases: recorded by the
+# library that introduced it, on the same inputs (rule changes after that must be deliberate).
+AUTO_CASES: list[tuple[str, dict[str, Any]]] = [
+    ("dpmpp_2m", {"order_rule": "auto"}),
+    ("dpmpp_3m", {"order": 3, "order_rule": "auto"}),
+    ("dpmpp_2m_sde", {"eta": 1.0, "s_noise": 1.0, "order_rule": "auto"}),
+    ("dpmpp_3m_sde", {"eta": 1.0, "s_noise": 1.0, "order_rule": "auto"}),
+    ("deis", {"order": 3, "order_rule": "auto"}),
+    ("lms", {"order": 4, "order_rule": "auto"}),
+    ("ipndm", {"order": 4, "order_rule": "auto"}),
+    ("unipc", {"order": 3, "order_rule": "auto"}),
 ]
 
 
@@ -104,6 +123,9 @@ def cases() -> list[dict[str, Any]]:
             out.append({"kind": "generate", "denoiser": den, "sampler": name, "knobs": knobs, "schedule": "full"})
         for name, knobs in GRAPHED_CASES:
             out.append({"kind": "graphed", "denoiser": den, "sampler": name, "knobs": knobs, "schedule": "full"})
+    for den in ("gm", "digits"):
+        for name, knobs in AUTO_CASES:
+            out.append({"kind": "sample", "denoiser": den, "sampler": name, "knobs": knobs, "schedule": "full"})
     for i, c in enumerate(out):
         c["key"] = f"out/{i:03d}"
     return out
@@ -119,7 +141,11 @@ def main() -> None:
         inputs = build_inputs()
     tensors = {f"in/{k}": v for k, v in inputs.items()}
     all_cases = cases()
+    if "--append-only" in sys.argv:  # keep every stored output; compute only the cases the file lacks
+        tensors.update({k: v for k, v in load_file(GOLDEN).items() if k.startswith("out/")})
     for c in all_cases:
+        if c["key"] in tensors:
+            continue
         out = run_case(c, inputs)
         assert out.dtype == torch.float64, (c, out.dtype)
         tensors[c["key"]] = out.detach().contiguous()

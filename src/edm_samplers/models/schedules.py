@@ -51,7 +51,7 @@ def digits_schedule(sampler: str, nfe: int, *, dtype: torch.dtype = torch.float6
 
         import edm_samplers as es
         den = es.models.digits()
-        knobs = {"order": 3, "order_rule": "full"}  # the tuned schedules were made at full order
+        knobs = {"order": 3, "order_rule": "full"}
         sig = es.models.digits_schedule("unipc", 5, **knobs)
         imgs = es.generate(den, range(64), (1, 8, 8), sig, sampler="unipc", **knobs)
 

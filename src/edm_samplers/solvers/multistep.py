@@ -4,17 +4,14 @@ Every one is a linear update of the state and past model outputs whose float64 c
 once per schedule (:mod:`.plans`) and applied by one loop (:mod:`.linear`); see :mod:`.plans` for the
 shared maths (orders, warm-up, the step to sigma = 0). Schedules must be strictly decreasing.
 
-**Which order where** (``order_rule``). With the default ``"auto"``, the data-prediction solvers
-(DPM-Solver++ 2M/3M and their SDE variants, UniPC) take first-order steps to sigma <= 0.1 and at most
-second-order steps, with the published 2M weights, over log-steps ln(sigma_i / sigma_{i+1}) > 1; the
-derivative solvers (DEIS, LMS, iPNDM) use at most as many past outputs as steps remain. Below sigma ~ 0.1-0.5
-the denoiser output saturates along the trajectory, and a polynomial through outputs taken higher up,
-extrapolated across the long last log-steps of rho = 7 schedules, re-imports a trend that has died out: with
-full order, 3M and UniPC-3 were 5-7x worse than Euler at 10 NFE on the shipped digits model. "auto" keeps
-every ODE sampler here below Euler at 5, 10 and 20 NFE on ``karras_sigmas`` (the digits model and a 64-D
-Gaussian mixture; benchmarks/multistep_defaults.py). ``order_rule="full"`` gives the nominal order on every
-step (the convergence order on fine schedules); ``"final"`` only lowers the last steps (diffusers'
-``lower_order_final``).
+``order_rule`` says which order each step takes. ``"auto"`` (the default) keeps every sampler at least as
+good as Euler at NFE 5-20 on rho = 7 schedules: the data-prediction solvers (DPM-Solver++, UniPC) take order
+1 on every step landing on sigma <= :data:`~.plans.LOW_ORDER_SIGMA` (0.1; assumes data scaled to about
+[-1, 1], sigma_data ~ 0.5) and order <= 2, with the published DPM-Solver++(2M) weights, where
+ln(sigma_i / sigma_{i+1}) > :data:`~.plans.MAX_LOG_STEP` (1.0); the derivative solvers (DEIS, LMS, iPNDM)
+take at most as many past outputs as steps remain. ``"final"`` is that last rule for every solver
+(diffusers' ``lower_order_final``), ``"full"`` the nominal order on every step after the warm-up (the
+old default, and what convergence-order studies want). Measurements: docs/multistep-defaults.md.
 """
 
 from __future__ import annotations

@@ -24,6 +24,16 @@ extrapolate D to infinity; all data-family solvers and DEIS therefore take a fir
 which returns D(x_{N-1}; sigma_{N-1}) exactly, like the core samplers. LMS and iPNDM, whose polynomials live
 in sigma itself, integrate to 0 at full order (as in k-diffusion).
 
+**Order rules** (the ``order_rule`` knob, decided on the host floats of the schedule when the plan is built,
+so plans stay cached and capturable). ``"full"``: the orders above. ``"final"``: also at most the number of
+steps left (diffusers' ``lower_order_final``). ``"auto"`` (the default): for the data-prediction solvers
+(DPM-Solver++ 2M/kM and their SDE variants, UniPC) order 1 on every step landing on sigma <=
+:data:`LOW_ORDER_SIGMA` = 0.1, order <= 2 with the published 2M weights where h = ln(sigma_i / sigma_{i+1}) >
+:data:`MAX_LOG_STEP` = 1, the nominal order otherwise; for the derivative solvers (DEIS, LMS, iPNDM)
+``"final"``. Below sigma ~ 0.1 (data scaled to about [-1, 1], sigma_data ~ 0.5) the denoiser output has
+saturated, and a data-form integrator, which weights the end of the step, would extrapolate a trend that has
+died out over rho = 7's longest log steps; Euler is nearly exact there (docs/multistep-defaults.md).
+
 Schedules must be strictly decreasing here (repeated levels would make interpolation nodes coincide).
 The loop that runs a plan is :mod:`.linear`; the registry entries are in :mod:`.registry`.
 """
@@ -42,6 +52,19 @@ from .coefficients import ab_uniform, exp_lagrange_weights, logsigma_lagrange_we
 __all__ = ["LOW_ORDER_SIGMA", "MAX_LOG_STEP", "PLANS", "MultistepPlan", "OrderRule"]
 
 F64 = NDArray[np.float64]
+
+OrderRule = Literal["auto", "full", "final"]
+
+LOW_ORDER_SIGMA = 0.1
+"""``order_rule="auto"`` (data-prediction solvers): a step that lands on sigma <= this takes order 1.
+
+Absolute, so it assumes data scaled to about [-1, 1] (sigma_data ~ 0.5, EDM's setting): below it the
+denoiser output has saturated (D -> x(0) like sigma^2) and no polynomial in lambda through earlier outputs
+extrapolates it over a long step (docs/multistep-defaults.md)."""
+
+MAX_LOG_STEP = 1.0
+"""``order_rule="auto"`` (data-prediction solvers): a step with h = ln(sigma_i / sigma_{i+1}) above this takes
+order <= 2 with the published DPM-Solver++(2M) weights (docs/multistep-defaults.md)."""
 
 # ---- plans: every step's scalars, float64, host ------------------------------------------------
 
@@ -84,35 +107,6 @@ def _empty(n: int, k: int) -> tuple[F64, F64, F64, F64, F64]:
     return z(n), z(n), z((n, max(k, 1))), z((n, max(k, 1) + 1)), z(n)
 
 
-OrderRule = Literal["auto", "full", "final"]
-LOW_ORDER_SIGMA = 0.1
-"""``order_rule="auto"``: the data-prediction solvers take first-order steps to sigma <= this."""
-MAX_LOG_STEP = 1.0
-"""``order_rule="auto"``: and at most second-order (published 2M) steps longer than this in lambda = -ln sigma."""
-
-
-def _data_order(order: int, i: int, n: int, sigma_next: float, h: float, rule: OrderRule) -> int:
-    """The order of step i (of n) of a data-prediction solver: the warm-up cap, then the rule.
-
-    "full": the nominal order; "final": at most the steps left (diffusers' ``lower_order_final``); "auto":
-    order 1 where sigma_next <= LOW_ORDER_SIGMA and at most 2 over a log-step h > MAX_LOG_STEP. Below
-    sigma ~ 0.1-0.5 the denoiser output saturates along the trajectory (D -> x(0)), and a data-form
-    exponential integrator, whose weight e^lambda sits at the end of the step, extrapolates the polynomial
-    through outputs taken where D still moved across the whole step; rho = 7 schedules put their longest
-    log-steps exactly there, which made 3M and UniPC-3 worse than Euler at 5-10 NFE (benchmarks/
-    multistep_defaults.py). Decided on host floats: the plan stays capturable.
-    """
-    k = min(order, i + 1)
-    if rule == "final":
-        return min(k, n - i)
-    if rule == "auto":
-        if sigma_next <= LOW_ORDER_SIGMA:
-            return 1
-        if h > MAX_LOG_STEP:
-            return min(k, 2)
-    return k
-
-
 def _plan_data(
     s: F64,
     *,
@@ -122,7 +116,12 @@ def _plan_data(
     stochastic: bool,
     rule: OrderRule = "full",
 ) -> MultistepPlan:
-    """Data-family plans: DPM-Solver++ (2M as published, kM exact), UniPC-bh2, SDE variants (eta)."""
+    """Data-family plans: DPM-Solver++ (2M as published, kM exact), UniPC-bh2, SDE variants (eta).
+
+    ``rule``: ``"full"`` order ``min(order, i + 1)``; ``"final"`` also at most the steps left; ``"auto"``
+    order 1 on steps landing on sigma <= :data:`LOW_ORDER_SIGMA`, order <= 2 where h > :data:`MAX_LOG_STEP`,
+    and every order-2 step with the published 2M weights (also the exact kM's).
+    """
     n = s.shape[0] - 1
     lam = _lambdas(s)
     rate = 1.0 + eta
@@ -138,7 +137,11 @@ def _plan_data(
         a[i] = s[i + 1] / s[i] * math.exp(-eta * h)
         big_b = -math.expm1(-rate * h)
         noise[i] = s[i + 1] * math.sqrt(-math.expm1(-2.0 * eta * h)) if stochastic else 0.0
-        k = _data_order(order, i, n, float(s[i + 1]), h, rule)
+        k = min(order, i + 1, n - i if rule == "final" else order)
+        if rule == "auto" and s[i + 1] <= LOW_ORDER_SIGMA:  # host floats of the schedule: no sync
+            k = 1
+        elif rule == "auto" and h > MAX_LOG_STEP:
+            k = min(k, 2)
         if k == 1:
             b[i, 0] = big_b
         elif variant == "2m" or (k == 2 and (variant == "unipc" or rule == "auto")):
@@ -171,15 +174,16 @@ def _plan_data(
 def _plan_derivative(
     s: F64, *, order: int, variant: Literal["lms", "ipndm", "deis"], rule: OrderRule = "full"
 ) -> MultistepPlan:
-    """Derivative-family plans: x_{i+1} = x_i + sum_j c_j d_{i-j}, d = (x - D) / sigma."""
+    """Derivative-family plans: x_{i+1} = x_i + sum_j c_j d_{i-j}, d = (x - D) / sigma.
+
+    ``rule``: ``"full"`` order ``min(order, i + 1)``; ``"final"`` and ``"auto"`` also at most the steps left.
+    """
     n = s.shape[0] - 1
     lam = _lambdas(s)
     a, e, b, corr, noise = _empty(n, order)
     nb: list[int] = []
     for i in range(n):
-        # The derivative solvers stay close to Euler on the long last log-steps (their stale outputs are
-        # divided by their larger sigma): "auto" is "final" for them.
-        k = min(order, i + 1, n - i if rule != "full" else order)
+        k = min(order, i + 1, order if rule == "full" else n - i)
         if variant == "deis" and s[i + 1] == 0:
             e[i] = 1.0  # final step to 0: x_N = D_{N-1} exactly (log sigma = -inf: no extrapolation)
             nb.append(0)

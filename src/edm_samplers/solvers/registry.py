@@ -24,6 +24,7 @@ from .edm import build_edm
 from .generalized import build_generalized
 from .knobs import Knob, knob_values
 from .linear import build_linear
+from .plans import LOW_ORDER_SIGMA, MAX_LOG_STEP
 from .runtime import TABLES, Builder
 
 __all__ = ["REGISTRY", "SolverSpec", "count_nfe", "get", "label", "names", "parse_label", "register"]
@@ -216,9 +217,10 @@ def _churn_range(k: dict[str, Any]) -> None:
 
 ORDER_RULE = Knob(
     "order_rule", "str", "auto",
-    "'auto': order 1 to sigma <= 0.1 and at most 2 over log-steps > 1 (data-prediction solvers) or at most "
-    "the steps left (the others); 'final': at most the steps left (diffusers' lower_order_final); 'full': the "
-    "nominal order on every step after the warm-up",
+    "which order each step takes: 'full' (nominal order after the warm-up), 'final' (at most the steps left, "
+    f"diffusers' lower_order_final) or 'auto' (data-prediction solvers: order 1 on steps landing on sigma <= "
+    f"{LOW_ORDER_SIGMA}, which assumes data in about [-1, 1] (sigma_data ~ 0.5), order <= 2 with the 2M weights "
+    f"where ln(sigma_i / sigma_i+1) > {MAX_LOG_STEP}; derivative solvers: 'final')",
     choices=("auto", "full", "final"),
 )  # fmt: skip
 ETA = Knob("eta", "float", 1.0, "noise fraction (1: the reverse SDE, 0: the ODE)", low=0.0)
