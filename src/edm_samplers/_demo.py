@@ -76,7 +76,7 @@ def demo(args: argparse.Namespace) -> int:
     save_grid(ref[:64], png, scale=6)
     payload = {"model": "digits", "samples": args.samples, "png": str(png), "rows": rows,
                "seconds": time.perf_counter() - t0}  # fmt: skip
-    w = max([len("sampler"), *(len(r["sampler"]) for r in rows)]) + 2  # labels such as "unipc:order=3,..."
+    w = max([len("sampler"), *(len(str(r["sampler"])) for r in rows)]) + 2  # labels such as "unipc:order=3,..."
     lines = [
         f"edm_samplers {__version__}: shipped digits model, {args.samples} seeds; image grid -> {png}",
         "quality vs the converged ODE solution of the same seeds (Heun, 127 NFE); rho=7 schedules unless tuned:",
