@@ -40,6 +40,7 @@ from edm_samplers import (
 )
 from edm_samplers.evaluation import GaussianMixture
 from edm_samplers.solvers import multistep, registry
+from test_graph import MS_KNOBS
 
 # ---- the stand-in -------------------------------------------------------------------------------------
 
@@ -201,16 +202,7 @@ CORE: dict[str, tuple[Callable[..., torch.Tensor], dict[str, Any]]] = {
     "stochastic-euler": (stochastic_sample, {"solver": "euler", "s_churn": 20.0, "s_tmin": 0.5, "s_tmax": 30.0}),
 }
 MULTISTEP: dict[str, dict[str, Any]] = {
-    "dpmpp_2m": {},
-    "dpmpp_3m": {"order": 3},
-    "dpmpp_2m_sde": {"eta": 0.7},
-    "dpmpp_3m_sde": {"eta": 1.0, "order_rule": "final"},
-    "deis": {"order": 3},
-    "lms": {"order": 4},
-    "ipndm": {"order": 4},
-    "unipc": {"order": 2},
-    "euler_ancestral": {"eta": 1.0},
-    "dpm2": {"form": "data"},
+    **MS_KNOBS,  # the same knobs as the CUDA replay tests
     # the generalized sampler runs in the same runtime since issue 12: captured like the rest
     "generalized": {"schedule": "vp", "scaling": "vp", "alpha": 0.75, "s_churn": 20.0},
 }
