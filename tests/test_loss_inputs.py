@@ -55,7 +55,7 @@ def test_denoiser_output_is_checked_statically(loss_cls) -> None:  # type: ignor
         loss(lambda y, s: y.reshape(4, 6), x)
     with pytest.raises(TypeError, match=r"denoiser must return a torch\.Tensor, got list"):
         loss(lambda y, s: y.tolist(), x)
-    with pytest.raises(ValueError, match=r"denoiser returned a tensor on meta for images on cpu"):
+    with pytest.raises(ValueError, match=r"denoiser returned a tensor on meta for an input on cpu"):
         loss(lambda y, s: y.to("meta"), x)
     with pytest.raises(TypeError, match=r"generator must be a torch\.Generator or None, got int"):
         loss(_shrink, x, generator=0)

@@ -137,14 +137,15 @@ def check_cond(cond: object) -> dict[str, Any]:
     return dict(cond)
 
 
-def check_denoised(denoised: object, x: Tensor, name: str = "denoiser") -> Tensor:
-    """Check one denoiser output; static shape checks only, no device sync."""
+def check_denoised(denoised: object, x: Tensor, name: str = "denoiser", *, shape_fix: str = "") -> Tensor:
+    """Check one denoiser output; static shape checks only, no device sync. ``shape_fix`` adds a hint to the
+    shape error (e.g. how a learned-variance network is wrapped)."""
     if not isinstance(denoised, Tensor):
         raise TypeError(f"{name} must return a torch.Tensor, got {type(denoised).__name__}")
     if denoised.shape != x.shape:
         raise ValueError(
             f"{name} returned shape {tuple(denoised.shape)} for an input of shape {tuple(x.shape)}; "
-            "D(x; sigma) must have the shape of x"
+            f"{shape_fix or 'D(x; sigma) must have the shape of x'}"
         )
     if not denoised.is_floating_point():
         raise TypeError(f"{name} must return a floating-point tensor, got dtype {denoised.dtype}")
@@ -206,9 +207,9 @@ def check_cond_batch(cond: dict[str, Any], batch: int, name: str = "cond") -> No
             )
 
 
-def check_denoised_on(denoised: object, x: Tensor, name: str = "denoiser") -> Tensor:
+def check_denoised_on(denoised: object, x: Tensor, name: str = "denoiser", *, shape_fix: str = "") -> Tensor:
     """:func:`check_denoised` plus the device: D(x; sigma) must live where x lives (metadata only, no sync)."""
-    out = check_denoised(denoised, x, name)
+    out = check_denoised(denoised, x, name, shape_fix=shape_fix)
     if out.device != x.device:
         raise ValueError(
             f"{name} returned a tensor on {out.device} for an input on {x.device}; D(x; sigma) must live on x's "

@@ -39,7 +39,7 @@ from ._network import check_net_dtype as _check_net_dtype
 from ._network import compute_dtype_and_sigma as _compute_dtype_and_sigma
 from ._network import net_dtype_of as _net_dtype
 from ._network import split_variance as _split_variance
-from ._validate import check_float, check_int
+from ._validate import check_denoised_on, check_float, check_int
 from .scalings import Scalings, edm_scalings, iddpm_scalings, ve_scalings, vp_scalings
 from .scalings import cached_iddpm_grid as _cached_grid
 from .scalings import checked_sigma as _checked_sigma
@@ -49,6 +49,11 @@ from .scalings import iddpm_index as _iddpm_index
 from .scalings import ve_coefficients as _ve
 from .scalings import vp_coefficients as _vp
 from .schedules import vp_sigma
+
+_NET_SHAPE_FIX = (
+    "F must return a tensor of x's shape (for a learned-variance model, use learned_variance=True to drop the "
+    "extra channels)"
+)
 
 __all__ = [
     "EDMPrecond",
@@ -135,18 +140,7 @@ class Precond(nn.Module, metaclass=abc.ABCMeta):
             x_in = x_in.to(ndt)
             # c_noise stays at least float32 (float16 cannot even represent an iDDPM time such as 999.5).
             c_noise = c_noise.to(torch.promote_types(ndt, torch.float32))
-        f = self._call_net(x_in, c_noise, cond)
-        if not isinstance(f, Tensor):
-            raise TypeError(f"net must return a torch.Tensor, got {type(f).__name__}")
-        if f.shape != x.shape:
-            raise ValueError(
-                f"net returned shape {tuple(f.shape)} for an input of shape {tuple(x.shape)}; F must return a tensor "
-                "of x's shape (for a learned-variance model, use learned_variance=True to drop the extra channels)"
-            )
-        if not f.is_floating_point():
-            raise TypeError(f"net must return a floating-point tensor, got dtype {f.dtype}")
-        if f.device != x.device:
-            raise ValueError(f"net returned a tensor on {f.device} for an input on {x.device}; return it on x's device")
+        f = check_denoised_on(self._call_net(x_in, c_noise, cond), x, "net", shape_fix=_NET_SHAPE_FIX)
         return _append_dims(sc.c_skip, x.ndim) * xc + _append_dims(sc.c_out, x.ndim) * f.to(cdt)
 
     def _call_net(self, x_in: Tensor, c_noise: Tensor, cond: dict[str, Any]) -> Any:

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from .._types import Denoiser
-from .._validate import check_denoised, check_flag, check_float, check_int, check_nonnegative_values
+from .._validate import check_denoised_on, check_flag, check_float, check_int, check_nonnegative_values
 from ._sigmas import (
     WEIGHT_FIX,
     check_generator,
@@ -150,9 +150,7 @@ def _denoising_loss(
     n = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype) * _bcast(sigma, y.ndim)
     x = y + n
     # A static check (no sync): an integer output would silently turn the loss into a rounding error.
-    denoised = check_denoised(denoiser(x, sigma, **cond), x)
-    if denoised.device != y.device:
-        raise ValueError(f"denoiser returned a tensor on {denoised.device} for images on {y.device}")
+    denoised = check_denoised_on(denoiser(x, sigma, **cond), x)
     return _bcast(weight, y.ndim) * (denoised - y) ** 2, sigma, y, denoised
 
 
