@@ -278,6 +278,20 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def finish_report(results: Any, t_start: float, json_path: str | None) -> dict[str, Any]:
+    """The closing lines of every benchmark script: machine, timing and command printed as one JSON line, and
+    ``{"meta": ..., "results": ...}`` written to ``json_path`` when given."""
+    import json
+    import time
+
+    meta = {**machine_info(), "seconds": round(time.time() - t_start, 1), "command": "python " + " ".join(sys.argv)}
+    print(json.dumps(meta))
+    if json_path:
+        with open(json_path, "w") as fh:
+            json.dump({"meta": meta, "results": results}, fh, indent=1, default=float)
+    return meta
+
+
 def latents_for(seeds: Sequence[int], shape: Sequence[int], sigma0: float, dtype: torch.dtype) -> Tensor:
     """x at sigma0 for each seed: the first draw of that seed's generator (as ``generate()`` does)."""
     src = PerSampleNoise(seeds)

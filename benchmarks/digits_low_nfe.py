@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import sys
 import time
 import warnings
@@ -37,6 +36,7 @@ import contextlib
 
 import edm_samplers as es
 import solvers_accuracy as sa
+from _harness import finish_report
 from edm_samplers.models import digits, digits_features
 from edm_samplers.models.digits import load_digits_images
 from edm_samplers.models.schedules import SCHEDULES_FILE
@@ -169,18 +169,7 @@ def main() -> None:
             best = min(row.values())
             cells = [f"{row[k]:.3f}" if k in row else "" for k in ("rho7", "tuned", "loglinear")]
             print(f"| {name} | " + " | ".join(cells) + f" | {best / converged:.2f}x |")
-    meta = {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "threads": torch.get_num_threads(),
-        "seconds": round(time.time() - t_start, 1),
-        "command": "python " + " ".join(sys.argv),
-    }
-    print(json.dumps(meta))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"meta": meta, "results": results}, fh, indent=1)
+    finish_report(results, t_start, args.json)
 
 
 if __name__ == "__main__":

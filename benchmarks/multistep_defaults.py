@@ -37,10 +37,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import math
-import platform
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -51,6 +48,7 @@ import torch
 from numpy.typing import NDArray
 
 import edm_samplers as es
+from _harness import finish_report
 
 SIG_MIN, SIG_MAX = 0.002, 80.0
 
@@ -844,18 +842,7 @@ def main() -> None:
         print(f"\n({time.time() - t_start:.0f} s so far)", flush=True)
     if args.margins:
         out["margins"] = margins(args.margins, args.margin_samples, args.nfe)
-    meta = {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "threads": torch.get_num_threads(),
-        "seconds": round(time.time() - t_start, 1),
-        "command": "python " + " ".join(sys.argv),
-    }
-    print(json.dumps(meta))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"meta": meta, "results": out}, fh, indent=1, default=float)
+    finish_report(out, t_start, args.json)
 
 
 if __name__ == "__main__":

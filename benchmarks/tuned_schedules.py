@@ -15,9 +15,7 @@ Run: ``python benchmarks/tuned_schedules.py [--nfe 5 10] [--json out.json]`` (CP
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
 import sys
 import time
 import warnings
@@ -30,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import edm_samplers as es
 import solvers_accuracy as sa
+from _harness import finish_report
 from edm_samplers.evaluation import ode_reference
 from edm_samplers.schedule_opt import optimize_schedule
 
@@ -113,18 +112,7 @@ def main() -> None:
             res[str(nfe)] = row
             _report(pname, nfe, row)
         results[pname] = res
-    meta = {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "threads": torch.get_num_threads(),
-        "seconds": round(time.time() - t0, 1),
-        "command": "python " + " ".join(sys.argv),
-    }
-    print(json.dumps(meta))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"meta": meta, "results": results}, fh, indent=1)
+    finish_report(results, t0, args.json)
 
 
 def _calibration(batch: int) -> dict[str, tuple[Any, torch.Tensor]]:
