@@ -121,20 +121,23 @@ class _Adapter(nn.Module, metaclass=abc.ABCMeta):
         return _as_sigma(sigma)
 
     def forward(self, x: Tensor, sigma: Tensor | float, **cond: Any) -> Tensor:
-        """D(x; sigma) for x ``[batch, ...]`` and sigma ``[batch]`` or a scalar; computed in >= float32."""
+        """D(x; sigma) for x ``[batch, ...]`` and sigma ``[batch]`` or a scalar; computed in >= float32.
+
+        The steps are hooks a model family overrides: :meth:`model_input` (x to the model's x_t),
+        :meth:`sigma_to_t` (its time input), :meth:`call_model` (the call itself) and :meth:`to_denoised`
+        (its prediction to D).
+        """
         cdt, s = _compute_dtype_and_sigma(x, sigma)
         xc = x.to(cdt)
         sb = _append_dims(s, x.ndim)
-        x_in = xc * torch.rsqrt(sb**2 + 1) if self.vp else xc
+        x_in = self.model_input(xc, sb)
         t = self.sigma_to_t(s).to(cdt)
         ndt = _net_dtype(self.model, self.net_dtype)
         if ndt is not None and ndt != cdt:
             x_in = x_in.to(ndt)
             # The time input stays at least float32: float16 cannot even represent t = 999.5.
             t = t.to(torch.promote_types(ndt, torch.float32))
-        out = _unwrap_output(self.model(x_in, t, **cond))
-        if not isinstance(out, Tensor):
-            raise TypeError(f"model must return a torch.Tensor (or an output with .sample), got {type(out).__name__}")
+        out = self.call_model(x_in, t, cond)
         if self.learned_variance:
             out = _split_variance(out, x.shape, "model")
         if out.shape != x.shape:
@@ -144,14 +147,29 @@ class _Adapter(nn.Module, metaclass=abc.ABCMeta):
             )
         if not out.is_floating_point():
             raise TypeError(f"model must return a floating-point tensor, got dtype {out.dtype}")
-        o = out.to(cdt)
+        return self.to_denoised(xc, sb, out.to(cdt))
+
+    def model_input(self, x: Tensor, sigma: Tensor) -> Tensor:
+        """The model's input x_t for the state ``x`` at ``sigma`` (broadcast to x's ndim):
+        x / sqrt(1 + sigma^2) for a VP model, x for a VE one."""
+        return x * torch.rsqrt(sigma**2 + 1) if self.vp else x
+
+    def call_model(self, x_in: Tensor, t: Tensor, cond: dict[str, Any]) -> Tensor:
+        """Call the model on its input and time; unwrap a diffusers output (``.sample``) or a tuple."""
+        out = _unwrap_output(self.model(x_in, t, **cond))
+        if not isinstance(out, Tensor):
+            raise TypeError(f"model must return a torch.Tensor (or an output with .sample), got {type(out).__name__}")
+        return out
+
+    def to_denoised(self, x: Tensor, sigma: Tensor, out: Tensor) -> Tensor:
+        """D from the model's prediction ``out`` (in x's compute dtype) for the state ``x`` at ``sigma``."""
         if self.prediction == "eps":
-            return xc - sb * o
+            return x - sigma * out
         if self.prediction == "x0":
-            return o
+            return out
         # v = alpha eps - sigma_VP y, alpha = 1/sqrt(1+sigma^2), sigma_VP = sigma alpha, x_t = alpha x:
         # y = alpha x_t - sigma_VP v = x / (1 + sigma^2) - sigma / sqrt(1 + sigma^2) v.
-        return xc / (1 + sb**2) - sb * torch.rsqrt(1 + sb**2) * o
+        return x / (1 + sigma**2) - sigma * torch.rsqrt(1 + sigma**2) * out
 
 
 class ContinuousDenoiser(_Adapter):
