@@ -335,12 +335,20 @@ def first_bad(t: Tensor, bad: Tensor) -> str:
 
 
 def check_nonnegative_values(
-    t: Tensor, name: str, *, fix: str, positive: bool = False, maximum: float = math.inf, too_large: str = ""
+    t: Tensor,
+    name: str,
+    *,
+    fix: str,
+    positive: bool = False,
+    maximum: float = math.inf,
+    too_large: str = "",
+    allow_inf: bool = False,
 ) -> Tensor:
-    """Reject NaN, infinite or negative (with ``positive``, also zero) entries of ``t``, and entries above a finite
-    ``maximum`` (``too_large`` says why), when that is free (see :func:`values_on_host`); otherwise (accelerator,
-    compile, tracing) return ``t`` with negative or NaN entries set to NaN, so the result is NaN (caught by the
-    samplers' finite check) rather than finite and wrong. Never syncs.
+    """Reject NaN, infinite (unless ``allow_inf``: +inf is then valid) or negative (with ``positive``, also zero)
+    entries of ``t``, and entries above a finite ``maximum`` (``too_large`` says why), when that is free (see
+    :func:`values_on_host`); otherwise (accelerator, compile, tracing) return ``t`` with negative or NaN entries
+    set to NaN, so the result is NaN (caught by the samplers' finite check) rather than finite and wrong. Never
+    syncs.
 
     The host check reads small tensors through ``tolist`` (about 2 us for a batch of 16, a tenth of the
     tensor-op version): it runs on every denoiser call of a CPU sampling loop.
@@ -350,17 +358,22 @@ def check_nonnegative_values(
         try:
             if t.numel() <= 4096:
                 vals = t.detach().reshape(-1).tolist()
-                ok = all(lo < v < math.inf for v in vals) if positive else all(lo <= v < math.inf for v in vals)
+                if allow_inf:  # NaN fails lo < v as well
+                    ok = all(lo < v for v in vals) if positive else all(lo <= v for v in vals)
+                else:
+                    ok = all(lo < v < math.inf for v in vals) if positive else all(lo <= v < math.inf for v in vals)
                 big = maximum < math.inf and any(v > maximum for v in vals)
             else:
-                ok = bool((torch.isfinite(t) & ((t > lo) if positive else (t >= lo))).all())
+                finite = ~torch.isnan(t) if allow_inf else torch.isfinite(t)
+                ok = bool((finite & ((t > lo) if positive else (t >= lo))).all())
                 big = maximum < math.inf and bool((t > maximum).any())
         except RuntimeError:  # a functorch transform (vmap) cannot read values: fall back to NaN
             return nan_where_invalid(t, (t > lo) if positive else (t >= lo))
         if not ok:
-            valid = torch.isfinite(t) & ((t > lo) if positive else (t >= lo))
+            valid = (~torch.isnan(t) if allow_inf else torch.isfinite(t)) & ((t > lo) if positive else (t >= lo))
             bound = "> 0" if positive else ">= 0"
-            raise ValueError(f"{name} must be finite and {bound}, got {name}{first_bad(t, ~valid)}; {fix}")
+            what = "not NaN" if allow_inf else "finite"
+            raise ValueError(f"{name} must be {what} and {bound}, got {name}{first_bad(t, ~valid)}; {fix}")
         if big:
             raise ValueError(
                 f"{name} must be <= {maximum:.4g} here, got {name}{first_bad(t, t > maximum)}; {too_large}"

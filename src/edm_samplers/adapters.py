@@ -80,6 +80,8 @@ class _Adapter(nn.Module, metaclass=abc.ABCMeta):
     """Shared forward: scale x, map sigma to the model's time, call, check, convert the prediction to D."""
 
     model: Callable[..., Any]
+    # Whether D(x; sigma = inf) is defined (the state is then unit noise); a family that is sets it to True.
+    accepts_inf_sigma: bool = False
 
     def __init__(
         self,
@@ -127,7 +129,7 @@ class _Adapter(nn.Module, metaclass=abc.ABCMeta):
         :meth:`sigma_to_t` (its time input), :meth:`call_model` (the call itself) and :meth:`to_denoised`
         (its prediction to D).
         """
-        cdt, s = _compute_dtype_and_sigma(x, sigma)
+        cdt, s = _compute_dtype_and_sigma(x, sigma, allow_inf=self.accepts_inf_sigma)
         xc = x.to(cdt)
         sb = _append_dims(s, x.ndim)
         x_in = self.model_input(xc, sb)
