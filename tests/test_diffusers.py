@@ -133,7 +133,7 @@ def test_from_diffusers_errors() -> None:
     [
         ("ScoreSdeVeScheduler", "variance-exploding"),
         ("EDMEulerScheduler", "EDM-preconditioned"),
-        ("FlowMatchEulerDiscreteScheduler", "flow-matching"),
+        ("FlowMatchLCMScheduler", "flow-matching"),  # FlowMatchEuler/Heun are supported (tests/test_flow.py)
         ("LCMScheduler", "consistency-distilled"),
         ("MyScheduler", "not a known scheduler"),
     ],
@@ -147,7 +147,7 @@ def test_config_of_another_model_family_is_rejected(name: str, family: str) -> N
 
 @pytest.mark.parametrize(
     "cls",
-    ["ScoreSdeVeScheduler", "EDMEulerScheduler", "FlowMatchEulerDiscreteScheduler", "LCMScheduler", "TCDScheduler"],
+    ["ScoreSdeVeScheduler", "EDMEulerScheduler", "FlowMatchLCMScheduler", "LCMScheduler", "TCDScheduler"],
 )
 def test_scheduler_of_another_model_family_is_rejected(cls: str) -> None:
     sched = getattr(diffusers, cls)()
@@ -190,11 +190,15 @@ def test_config_without_class_name_must_state_its_schedule() -> None:
 
 
 def test_options_that_switch_the_model_family_are_rejected() -> None:
-    flow = {"_class_name": "DPMSolverMultistepScheduler", "use_flow_sigmas": True, "prediction_type": "flow_prediction"}
-    with pytest.raises(ValueError, match="configured for a flow-matching model"):
+    # Both flow options give a flow model (tests/test_flow.py); one of them alone is a contradiction.
+    flow = {"_class_name": "DPMSolverMultistepScheduler", "use_flow_sigmas": True}
+    with pytest.raises(ValueError, match="mixes a flow-matching option with a diffusion one"):
         from_diffusers(lambda x, t: x, flow)
-    with pytest.raises(ValueError, match="configured for a flow-matching model"):
+    with pytest.raises(ValueError, match="mixes a flow-matching option with a diffusion one"):
         from_diffusers(lambda x, t: x, diffusers.UniPCMultistepScheduler(use_flow_sigmas=True))
+    # A class-less config is read as a DDPM config, and a flow option there is rejected.
+    with pytest.raises(ValueError, match="configured for a flow-matching model"):
+        from_diffusers(lambda x, t: x, {**ddpm_config(), "prediction_type": "flow_prediction"})
     cont = {"_class_name": "EulerDiscreteScheduler", "timestep_type": "continuous", "prediction_type": "v_prediction"}
     with pytest.raises(ValueError, match="timestep_type='continuous'"):
         from_diffusers(lambda x, t: x, cont)

@@ -115,6 +115,11 @@ TOP = {
     "DDPMDenoiser",
     "sigmas_from_alphas_cumprod",
     "from_diffusers",
+    "FlowDenoiser",
+    "flow_sigmas",
+    "flow_shift_mu",
+    "flow_scheduler_sigmas",
+    "flow_initial_x",
     "Guided",
     "guided",
     # noise

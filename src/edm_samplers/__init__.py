@@ -16,6 +16,11 @@ from .adapters import ContinuousDenoiser as ContinuousDenoiser
 from .adapters import DDPMDenoiser as DDPMDenoiser
 from .adapters import sigmas_from_alphas_cumprod as sigmas_from_alphas_cumprod
 from .diffusers_adapter import from_diffusers as from_diffusers
+from .flow import FlowDenoiser as FlowDenoiser
+from .flow import flow_initial_x as flow_initial_x
+from .flow import flow_scheduler_sigmas as flow_scheduler_sigmas
+from .flow import flow_shift_mu as flow_shift_mu
+from .flow import flow_sigmas as flow_sigmas
 from .guidance import Guided as Guided
 from .guidance import guided as guided
 from .noise import GlobalNoise as GlobalNoise
@@ -75,6 +80,7 @@ __all__ = [
     "DDPMDenoiser",
     "Denoiser",
     "EDMPrecond",
+    "FlowDenoiser",
     "GlobalNoise",
     "GraphedSampler",
     "Guided",
@@ -101,6 +107,10 @@ __all__ = [
     "euler_ancestral_sample",
     "euler_sample",
     "evaluation",
+    "flow_initial_x",
+    "flow_scheduler_sigmas",
+    "flow_shift_mu",
+    "flow_sigmas",
     "from_diffusers",
     "generalized_sample",
     "generate",

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from .adapters import DDPMDenoiser
+from .flow import FlowDenoiser, flow_from_scheduler, flow_scheduler_name
 
 __all__ = ["from_diffusers"]
 
@@ -152,7 +153,8 @@ def from_diffusers(
     timestep: Literal["interpolate", "quantize"] = "interpolate",
     learned_variance: bool | None = None,
     net_dtype: torch.dtype | None = None,
-) -> DDPMDenoiser:
+    time_scale: float | None = None,
+) -> DDPMDenoiser | FlowDenoiser:
     """A diffusers model (``UNet2DModel`` or anything called as ``model(x_t, t, **cond)``) as a denoiser.
 
     Reads ``alphas_cumprod`` from the scheduler, the prediction type from ``config.prediction_type`` and
@@ -184,6 +186,14 @@ def from_diffusers(
         timestep: "interpolate" (diffusers' Euler/Heun/DPM convention) or "quantize".
         learned_variance: override the config's ``variance_type``.
         net_dtype: run the model in this dtype (e.g. ``torch.float16``); D stays at least float32.
+        time_scale: flow-matching models only: the model's time input per unit flow time t (see
+            :class:`~edm_samplers.FlowDenoiser`); read from the model class when None (SD3, Flux, Sana, AuraFlow).
+
+    Flow matching: ``FlowMatchEulerDiscreteScheduler``, ``FlowMatchHeunDiscreteScheduler`` and
+    ``DPMSolverMultistepScheduler`` / ``UniPCMultistepScheduler`` with ``use_flow_sigmas=True`` and
+    ``prediction_type="flow_prediction"`` (instances, or configs with ``_class_name``) give a
+    :class:`~edm_samplers.FlowDenoiser` (:mod:`edm_samplers.flow`); sample it on
+    :func:`~edm_samplers.flow_scheduler_sigmas` from :func:`~edm_samplers.flow_initial_x`.
 
     Raises:
         ImportError: if diffusers is not installed.
@@ -191,6 +201,19 @@ def from_diffusers(
         ValueError: for a config of an unsupported class or option, a class-less config missing schedule
             keys, or an unsupported prediction type.
     """
+    if flow_scheduler_name(scheduler_or_config) is not None:
+        if prediction is not None and prediction not in ("flow", "flow_prediction"):
+            raise ValueError(f"a flow-matching scheduler's model predicts the velocity; got prediction={prediction!r}")
+        if timestep != "interpolate":
+            raise ValueError(
+                f"timestep={timestep!r} applies to DDPM-family schedulers; a flow model's time input is set by "
+                "time_scale (and the scheduler class)"
+            )
+        return flow_from_scheduler(
+            model, scheduler_or_config, time_scale=time_scale, learned_variance=learned_variance, net_dtype=net_dtype
+        )
+    if time_scale is not None:
+        raise ValueError(f"time_scale applies to flow-matching schedulers only, got time_scale={time_scale!r}")
     abar, cfg = _scheduler_parts(scheduler_or_config, prediction)
     if cfg.get("rescale_betas_zero_snr") or (abar.numel() > 0 and float(abar[-1]) == 0):
         raise ValueError(
