@@ -441,6 +441,18 @@ def test_from_diffusers_reads_flow_configs_by_class_name(sd3: Any, sana: Any, fl
     assert isinstance(den, FlowDenoiser) and den.time_scale == 1.0
     den = es.from_diffusers(lambda **kw: kw["hidden_states"], dpm, time_scale=1.0, learned_variance=False)
     assert den.time_scale == 1.0
+    # Sana's pipeline multiplies the timesteps by config.timestep_scale; out_channels = 2 * in_channels is a
+    # learned-variance output whose first half the pipeline keeps.
+    lv = diffusers_mod.SanaTransformer2DModel(
+        in_channels=4, out_channels=8, num_attention_heads=2, attention_head_dim=4, num_layers=1,
+        num_cross_attention_heads=2, cross_attention_head_dim=4, cross_attention_dim=8, caption_channels=8,
+        sample_size=8, patch_size=1, mlp_ratio=2.0, timestep_scale=0.5,
+    )  # fmt: skip
+    den = es.from_diffusers(lv, dpm)
+    assert den.learned_variance and den.time_scale == 500.0
+    with torch.no_grad():
+        d = den(sana[2], torch.tensor([1.0, 5.0]), **sana[1])
+    assert d.shape == sana[2].shape
     # A config's own sigmas, for N steps, as the built scheduler gives them.
     sched = diffusers_mod.FlowMatchEulerDiscreteScheduler(shift=3.0)
     sig = flow_scheduler_sigmas({**cfg, "_class_name": "FlowMatchEulerDiscreteScheduler"}, 5)
