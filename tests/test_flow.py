@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import edm_samplers as es
@@ -39,6 +39,7 @@ class Spy:
 
 
 @given(t=st.lists(st.floats(1e-4, 1 - 1e-4), min_size=1, max_size=4), scale=st.sampled_from([1.0, 1000.0]))
+@settings(max_examples=10)  # a closed-form identity: a few draws of t in (0, 1) suffice
 def test_denoiser_is_x_t_minus_t_v(t: list[float], scale: float) -> None:
     # Independent transcription, in flow coordinates: pick t and x_t, then sigma = t / (1 - t), x = x_t / (1 - t);
     # the model must see (x_t, t * scale) and D must be x_t - t v.
@@ -129,6 +130,22 @@ def t_of(sigmas: torch.Tensor) -> torch.Tensor:
     return torch.where(sigmas.isinf(), 1.0, sigmas / (1 + sigmas))
 
 
+@given(
+    n=st.integers(1, 60),
+    shift=st.floats(0.1, 10.0),
+    mu=st.none() | st.floats(-2.0, 3.0),
+    spacing=st.sampled_from(["linear", "karras", "exponential"]),
+    terminal=st.none() | st.floats(0.001, 0.5),
+)
+@settings(max_examples=30)
+def test_flow_sigmas_properties(n: int, shift: float, mu: float | None, spacing: Any, terminal: float | None) -> None:
+    if terminal is not None:
+        n = max(n, 2)  # stretching divides by 1 - (last t), which is 0 for a single step
+    sig = flow_sigmas(n, shift=1.0 if mu is not None else shift, mu=mu, spacing=spacing, shift_terminal=terminal)
+    assert sig.dtype == F64 and sig.shape == (n + 1,) and sig[-1] == 0 and sig[0] == INF  # from pure noise
+    assert bool((sig[1:] < sig[:-1]).all()) and bool((sig[:-1] > 0).all())
+
+
 SCHEDULER_CASES: list[tuple[str, dict[str, Any], dict[str, Any], float | None]] = [
     ("FlowMatchEulerDiscreteScheduler", {}, {}, None),
     ("FlowMatchEulerDiscreteScheduler", {"shift": 3.0}, {"shift": 3.0}, None),
@@ -211,6 +228,8 @@ def test_flow_sigmas_bad_arguments(kw: dict[str, Any], match: str) -> None:
         flow_sigmas(5, **kw)
     with pytest.raises(ValueError, match="num_steps must be >= 1"):
         flow_sigmas(0)
+    with pytest.raises(ValueError, match="use at least 2 steps"):
+        flow_sigmas(1, shift_terminal=0.5)
 
 
 def test_flow_initial_x() -> None:

@@ -193,13 +193,17 @@ def flow_shift_mu(
 
 
 def _static_shift(t: Tensor, shift: float) -> Tensor:
-    return shift * t / (1 + (shift - 1) * t)
+    # s t / (1 + (s - 1) t) written as s t / (s t + (1 - t)): exactly 1 at t = 1 for every s (the first form
+    # rounds to 1 + 2e-16 for s = 0.1, a level above pure noise).
+    return shift * t / (shift * t + (1 - t))
 
 
 def _dynamic_shift(t: Tensor, mu: float, kind: TimeShift) -> Tensor:
     # diffusers' time_shift(mu, 1.0, t): exp(mu) / (exp(mu) + (1/t - 1)) or mu / (mu + (1/t - 1)); 1 at t = 1.
     a = math.exp(mu) if kind == "exponential" else mu
-    return a / (a + (1 / t - 1))
+    # As 1 / (1 + (1/t - 1) / a): exactly 1 at t = 1 (torch evaluates number / tensor as a reciprocal times the
+    # number, which rounds a / (a + 0) to 1 - 1e-16).
+    return 1 / (1 + (1 / t - 1) / a)
 
 
 def _t_to_sigmas(t: Tensor, what: str) -> Tensor:
@@ -296,6 +300,11 @@ def flow_sigmas(
         st = check_float(shift_terminal, "shift_terminal", positive=True)
         if st >= 1:
             raise ValueError(f"shift_terminal must be in (0, 1), got {st}")
+        if not float(t[-1]) < 1:
+            raise ValueError(
+                f"shift_terminal stretches the schedule by its last t, which is 1 here (num_steps={n}); use at "
+                "least 2 steps"
+            )
         t = 1 - (1 - t) / ((1 - t[-1]) / (1 - st))
     t = _respace(t, n, spacing)
     what = f"flow_sigmas(num_steps={n}, shift={s}, mu={m}, spacing={spacing!r})"
@@ -310,9 +319,19 @@ def _respace(t: Tensor, n: int, spacing: Spacing) -> Tensor:
     ramp = torch.linspace(0, 1, n, dtype=torch.float64)
     if spacing == "karras":
         rho = 7.0
-        return torch.pow(t_hi ** (1 / rho) + ramp * (t_lo ** (1 / rho) - t_hi ** (1 / rho)), rho)
-    if spacing == "exponential":
-        return torch.exp(math.log(t_hi) + ramp * (math.log(t_lo) - math.log(t_hi)))
+        out = torch.pow(t_hi ** (1 / rho) + ramp * (t_lo ** (1 / rho) - t_hi ** (1 / rho)), rho)
+    elif spacing == "exponential":
+        out = torch.exp(math.log(t_hi) + ramp * (math.log(t_lo) - math.log(t_hi)))
+    else:
+        out = _beta_spacing(ramp, t_hi, t_lo)
+    # Pin the ends (the round trips may be off by an ulp; t = 1 must stay exactly pure noise).
+    out[0] = t_hi
+    if n > 1:
+        out[-1] = t_lo
+    return out
+
+
+def _beta_spacing(ramp: Tensor, t_hi: float, t_lo: float) -> Tensor:
     try:
         import scipy.stats
     except ImportError:
