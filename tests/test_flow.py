@@ -472,6 +472,19 @@ def test_from_diffusers_reads_flow_configs_by_class_name(sd3: Any, sana: Any, fl
     with torch.no_grad():
         d = den(sana[2], torch.tensor([1.0, 5.0]), **sana[1])
     assert d.shape == sana[2].shape
+    # A scheduler's .config has no '_class_name': recognised by its keys (it used to become a DDPM denoiser).
+    den = es.from_diffusers(sd3[0], cfg)
+    assert isinstance(den, FlowDenoiser) and den.timestep == "continuous"
+    torch.testing.assert_close(t_of(flow_scheduler_sigmas(cfg, 5)), t_of(flow_sigmas(5, shift=3.0)), rtol=0, atol=3e-7)
+    heun_cfg = diffusers_mod.FlowMatchHeunDiscreteScheduler(shift=3.0).config
+    assert isinstance(es.from_diffusers(sd3[0], heun_cfg), FlowDenoiser)
+    with pytest.raises(ValueError, match="without '_class_name', and its keys fit more than one class"):
+        flow_scheduler_sigmas(heun_cfg, 5)  # Euler or Heun: the levels differ in repetition
+    uni = diffusers_mod.UniPCMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction").config
+    den = es.from_diffusers(sana[0], uni)
+    assert den.timestep == "floor"
+    with pytest.raises(ValueError, match="fit more than one class"):
+        flow_scheduler_sigmas(uni, 5)
     # A config's own sigmas, for N steps, as the built scheduler gives them.
     sched = diffusers_mod.FlowMatchEulerDiscreteScheduler(shift=3.0)
     sig = flow_scheduler_sigmas({**cfg, "_class_name": "FlowMatchEulerDiscreteScheduler"}, 5)

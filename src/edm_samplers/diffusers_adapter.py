@@ -66,7 +66,8 @@ def _check_ddpm_options(cfg: Mapping[str, Any], name: str) -> None:
     if cfg.get("use_flow_sigmas") or cfg.get("prediction_type") == "flow_prediction":
         raise ValueError(
             f"{name} is configured for a flow-matching model (use_flow_sigmas={cfg.get('use_flow_sigmas')!r}, "
-            f"prediction_type={cfg.get('prediction_type')!r}), which from_diffusers does not support"
+            f"prediction_type={cfg.get('prediction_type')!r}) but not both; a flow-matching model needs "
+            "use_flow_sigmas=True and prediction_type='flow_prediction' together"
         )
     if cfg.get("timestep_type", "discrete") != "discrete":
         raise ValueError(

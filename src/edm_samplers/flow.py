@@ -364,36 +364,75 @@ _FLOW_NATIVE = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteSchedul
 _FLOW_OPTION = ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler")
 
 
-def flow_scheduler_name(scheduler_or_config: object) -> str | None:
-    """The diffusers class name if ``scheduler_or_config`` schedules a flow model that this module handles
-    (FlowMatchEuler/Heun, or DPM-Solver/UniPC with ``use_flow_sigmas`` or ``prediction_type="flow_prediction"``),
-    else None. Private to the package (used by :func:`~edm_samplers.from_diffusers`)."""
+# Keys only FlowMatchEulerDiscreteScheduler's config has (FlowMatchHeun's has num_train_timesteps and shift only),
+# and the DDPM noise-schedule keys no FlowMatch config has: how a config without '_class_name' is recognised.
+_FLOWMATCH_EULER_KEYS = frozenset(
+    {
+        "use_dynamic_shifting", "base_shift", "max_shift", "base_image_seq_len", "max_image_seq_len",
+        "invert_sigmas", "shift_terminal", "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas",
+        "time_shift_type", "stochastic_sampling",
+    }
+)  # fmt: skip
+_BETA_KEYS = frozenset({"beta_schedule", "beta_start", "beta_end", "trained_betas"})
+
+
+def _flow_class(scheduler_or_config: object) -> tuple[str, bool] | None:
+    """(diffusers class name, whether that class is only a guess) for a flow scheduler or config, else None.
+
+    A config without ``_class_name`` (a scheduler's ``.config``) is a FlowMatch config if it has ``shift`` and no
+    DDPM beta keys (Euler if it has an Euler-only key, else Euler or Heun: a guess), and a DPM-Solver or UniPC one
+    (a guess: both call the model alike) if it has both flow options.
+    """
     if isinstance(scheduler_or_config, Mapping):
-        name = scheduler_or_config.get("_class_name")
         cfg: Mapping[str, Any] = scheduler_or_config
+        name = cfg.get("_class_name")
+        if name is None:
+            keys = set(cfg)
+            if "shift" in keys and not keys & _BETA_KEYS:
+                return "FlowMatchEulerDiscreteScheduler", not keys & _FLOWMATCH_EULER_KEYS
+            if cfg.get("use_flow_sigmas") and cfg.get("prediction_type") == "flow_prediction":
+                return "DPMSolverMultistepScheduler", True
+            return None
         if not isinstance(name, str):
             return None
     else:
         names = [c.__name__ for c in type(scheduler_or_config).__mro__]
-        name = next((n for n in names if n in _FLOW_NATIVE or n in _FLOW_OPTION), None)
+        found = next((n for n in names if n in _FLOW_NATIVE or n in _FLOW_OPTION), None)
         c = getattr(scheduler_or_config, "config", None)
-        if name is None or not isinstance(c, Mapping):
+        if found is None or not isinstance(c, Mapping):
             return None
-        cfg = c
+        name, cfg = found, c
     if name in _FLOW_NATIVE:
-        return name
+        return name, False
     if name in _FLOW_OPTION and (cfg.get("use_flow_sigmas") or cfg.get("prediction_type") == "flow_prediction"):
-        return name
+        return name, False
     return None
 
 
-def _scheduler_and_config(scheduler_or_config: object, what: str) -> tuple[Any, Mapping[str, Any], str]:
-    name = flow_scheduler_name(scheduler_or_config)
-    if name is None:
+def flow_scheduler_name(scheduler_or_config: object) -> str | None:
+    """The diffusers class name if ``scheduler_or_config`` schedules a flow model that this module handles
+    (FlowMatchEuler/Heun, or DPM-Solver/UniPC with ``use_flow_sigmas`` or ``prediction_type="flow_prediction"``;
+    a config without ``_class_name`` is recognised by its keys), else None. Private to the package (used by
+    :func:`~edm_samplers.from_diffusers`)."""
+    found = _flow_class(scheduler_or_config)
+    return None if found is None else found[0]
+
+
+def _scheduler_and_config(
+    scheduler_or_config: object, what: str, *, need_class: bool
+) -> tuple[Any, Mapping[str, Any], str]:
+    found = _flow_class(scheduler_or_config)
+    if found is None:
         raise TypeError(
             f"{what} must be a diffusers flow-matching scheduler (FlowMatchEulerDiscreteScheduler, "
             "FlowMatchHeunDiscreteScheduler, or DPMSolverMultistepScheduler / UniPCMultistepScheduler with "
-            f"use_flow_sigmas=True) or its config with '_class_name', got {type(scheduler_or_config).__name__}"
+            f"use_flow_sigmas=True) or its config, got {type(scheduler_or_config).__name__}"
+        )
+    name, guessed = found
+    if guessed and need_class:
+        raise ValueError(
+            f"{what} is a flow scheduler config without '_class_name', and its keys fit more than one class "
+            f"({name} or another); pass the scheduler itself or add '_class_name'"
         )
     if isinstance(scheduler_or_config, Mapping):
         try:
@@ -457,7 +496,7 @@ def flow_scheduler_sigmas(scheduler_or_config: object, num_steps: int, *, mu: fl
     Raises:
         TypeError: for another scheduler class. ValueError: for unsupported options, a missing or unexpected mu.
     """
-    sched, cfg, name = _scheduler_and_config(scheduler_or_config, "scheduler_or_config")
+    sched, cfg, name = _scheduler_and_config(scheduler_or_config, "scheduler_or_config", need_class=True)
     n = check_int(num_steps, "num_steps", minimum=1)
     dynamic = bool(cfg.get("use_dynamic_shifting", False))
     if dynamic and mu is None:
@@ -510,7 +549,9 @@ def flow_from_scheduler(
     DPM-Solver/UniPC (int64 timesteps), "continuous" for FlowMatch*. ``learned_variance``: given, or
     ``model.config.out_channels == 2 * in_channels``.
     """
-    _, cfg, name = _scheduler_and_config(scheduler_or_config, "scheduler_or_config")
+    # A config without '_class_name' may leave the class open (Euler or Heun, DPM-Solver or UniPC): the model is
+    # called alike either way.
+    _, cfg, name = _scheduler_and_config(scheduler_or_config, "scheduler_or_config", need_class=False)
     if cfg.get("stochastic_sampling"):
         raise ValueError(
             f"{name} has stochastic_sampling=True (each step re-noises the x_0 prediction: a different sampler); "
