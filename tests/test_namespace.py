@@ -84,6 +84,8 @@ TOP = {
     "deis_sample",
     "ipndm_sample",
     "lms_sample",
+    "euler_cfgpp_sample",
+    "dpmpp_2m_cfgpp_sample",
     # schedules
     "karras_sigmas",
     "loglinear_sigmas",
@@ -117,6 +119,7 @@ TOP = {
     "from_diffusers",
     "Guided",
     "guided",
+    "null_condition",
     # noise
     "PerSampleNoise",
     "GlobalNoise",

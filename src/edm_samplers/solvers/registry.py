@@ -19,6 +19,7 @@ from typing import Any
 from torch import Tensor
 
 from .._validate import check_has_data, check_sigmas
+from .cfgpp import build_cfgpp
 from .dpm2 import build_dpm2
 from .edm import build_edm
 from .generalized import build_generalized
@@ -64,6 +65,8 @@ class SolverSpec:
         build: ``build(schedule, knobs, batch, dtype, device) -> Program`` (see :mod:`.runtime`).
         strict: whether schedules must be strictly decreasing (interpolating solvers).
         check: optional cross-knob check on the resolved knobs (e.g. ``s_tmin <= s_tmax``).
+        guided: whether it needs a guided denoiser (:func:`~edm_samplers.guided`; the CFG++ samplers read the
+            unconditional estimate): consumers that run every sampler on a plain denoiser skip these.
     """
 
     name: str
@@ -75,6 +78,7 @@ class SolverSpec:
     build: Builder
     strict: bool = False
     check: Callable[[dict[str, Any]], None] | None = None
+    guided: bool = False
 
     @property
     def knob_names(self) -> tuple[str, ...]:
@@ -284,3 +288,9 @@ for _spec in (
                strict=True),
 ):  # fmt: skip
     register(_spec)
+
+# CFG++ (solvers/cfgpp.py): they take a guided denoiser, so consumers running plain denoisers skip them.
+register(SolverSpec("euler_cfgpp", "Euler / DDIM with CFG++ (a guided denoiser)", 1, one_per_step, False, (),
+                    build_cfgpp("euler"), strict=True, guided=True))  # fmt: skip
+register(SolverSpec("dpmpp_2m_cfgpp", "DPM-Solver++(2M) with CFG++ (a guided denoiser)", 2, one_per_step, False,
+                    (ORDER_RULE,), build_cfgpp("dpmpp_2m"), strict=True, guided=True))  # fmt: skip

@@ -1,0 +1,184 @@
+"""CFG++ samplers (euler_cfgpp, dpmpp_2m_cfgpp): closed forms on analytic denoisers, an independent float64
+transcription of each update, the reduction to the plain samplers, the guidance interval, errors, NFE."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor
+
+import edm_samplers as es
+from edm_samplers import count_nfe, dpmpp_2m_cfgpp_sample, euler_cfgpp_sample, guided, karras_sigmas
+from edm_samplers.evaluation import GaussianMixture
+
+
+class ClassMixture:
+    """A class-conditional exact denoiser: class k is the Gaussian mixture ``gms[k]``; label ``len(gms)`` is
+    the unconditional data (all classes pooled). Counts calls and rows, like a network would."""
+
+    def __init__(self) -> None:
+        g = torch.Generator().manual_seed(3)
+        self.means = torch.randn(3, 2, 2, generator=g, dtype=torch.float64) * 2  # 3 classes x 2 modes, 2-D data
+        self.gms = [GaussianMixture(m, 0.3) for m in self.means]
+        self.uncond = GaussianMixture(self.means.reshape(6, 2), 0.3)
+        self.calls: list[int] = []
+
+    def __call__(self, x: Tensor, sigma: Tensor, /, class_labels: Tensor) -> Tensor:
+        self.calls.append(x.shape[0])
+        outs = torch.stack([gm(x, sigma) for gm in [*self.gms, self.uncond]])  # [K + 1, B, 2]
+        return outs[class_labels, torch.arange(x.shape[0])]
+
+
+def _setup(batch: int = 6) -> tuple[ClassMixture, Tensor, dict[str, Any], dict[str, Any]]:
+    net = ClassMixture()
+    x = torch.randn(batch, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 80
+    labels = torch.arange(batch) % 3
+    cond = {"class_labels": labels}
+    return net, x, cond, {"class_labels": torch.full_like(labels, 3)}
+
+
+# ---- independent transcriptions (float64, one formula per step, written from the paper's update) -------------
+
+
+def euler_cfgpp_reference(cond_d: Any, uncond_d: Any, x: Tensor, sigmas: list[float], lam: float) -> Tensor:
+    """DDIM/Euler CFG++: x0 = D_u + lam (D_c - D_u); x_next = x0 + sigma_next * eps_u, eps_u = (x - D_u) / sigma."""
+    for s, s_next in itertools.pairwise(sigmas):
+        sig = torch.full((x.shape[0],), s, dtype=torch.float64)
+        d_c, d_u = cond_d(x, sig), uncond_d(x, sig)
+        x0 = d_u + lam * (d_c - d_u)
+        eps_u = (x - d_u) / s
+        x = x0 + s_next * eps_u
+    return x
+
+
+def dpmpp_2m_cfgpp_reference(
+    cond_d: Any, uncond_d: Any, x: Tensor, sigmas: list[float], lam: float, low_order_below: float = 0.0
+) -> Tensor:
+    """DPM-Solver++(2M) CFG++ (the authors' DPMpp2mCFGppSolver in formulas): t = -log sigma, h = t_next - t;
+    first step / step to 0 (and, for order_rule="auto", steps landing on sigma <= 0.1): Euler CFG++; else
+    x_next = D + e^{-h} (x - D_u) + (1 - e^{-h}) / (2 r) (D - D_u,prev), r = h_prev / h."""
+    old_u = None
+    for i, (s, s_next) in enumerate(itertools.pairwise(sigmas)):
+        sig = torch.full((x.shape[0],), s, dtype=torch.float64)
+        d_c, d_u = cond_d(x, sig), uncond_d(x, sig)
+        d = d_u + lam * (d_c - d_u)
+        if old_u is None or s_next == 0 or s_next <= low_order_below:
+            x_next = d + (s_next / s) * (x - d_u)
+        else:
+            h = math.log(s / s_next)
+            r = math.log(sigmas[i - 1] / s) / h
+            x_next = d + math.exp(-h) * (x - d_u) + (1 - math.exp(-h)) / (2 * r) * (d - old_u)
+        old_u, x = d_u, x_next
+    return x
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.4, 1.0, 2.5])
+@pytest.mark.parametrize("n", [1, 2, 7])
+def test_euler_cfgpp_matches_transcription(lam: float, n: int) -> None:
+    net, x, cond, null = _setup()
+    sig = karras_sigmas(n, dtype=torch.float64)
+    g = guided(net, net, lam, guide_cond=null)
+    out = euler_cfgpp_sample(g, x, sig, cond=cond, dtype=torch.float64)
+
+    def cond_d(xx: Tensor, s: Tensor) -> Tensor:
+        return net(xx, s, class_labels=cond["class_labels"])
+
+    def uncond_d(xx: Tensor, s: Tensor) -> Tensor:
+        return net(xx, s, class_labels=null["class_labels"])
+
+    want = euler_cfgpp_reference(cond_d, uncond_d, x, sig.tolist(), lam)
+    # float64 throughout; lerp vs the textbook combination differ by a few ulps of |x| <= 80 per step.
+    torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-11)
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.6, 1.0, 3.0])
+@pytest.mark.parametrize(("n", "rule"), [(1, "full"), (2, "full"), (8, "full"), (8, "auto"), (12, "auto")])
+def test_dpmpp_2m_cfgpp_matches_transcription(lam: float, n: int, rule: str) -> None:
+    net, x, cond, null = _setup()
+    sig = karras_sigmas(n, dtype=torch.float64)
+    g = guided(net, net, lam, guide_cond=null)
+    out = dpmpp_2m_cfgpp_sample(g, x, sig, cond=cond, dtype=torch.float64, order_rule=rule)  # type: ignore[arg-type]
+
+    def cond_d(xx: Tensor, s: Tensor) -> Tensor:
+        return net(xx, s, class_labels=cond["class_labels"])
+
+    def uncond_d(xx: Tensor, s: Tensor) -> Tensor:
+        return net(xx, s, class_labels=null["class_labels"])
+
+    low = 0.1 if rule == "auto" else 0.0  # plans.LOW_ORDER_SIGMA (karras h <= 1 here, so no other rule applies)
+    want = dpmpp_2m_cfgpp_reference(cond_d, uncond_d, x, sig.tolist(), lam, low_order_below=low)
+    torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-11)  # float64, a few ulps per step
+
+
+@pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m"])
+@pytest.mark.parametrize("rule", ["auto", "full", "final"])
+def test_equal_estimates_give_the_plain_sampler(sampler: str, rule: str) -> None:
+    # D_c = D_u: a guide equal to the main model (any lambda), or lambda applied to identical estimates.
+    gm = GaussianMixture(torch.tensor([[1.0, -1.0], [-2.0, 0.5]], dtype=torch.float64), 0.2)
+    x = torch.randn(5, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 80
+    sig = karras_sigmas(9, dtype=torch.float64)
+    knobs: dict[str, Any] = {} if sampler == "euler" else {"order_rule": rule}
+    plain = getattr(es, f"{sampler}_sample")(gm, x, sig, **knobs)
+    for lam in (0.0, 0.7, 2.0):
+        cfgpp = getattr(es, f"{sampler}_cfgpp_sample")(guided(gm, gm, lam), x, sig, **knobs)
+        # Same plan coefficients, regrouped (a (x - D) + (a + b0) D vs a x + b0 D): float64 round-off.
+        torch.testing.assert_close(cfgpp, plain, rtol=1e-12, atol=1e-11)
+
+
+def test_lambda_zero_is_unconditional_sampling_and_interval_off_is_plain() -> None:
+    net, x, cond, null = _setup()
+    sig = karras_sigmas(6, dtype=torch.float64)
+    uncond = es.euler_sample(net, x, sig, cond=null)
+    out = euler_cfgpp_sample(guided(net, net, 0.0, guide_cond=null), x, sig, cond=cond)
+    torch.testing.assert_close(out, uncond, rtol=1e-12, atol=1e-11)  # float64 round-off
+    # No sigma of the schedule inside the interval: the guided denoiser is D_main everywhere, CFG++ is Euler.
+    g = guided(net, net, 0.6, guide_cond=null, sigma_interval=(1000.0, 2000.0))
+    torch.testing.assert_close(
+        euler_cfgpp_sample(g, x, sig, cond=cond), es.euler_sample(net, x, sig, cond=cond), rtol=1e-12, atol=1e-11
+    )
+    # Interval in "mask" mode (what compiled / graphed sampling uses) gives the same values as "host".
+    for mode in ("host", "mask"):
+        gi = guided(net, net, 0.6, guide_cond=null, sigma_interval=(0.5, 10.0), interval_check=mode)  # type: ignore[arg-type]
+        outs = dpmpp_2m_cfgpp_sample(gi, x, sig, cond=cond)
+        if mode == "host":
+            ref = outs
+    torch.testing.assert_close(outs, ref, rtol=0, atol=0)
+
+
+def test_one_batched_call_per_step_and_count_nfe() -> None:
+    net, x, cond, null = _setup(batch=4)
+    sig = karras_sigmas(5, dtype=torch.float64)
+    for name in ("euler_cfgpp", "dpmpp_2m_cfgpp"):
+        net.calls.clear()
+        getattr(es, f"{name}_sample")(guided(net, net, 1.0, guide_cond=null), x, sig, cond=cond)
+        # w = 1 still evaluates the guide (CFG++ renoises with it): one call of batch 2B per step.
+        assert net.calls == [8] * 5 and count_nfe(sig, name) == 5
+
+
+def test_generate_and_graphed_sampler_take_the_registry_entry() -> None:
+    net, _, cond, null = _setup(batch=4)
+    sig = karras_sigmas(5, dtype=torch.float64)
+    g = guided(net, net, 0.5, guide_cond=null)
+    out = es.generate(g, range(4), (2,), sig, sampler="dpmpp_2m_cfgpp", cond=cond, dtype=torch.float64)
+    latents = torch.stack([torch.randn(2, generator=torch.Generator().manual_seed(s)) for s in range(4)])
+    x = es.initial_x(latents, sig).double()
+    assert out.shape == (4, 2) and bool(torch.isfinite(out).all())
+    graphed = es.GraphedSampler(g, sig, (4, 2), sampler="euler_cfgpp", cond_example=cond, dtype=torch.float64)
+    # On CPU the graphed sampler runs the same prepared loop eagerly: identical values.
+    torch.testing.assert_close(graphed(x, cond=cond), euler_cfgpp_sample(g, x, sig, cond=cond, dtype=torch.float64))
+
+
+def test_plain_denoiser_and_bad_schedules_are_rejected() -> None:
+    gm = GaussianMixture(torch.zeros(1, 2, dtype=torch.float64), 0.5)
+    x = torch.randn(2, 2, dtype=torch.float64)
+    for fn in (euler_cfgpp_sample, dpmpp_2m_cfgpp_sample):
+        with pytest.raises(TypeError, match=r"_cfgpp_sample needs a guided denoiser .* got GaussianMixture"):
+            fn(gm, x, karras_sigmas(3))
+        with pytest.raises(ValueError, match="strictly decreasing"):
+            fn(guided(gm, gm, 0.5), x, [2.0, 1.0, 1.0, 0.0])
+    with pytest.raises(TypeError, match="unknown option"):
+        euler_cfgpp_sample(guided(gm, gm, 0.5), x, karras_sigmas(3), order_rule="full")  # type: ignore[call-arg]
