@@ -220,7 +220,8 @@ def test_null_condition_conventions() -> None:
         null_condition(net, text)
     empty = torch.randn(1, 7, 8)
     out = null_condition(net, text, encoder_hidden_states=empty)
-    assert out["encoder_hidden_states"].shape == (3, 7, 8) and out["encoder_hidden_states"].data_ptr() == empty.data_ptr()
+    ehs = out["encoder_hidden_states"]
+    assert ehs.shape == (3, 7, 8) and ehs.data_ptr() == empty.data_ptr()
     with pytest.raises(ValueError, match=r"not keys of cond"):
         null_condition(net, text, encoder_hidden_state=empty)
     with pytest.raises(ValueError, match="null_class was given but cond has no 'class_labels'"):
