@@ -182,3 +182,11 @@ def test_plain_denoiser_and_bad_schedules_are_rejected() -> None:
             fn(guided(gm, gm, 0.5), x, [2.0, 1.0, 1.0, 0.0])
     with pytest.raises(TypeError, match="unknown option"):
         euler_cfgpp_sample(guided(gm, gm, 0.5), x, karras_sigmas(3), order_rule="full")  # type: ignore[call-arg]
+
+
+def test_command_line_names_the_missing_guidance() -> None:
+    from edm_samplers.cli import main
+
+    args = ["generate", "--model", "ring2d", "--seeds", "0-1", "--sampler", "euler_cfgpp", "--steps", "3"]
+    with pytest.raises(SystemExit, match="--sampler euler_cfgpp needs a guided denoiser"):
+        main(args)
