@@ -26,10 +26,10 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import finish_report  # noqa: E402
+import edm_samplers as es
 
-import edm_samplers as es  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import finish_report
 
 
 def class_unet(device: torch.device) -> tuple[Any, Callable[[int], dict[str, Any]], Callable[[int], dict[str, Any]]]:
@@ -59,14 +59,16 @@ def digits(device: torch.device) -> tuple[Any, Callable[[int], dict[str, Any]], 
 NETS = {"digits": ((1, 8, 8), digits), "unet32_class": ((3, 32, 32), class_unet)}
 
 
-def timed(fn: Callable[[], Any], device: torch.device) -> float:
-    if device.type == "cuda":
+def timed(g: Any, x: torch.Tensor, sigma: torch.Tensor, cond: dict[str, Any], reps: int) -> float:
+    """Seconds per guided evaluation, averaged over ``reps`` calls (synchronised on CUDA)."""
+    if x.is_cuda:
         torch.cuda.synchronize()
     t = time.perf_counter()
-    fn()
-    if device.type == "cuda":
+    for _ in range(reps):
+        g(x, sigma, **cond)
+    if x.is_cuda:
         torch.cuda.synchronize()
-    return time.perf_counter() - t
+    return (time.perf_counter() - t) / reps
 
 
 def main() -> None:
@@ -104,12 +106,7 @@ def main() -> None:
                     g(x, sigma, **cond)
                 for _ in range(args.rounds):
                     for k, g in variants.items():
-
-                        def run(g: Any = g) -> None:
-                            for _ in range(args.reps):
-                                g(x, sigma, **cond)
-
-                        times[k].append(timed(run, device) / args.reps)
+                        times[k].append(timed(g, x, sigma, cond, args.reps))
             med = {k: statistics.median(v) for k, v in times.items()}
             row = {
                 "net": name, "batch": b, "batched_ms": 1e3 * med["batched"], "two_calls_ms": 1e3 * med["two_calls"],
