@@ -16,7 +16,6 @@ from torch import Tensor
 import edm_samplers as es
 from edm_samplers import count_nfe, dpmpp_2m_cfgpp_sample, euler_cfgpp_sample, guided, karras_sigmas
 from edm_samplers.evaluation import GaussianMixture
-
 from strategies import schedules
 
 
