@@ -145,7 +145,7 @@ def check_infinite_sigma(denoiser: object, name: str = "denoiser") -> None:
         raise ValueError(
             f"sigmas[0] = inf (a start from pure noise) calls the {name} at sigma = inf, which "
             f"{type(denoiser).__name__} does not support{f' ({why})' if why else ''}; start at a finite level "
-            "instead, e.g. its sigma_max: sigmas[0] = denoiser.sigma_max, x = initial_x(latents, sigmas)"
+            "instead (e.g. the largest level the model was trained at) with x = initial_x(latents, sigmas)"
         )
 
 
@@ -366,7 +366,14 @@ def first_bad(t: Tensor, bad: Tensor) -> str:
 
 
 def check_nonnegative_values(
-    t: Tensor, name: str, *, fix: str, positive: bool = False, maximum: float = math.inf, too_large: str = ""
+    t: Tensor,
+    name: str,
+    *,
+    fix: str,
+    positive: bool = False,
+    maximum: float = math.inf,
+    too_large: str = "",
+    allow_inf: bool = False,
 ) -> Tensor:
     """Reject NaN, infinite or negative (with ``positive``, also zero) entries of ``t``, and entries above a finite
     ``maximum`` (``too_large`` says why), when that is free (see :func:`values_on_host`); otherwise (accelerator,
@@ -375,8 +382,12 @@ def check_nonnegative_values(
 
     The host check reads small tensors through ``tolist`` (about 2 us for a batch of 16, a tenth of the
     tensor-op version): it runs on every denoiser call of a CPU sampling loop.
+
+    ``allow_inf``: +inf passes (a denoiser defined at sigma = inf, the start from pure noise).
     """
     lo = 0.0
+    if allow_inf:
+        return _nonnegative_or_inf(t, name, fix=fix, positive=positive)
     if values_on_host(t):
         try:
             if t.numel() <= 4096:
@@ -399,6 +410,21 @@ def check_nonnegative_values(
         return t
     # NaN fails the comparison too; +inf is left to give inf/NaN by itself.
     return nan_where_invalid(t, (t > lo) if positive else (t >= lo))
+
+
+def _nonnegative_or_inf(t: Tensor, name: str, *, fix: str, positive: bool) -> Tensor:
+    """:func:`check_nonnegative_values` letting +inf through (no maximum): host check when free, else NaN."""
+    valid = (t > 0) if positive else (t >= 0)  # +inf passes, NaN fails
+    if values_on_host(t):
+        try:
+            ok = bool(valid.all())
+        except RuntimeError:  # a functorch transform (vmap) cannot read values: fall back to NaN
+            return nan_where_invalid(t, valid)
+        if not ok:
+            bound = "> 0" if positive else ">= 0"
+            raise ValueError(f"{name} must be {bound} (inf allowed), got {name}{first_bad(t, ~valid)}; {fix}")
+        return t
+    return nan_where_invalid(t, valid)
 
 
 def check_strict_schedule(s: Tensor, what: str, *, final_zero: bool | None = True, fix: str = "") -> Tensor:

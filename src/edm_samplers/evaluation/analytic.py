@@ -121,7 +121,7 @@ class GaussianMixture:
         # D = sum_k r_k (mu_k + shrink_k (x - mu_k)) = (sum r_k (1-shrink_k) mu_k) + (sum r_k shrink_k) x
         a = r * (1 - shrink)
         out = a @ muf + (r * shrink).sum(1, keepdim=True) * xf
-        out = torch.where(at_inf[:, None], (w @ muf)[None, :], out)
+        out = torch.where(at_inf[:, None], w[None, :] @ muf, out)
         return out.reshape(x.shape)
 
     def sample(self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64) -> Tensor:
