@@ -27,8 +27,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import schedules
-from test_graph_cpu_capture import FakeCuda, _replays_match_eager, fake_cuda, mixture  # noqa: F401  (fixture)
 from torch import Tensor
 
 import edm_samplers as es
@@ -39,6 +37,8 @@ from edm_samplers.solvers import registry
 from edm_samplers.solvers.api import sampler_function
 from edm_samplers.solvers.multistep import multistep_plan
 from edm_samplers.solvers.plans import PLANS
+from strategies import schedules
+from test_graph_cpu_capture import FakeCuda, _replays_match_eager, fake_cuda, mixture  # noqa: F401  (fixture)
 
 INF = math.inf
 F64 = torch.float64
@@ -453,10 +453,23 @@ def test_finite_schedules_are_unchanged_by_the_inf_branches() -> None:
     # Euler loop (EDM Algorithm 1 without the correction) matches bitwise, and the adapters' where() picks the
     # old values (test_golden.py holds the stored results of every sampler).
     den, x = gm(), unit(8) * 5
-    sig = torch.tensor(BASE[:-1] + [0.0], dtype=F64)
+    sig = torch.tensor(BASE, dtype=F64)
     want = x.clone()
     for i in range(len(sig) - 1):
         d = den(want, sig[i].expand(B))
         want = torch.lerp(d, want, sig[i + 1] / sig[i])
     assert torch.equal(es.euler_sample(den, x, sig, dtype=F64), want)
 
+
+def test_clamp_sigmas_keeps_or_clamps_an_infinite_start() -> None:
+    s = [INF, 20.0, 2.0, 0.0]
+    assert es.clamp_sigmas(s).tolist() == s  # no range: inf stays
+    assert es.clamp_sigmas(torch.tensor(s), sigma_max=10.0).tolist() == [10.0, 2.0, 0.0]  # repeats dropped
+    ac = torch.linspace(0.999, 0.01, 50, dtype=F64)
+    ddpm = DDPMDenoiser(_model, ac, prediction="v", timestep="quantize")
+    fitted = es.clamp_sigmas(s, denoiser=ddpm)  # a finite sigma_max: a finite (rounded) start
+    assert fitted[0] == ddpm.sigma_max and torch.isfinite(fitted).all()
+    kept = es.clamp_sigmas(s, sigma_max=INF, denoiser=ddpm)  # inf allowed: kept and never rounded
+    assert kept[0] == INF and bool((kept[1:-1] == ddpm.round_sigma(kept[1:-1])).all())
+    with pytest.raises(ValueError, match=r"may be inf only at index 0"):
+        es.clamp_sigmas([20.0, INF, 0.0])

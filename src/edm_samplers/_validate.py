@@ -84,8 +84,7 @@ def check_sigmas(
     if bool(inf[1:].any()):
         i = int(torch.nonzero(inf[1:])[0]) + 1
         raise ValueError(
-            f"{name} may be inf only at index 0 (the start from pure noise), but {name}[{i}] = inf; "
-            f"got {s.tolist()}"
+            f"{name} may be inf only at index 0 (the start from pure noise), but {name}[{i}] = inf; got {s.tolist()}"
         )
     if bool(inf[0]) and not allow_inf_first:
         raise ValueError(
@@ -427,13 +426,16 @@ def _nonnegative_or_inf(t: Tensor, name: str, *, fix: str, positive: bool) -> Te
     return nan_where_invalid(t, valid)
 
 
-def check_strict_schedule(s: Tensor, what: str, *, final_zero: bool | None = True, fix: str = "") -> Tensor:
+def check_strict_schedule(
+    s: Tensor, what: str, *, final_zero: bool | None = True, fix: str = "", allow_inf_first: bool = False
+) -> Tensor:
     """Check a schedule produced by the library (a builder's output, after any cast).
 
     Requirements: 1-D floating, at least one positive level, every entry finite, the positive levels strictly
     decreasing, and a single 0 at the end (``final_zero=True``), none (``False``) or either (``None``).
     ``what`` names the call in the message (e.g. ``"karras_sigmas(num_steps=5, ...)"``); ``fix`` says what to
-    change. Runs on the host once per call.
+    change. With ``allow_inf_first`` the first level may be inf (a start from pure noise). Runs on the host once
+    per call.
     """
     if not isinstance(s, Tensor) or s.ndim != 1 or not s.is_floating_point():
         raise TypeError(f"{what} must be a 1-D floating tensor, got {s!r}")
@@ -447,7 +449,8 @@ def check_strict_schedule(s: Tensor, what: str, *, final_zero: bool | None = Tru
     pos = v[:-1] if ends_in_zero else v
     if pos.numel() < 1:
         raise ValueError(f"{what} has no positive noise level, got {v.tolist()}{tail}")
-    if not bool(torch.isfinite(pos).all()):
+    head_ok = allow_inf_first and bool(torch.isposinf(pos[0]))
+    if not bool(torch.isfinite(pos[1:] if head_ok else pos).all()):
         raise ValueError(f"{what} gives non-finite levels (overflow): {_short(v)}{tail}")
     if not bool((pos > 0).all()):
         i = int(torch.nonzero(~(pos > 0))[0])

@@ -52,11 +52,11 @@ def generate(
     """Sample one image per seed, like EDM's ``generate.py``: latents, scaling and sampling in one call.
 
     Each seed gets its own generator (:class:`~edm_samplers.PerSampleNoise`) on ``device``: its unit latent
-    is drawn first, scaled by ``sigmas[0]`` (not scaled when it is inf: see :func:`initial_x`), and the same generator feeds any noise the sampler draws, so
-    every sample depends only on its seed (and the device: CPU and CUDA generators differ). The command
-    line's ``edm-samplers generate`` calls this function. Sampling runs under ``torch.no_grad()``: the
-    result carries no autograd graph (call a ``*_sample`` function directly to differentiate through
-    sampling).
+    is drawn first, scaled by ``sigmas[0]`` (not scaled when it is inf: see :func:`initial_x`), and the same
+    generator feeds any noise the sampler draws, so every sample depends only on its seed (and the device: CPU
+    and CUDA generators differ). The command line's ``edm-samplers generate`` calls this function. Sampling
+    runs under ``torch.no_grad()``: the result carries no autograd graph (call a ``*_sample`` function
+    directly to differentiate through sampling).
 
     Args:
         denoiser: D(x, sigma, **cond).

@@ -64,10 +64,9 @@ class LinearProgram(NamedTuple):
         hist: list[Tensor] = []  # newest first; Python-level ring of at most `keep` tensors
         for i in steps:
             denoised = den(x, self.rows[i], **cond)
-            if self.derivative:
-                f = x if i == 0 and self.inf_start else (x - denoised).mul_(self.inv[i])  # never written in place
-            else:
-                f = denoised
+            # From sigma = inf the derivative d_0 is x (= n) itself; hist entries are never written in place.
+            d0 = i == 0 and self.inf_start
+            f = (x if d0 else (x - denoised).mul_(self.inv[i])) if self.derivative else denoised
             hist.insert(0, f)
             del hist[self.keep :]
             x_eval = x

@@ -34,6 +34,16 @@ steps left (diffusers' ``lower_order_final``). ``"auto"`` (the default): for the
 saturated, and a data-form integrator, which weights the end of the step, would extrapolate a trend that has
 died out over rho = 7's longest log steps; Euler is nearly exact there (docs/multistep-defaults.md).
 
+**A start at sigma = inf** (x = the unit noise n, docs/api.md). Step 0 takes the limit of its order-1 step as
+sigma_0 -> inf with x_0 = sigma_0 n: x_1 = D_0 + sigma_1 n (ODE, and the derivative family), D_0 + sigma_1 eps for
+SDE variants with eta > 0 (the weight of n, sigma_1 (sigma_1 / sigma_0)^eta, vanishes), and for Euler ancestral
+D_0 + sigma_down n + sigma_up eps with sigma_up = min(1, eta) sigma_1. Later steps keep D_0 (at lambda = -inf) or
+d_0 = lim (x_0 - D_0) / sigma_0 = n in their history: an interpolation node at infinity gets weight 0 in the limit
+(its Lagrange basis is O(1 / |node|), see :func:`.coefficients.lagrange_basis`), so the polynomials in lambda (or
+sigma, LMS) pass through the finite nodes only; DPM-Solver++(2M)'s ratio r = h_0 / h_1 is infinite, weight 0 on D_0;
+UniPC's first corrector keeps its limit, the bh2 trapezoid sigma_1 n + (D_0 + D_1) / 2; iPNDM's fixed weights keep
+d_0 = n. These limits are approached at rate 1 / ln(sigma_0) (lambda solvers) or 1 / sigma_0 (LMS, iPNDM).
+
 Schedules must be strictly decreasing here (repeated levels would make interpolation nodes coincide).
 The loop that runs a plan is :mod:`.linear`; the registry entries are in :mod:`.registry`.
 """
