@@ -221,3 +221,40 @@ def test_any_schedule_matches_transcription(sig: Tensor, lam: float, two_m: bool
         want = euler_cfgpp_reference(cond_d, uncond_d, x, sig.tolist(), lam)
     # float64, <= 13 steps; 1 / (2r) <= 10.5 / 2e-3 ~ 5e3 amplifies the ulps of D differences: ~1e-12 of |x|.
     torch.testing.assert_close(out, want, rtol=1e-10, atol=1e-10 * max(1.0, float(sig[0])))
+
+
+@pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m"])
+def test_start_at_infinity_is_the_limit(sampler: str) -> None:
+    # From sigma_0 = inf (x = unit noise n) the first step is the limit of a (x_0 - D_u) + D with x_0 = sigma_0 n,
+    # a = sigma_1 / sigma_0: D_0 + sigma_1 n (D_u drops out); after it, 2M's ratio r = h_prev / h is infinite and
+    # its history term vanishes. Checked against the transcriptions written out for that limit, and against a
+    # finite start sigma_0 = 1e9 with x_0 = 1e9 n: Euler's first step converges at O(1/sigma_0) (1e-9 relative,
+    # 1e-6 allowed); 2M's second step only like 1/ln(sigma_0) (the 1/(2r) term), so it is compared with the limit.
+    main = GaussianMixture(torch.tensor([[1.0, -1.0], [-2.0, 0.5]], dtype=torch.float64), 0.2)
+    guide = GaussianMixture(torch.tensor([[0.5, 0.0], [-1.0, 1.5]], dtype=torch.float64), 0.3)
+    n = torch.randn(4, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    tail = [5.0, 1.0, 0.2, 0.0]
+    lam = 0.8
+    fn = getattr(es, f"{sampler}_cfgpp_sample")
+    knobs: dict[str, Any] = {} if sampler == "euler" else {"order_rule": "full"}
+    got = fn(guided(main, guide, lam), n, [math.inf, *tail], **knobs)
+    inf = torch.full((4,), math.inf, dtype=torch.float64)
+    d0 = guide(n, inf) + lam * (main(n, inf) - guide(n, inf))
+    x1 = d0 + tail[0] * n
+    rest = euler_cfgpp_reference if sampler == "euler" else dpmpp_2m_cfgpp_reference
+    if sampler == "euler":
+        want = rest(main, guide, x1, tail, lam)
+    else:  # step 2 from the limit: r = inf removes the history term, so it is the Euler CFG++ step; then 2M
+        x2 = euler_cfgpp_reference(main, guide, x1, tail[:2], lam)
+        sig1 = torch.full((4,), tail[1], dtype=torch.float64)
+        old_u = guide(x1, torch.full((4,), tail[0], dtype=torch.float64))
+        d1 = guide(x2, sig1) + lam * (main(x2, sig1) - guide(x2, sig1))
+        h, r = math.log(tail[1] / tail[2]), math.log(tail[0] / tail[1]) / math.log(tail[1] / tail[2])
+        x3 = d1 + math.exp(-h) * (x2 - guide(x2, sig1)) + (1 - math.exp(-h)) / (2 * r) * (d1 - old_u)
+        sig2 = torch.full((4,), tail[2], dtype=torch.float64)
+        # the last step to 0 returns the guided D exactly
+        want = guide(x3, sig2) + lam * (main(x3, sig2) - guide(x3, sig2))
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-11)  # float64 regroupings: a few ulps per step
+    if sampler == "euler":
+        far = fn(guided(main, guide, lam), n * 1e9, [1e9, *tail])
+        torch.testing.assert_close(far, got, rtol=1e-6, atol=1e-6)

@@ -228,3 +228,23 @@ def test_null_condition_conventions() -> None:
         null_condition(net, text, null_class=3, encoder_hidden_states=empty)
     with pytest.raises(TypeError, match="cond must be the mapping"):
         null_condition(net, [1])  # type: ignore[arg-type]
+
+
+def test_guided_forwards_support_for_an_infinite_first_level() -> None:
+    # A guided eps-prediction adapter would be NaN at sigma = inf: the samplers' entry must refuse it as it
+    # refuses the adapter alone; a guided pair of denoisers defined at inf samples from it.
+    import math
+
+    from edm_samplers import euler_sample
+    from edm_samplers.adapters import DDPMDenoiser
+    from edm_samplers.evaluation import GaussianMixture
+
+    abar = torch.linspace(0.99, 0.01, 10, dtype=torch.float64)
+    eps_model = DDPMDenoiser(lambda x, t: torch.zeros_like(x), abar, prediction="eps")
+    g = guided(eps_model, eps_model, 2.0)
+    assert g.supports_infinite_sigma is False
+    with pytest.raises(ValueError, match="sigma = inf"):
+        euler_sample(g, torch.zeros(2, 3), [math.inf, 1.0, 0.0])
+    gm = GaussianMixture(torch.tensor([[1.0, 0.0, -1.0]], dtype=torch.float64), 0.5)
+    out = euler_sample(guided(gm, gm, 2.0), torch.ones(2, 3, dtype=torch.float64), [math.inf, 1.0, 0.0])
+    assert bool(torch.isfinite(out).all())

@@ -58,8 +58,10 @@ def net_dtype_of(net: object, net_dtype: torch.dtype | None) -> torch.dtype | No
     return None
 
 
-def compute_dtype_and_sigma(x: object, sigma: SigmaLike) -> tuple[torch.dtype, Tensor]:
+def compute_dtype_and_sigma(x: object, sigma: SigmaLike, *, allow_inf: bool = False) -> tuple[torch.dtype, Tensor]:
     """Shared entry of every wrapper: x's dtype promoted to >= float32, and sigma as a ``[batch]`` tensor in it.
+
+    ``allow_inf``: sigma = inf passes (a wrapper defined at the start from pure noise, where x is unit noise).
 
     A sigma tensor must live on x's device (a 0-d CPU tensor is accepted, as torch accepts CPU scalars): a
     silent copy would be a host-device transfer per call, and a meta/other-device sigma failed deep in torch.
@@ -75,7 +77,9 @@ def compute_dtype_and_sigma(x: object, sigma: SigmaLike) -> tuple[torch.dtype, T
     cdt = torch.promote_types(x.dtype, torch.float32)
     # Checked in the compute dtype (a float64 1e-50 is 0 in float32) but before the move to x's device, so a
     # number or 0-d CPU sigma is checked on the host even for an x on an accelerator.
-    s = check_nonnegative_values(as_sigma(sigma).to(dtype=cdt), "sigma", fix=_FORWARD_FIX, positive=True)
+    s = check_nonnegative_values(
+        as_sigma(sigma).to(dtype=cdt), "sigma", fix=_FORWARD_FIX, positive=True, allow_inf=allow_inf
+    )
     s = s.to(device=x.device)
     if s.ndim == 0:
         s = s.expand(x.shape[0])

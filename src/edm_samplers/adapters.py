@@ -17,6 +17,13 @@ sigma_t = sqrt((1 - abar_t) / abar_t). With alpha = 1/sqrt(1 + sigma^2):
 
 **VE models** (NCSN++) see x itself (s = 1); eps- and x0-prediction as above (v is a VP notion).
 
+**At sigma = inf** (a schedule starting from pure noise; docs/api.md) the state x is the unit noise n, the limit of
+x / sigma, and a VP model's input x / sqrt(1 + sigma^2) tends to n: the adapters feed n itself there
+(``model_input``) and take D's limit (``to_denoised``): x0-prediction D = the output, v-prediction D = -v
+(alpha = 0, sigma_VP = 1 at zero SNR). eps-prediction cannot recover the data at zero SNR (D = x - sigma eps has no
+limit) and VE models see x itself (infinite): those adapters say ``supports_infinite_sigma = False`` and the
+samplers refuse an infinite first level for them. A discrete model is evaluated at its last trained step there.
+
 The time input of a discrete model is a fractional timestep obtained by linear interpolation of
 log sigma_t between trained steps (``timestep="interpolate"``, k-diffusion's and diffusers' convention),
 or the nearest trained step in log sigma (``timestep="quantize"``; then :meth:`DDPMDenoiser.round_sigma`
@@ -116,6 +123,23 @@ class _Adapter(nn.Module, metaclass=abc.ABCMeta):
     def sigma_to_t(self, sigma: Tensor) -> Tensor:
         """The model's time input for noise levels ``sigma``."""
 
+    @property
+    def supports_infinite_sigma(self) -> bool:
+        """Whether D(x; inf) is defined (x = unit noise there): VP models predicting v or x0.
+
+        The samplers read it once at entry for a schedule starting at sigma = inf; a subclass (another model
+        family) overrides it together with :meth:`model_input` and :meth:`to_denoised`."""
+        return self.vp and self.prediction != "eps"
+
+    @property
+    def infinite_sigma_reason(self) -> str:
+        """Why :attr:`supports_infinite_sigma` is False (for the samplers' error message)."""
+        if not self.vp:
+            return "a VE model sees x itself, which is infinite at sigma = inf"
+        if self.prediction == "eps":
+            return "an eps-prediction cannot give the data at zero SNR: D = x - sigma eps has no limit"
+        return ""
+
     def round_sigma(self, sigma: Tensor | float) -> Tensor:
         """Identity: the model accepts any sigma in its range."""
         return _as_sigma(sigma)
@@ -127,7 +151,7 @@ class _Adapter(nn.Module, metaclass=abc.ABCMeta):
         :meth:`sigma_to_t` (its time input), :meth:`call_model` (the call itself) and :meth:`to_denoised`
         (its prediction to D).
         """
-        cdt, s = _compute_dtype_and_sigma(x, sigma)
+        cdt, s = _compute_dtype_and_sigma(x, sigma, allow_inf=self.supports_infinite_sigma)
         xc = x.to(cdt)
         sb = _append_dims(s, x.ndim)
         x_in = self.model_input(xc, sb)
@@ -151,8 +175,12 @@ class _Adapter(nn.Module, metaclass=abc.ABCMeta):
 
     def model_input(self, x: Tensor, sigma: Tensor) -> Tensor:
         """The model's input x_t for the state ``x`` at ``sigma`` (broadcast to x's ndim):
-        x / sqrt(1 + sigma^2) for a VP model, x for a VE one."""
-        return x * torch.rsqrt(sigma**2 + 1) if self.vp else x
+        x / sqrt(1 + sigma^2) for a VP model, x for a VE one; at sigma = inf (x = unit noise) its limit x."""
+        if not self.vp:
+            return x
+        scaled = x * torch.rsqrt(sigma**2 + 1)
+        # A where, not a branch: no sync; finite rows get exactly the scaled value.
+        return torch.where(torch.isinf(sigma), x, scaled) if self.supports_infinite_sigma else scaled
 
     def call_model(self, x_in: Tensor, t: Tensor, cond: dict[str, Any]) -> Tensor:
         """Call the model on its input and time; unwrap a diffusers output (``.sample``) or a tuple."""
@@ -168,8 +196,9 @@ class _Adapter(nn.Module, metaclass=abc.ABCMeta):
         if self.prediction == "x0":
             return out
         # v = alpha eps - sigma_VP y, alpha = 1/sqrt(1+sigma^2), sigma_VP = sigma alpha, x_t = alpha x:
-        # y = alpha x_t - sigma_VP v = x / (1 + sigma^2) - sigma / sqrt(1 + sigma^2) v.
-        return x / (1 + sigma**2) - sigma * torch.rsqrt(1 + sigma**2) * out
+        # y = alpha x_t - sigma_VP v = x / (1 + sigma^2) - sigma / sqrt(1 + sigma^2) v; at sigma = inf: -v.
+        d = x / (1 + sigma**2) - sigma * torch.rsqrt(1 + sigma**2) * out
+        return torch.where(torch.isinf(sigma), -out, d)
 
 
 class ContinuousDenoiser(_Adapter):
@@ -228,6 +257,17 @@ class ContinuousDenoiser(_Adapter):
         )
         self.beta_d, self.beta_min = bd, bm
         self.time_fn = time_fn
+
+    @property
+    def supports_infinite_sigma(self) -> bool:
+        """VP, v or x0 prediction, and a ``time_fn`` (the default VP time sigma^-1(inf) is infinite)."""
+        return self.vp and self.prediction != "eps" and self.time_fn is not None
+
+    @property
+    def infinite_sigma_reason(self) -> str:
+        if self.vp and self.prediction != "eps" and self.time_fn is None:
+            return "the default VP time sigma^-1(inf) is infinite: pass time_fn giving a finite time at sigma = inf"
+        return super().infinite_sigma_reason
 
     def sigma_to_t(self, sigma: Tensor) -> Tensor:
         """The model's time input for noise level(s) sigma."""
@@ -334,7 +374,9 @@ class DDPMDenoiser(_Adapter):
         Out-of-range sigmas map to the end steps (0 / T-1). Computed in float64; no host sync.
         """
         ls = self.log_sigmas.to(device=sigma.device, dtype=torch.float64)
-        log_s = torch.log(sigma.to(torch.float64).clamp_min(1e-30))
+        # Capped at the last trained level (no sync): sigma = inf then maps to the last step in both modes (the
+        # nearest level of an infinite log sigma would otherwise be the first); larger sigmas mapped there already.
+        log_s = torch.minimum(torch.log(sigma.to(torch.float64).clamp_min(1e-30)), ls[-1])
         if self.timestep == "quantize":
             idx = torch.argmin(torch.abs(log_s.unsqueeze(-1) - ls), dim=-1)
             return (idx + self.t_offset).to(torch.float64)

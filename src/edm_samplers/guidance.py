@@ -54,6 +54,10 @@ from ._validate import check_float
 __all__ = ["Guided", "guided", "null_condition"]
 
 
+def _inf_ok(denoiser: object) -> bool:
+    return getattr(denoiser, "supports_infinite_sigma", True) is not False
+
+
 def _is_compiling() -> bool:
     compiler = getattr(torch, "compiler", None)
     fn = getattr(compiler, "is_compiling", None)
@@ -132,6 +136,10 @@ class Guided:
         rs = getattr(main, "round_sigma", None)
         if callable(rs):
             self.round_sigma = rs
+        # A start at sigma = inf needs both denoisers defined there (read once by the samplers' entry check).
+        why = [getattr(d, "infinite_sigma_reason", "") for d in (main, guide) if not _inf_ok(d)]
+        self.supports_infinite_sigma = not why
+        self.infinite_sigma_reason = "; ".join(w for w in why if w)
 
     def __repr__(self) -> str:
         return (

@@ -90,6 +90,12 @@ class Precond(nn.Module, metaclass=abc.ABCMeta):
 
     net: Callable[..., Any]
 
+    supports_infinite_sigma = False
+    """A schedule starting at sigma = inf is refused: c_noise(inf) (ln(sigma) / 4, ln(sigma / 2), the VP time) is
+    infinite, and c_out F (c_out = -sigma, sigma, or sigma sigma_data / sqrt(sigma^2 + sigma_data^2) -> sigma_data
+    with an infinite noise input) has no usable limit."""
+    infinite_sigma_reason = "its network's noise input c_noise(sigma) is infinite there"
+
     def __init__(
         self,
         net: Callable[..., Any],

@@ -18,7 +18,8 @@ guide's estimate D_u, one step of the library's data-prediction update
   for ``dpmpp_2m`` (the coefficients are its plan's).
 
 With D = D_u (lambda = 0, or a guide equal to the main model) both reduce to their plain samplers, and the
-step to sigma = 0 returns D exactly. Schedules must be strictly decreasing: at a repeated level (a = 1,
+step to sigma = 0 returns D exactly. From sigma_0 = inf (x = unit noise n) the first step is the limit
+D_0 + sigma_1 n of both: the unconditional estimate drops out there. Schedules must be strictly decreasing: at a repeated level (a = 1,
 b = 0) a CFG++ step would still add D - D_u without moving sigma.
 
 The denoiser must be a guided one (:func:`~edm_samplers.guided`: its ``both`` method returns D and D_u); a
@@ -87,6 +88,7 @@ class CFGppProgram(NamedTuple):
     nb: tuple[int, ...]
     host: tuple[float, ...]
     stochastic: bool = False
+    inf_start: bool = False  # sigma_0 = inf: x is unit noise n and step 0 is the limit D_0 + sigma_1 n
 
     def run(self, den: Denoiser, x: Tensor, cond: Mapping[str, Any], noise: NoiseSource | None,
             callback: Callback | None, steps: Iterable[int]) -> Tensor:  # fmt: skip
@@ -96,7 +98,11 @@ class CFGppProgram(NamedTuple):
         hist: list[Tensor] = []  # unconditional estimates D_u of the previous steps, newest first
         for i in steps:
             d, u = pair(x, self.rows[i], **cond)
-            x_next = torch.sub(x, u).mul_(self.a[i]).addcmul_(d, self.c[i])
+            if i == 0 and self.inf_start:
+                # a (x_0 - D_u) with x_0 = sigma_0 n, a = sigma_1 / sigma_0 tends to sigma_1 n: D_u drops out.
+                x_next = torch.addcmul(d, x, self.a[0])
+            else:
+                x_next = torch.sub(x, u).mul_(self.a[i]).addcmul_(d, self.c[i])
             for j in range(1, self.nb[i]):
                 x_next.addcmul_(hist[j - 1], self.b[i][j])
             if keep:
@@ -110,6 +116,8 @@ class CFGppProgram(NamedTuple):
 
 def _euler_tables(s: np.ndarray[Any, np.dtype[np.float64]]) -> tuple[Any, Any, Any, tuple[int, ...]]:
     a = s[1:] / s[:-1]
+    if np.isinf(s[0]):
+        a[0] = s[1]  # the coefficient of the unit noise n that x holds at sigma_0 = inf
     c = np.ones_like(a)  # a + b_0 = 1 exactly: x_{i+1} = D_i + a (x_i - D_u,i)
     return a, c, np.zeros((a.size, 1)), (1,) * a.size
 
@@ -130,7 +138,7 @@ def build_cfgpp(method: Literal["euler", "dpmpp_2m"]) -> Builder:
         sig, a_t, c_t, b_t = to_device([f[:-1], a, c, b], dtype, device)
         return CFGppProgram(
             f"{method}_cfgpp", sigma_rows(sig, batch), list(a_t.unbind(0)), list(c_t.unbind(0)),
-            [list(r.unbind(0)) for r in b_t], nb, s.host,
+            [list(r.unbind(0)) for r in b_t], nb, s.host, inf_start=bool(np.isinf(f[0])),
         )  # fmt: skip
 
     return build
