@@ -10,7 +10,7 @@ import functools
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import torch
@@ -39,6 +39,11 @@ SD_BETAS: dict[str, Any] = {
     "beta_end": 0.012,
 }
 Cond = Callable[[int], dict[str, Any]]
+
+
+class Named(NamedTuple):
+    a: Tensor
+    b: int
 
 
 def _perturbed(model: nn.Module) -> nn.Module:
@@ -403,6 +408,10 @@ def test_precision_rule_and_errors() -> None:
     out = cast_floats(cond, torch.bfloat16)
     assert out["a"].dtype == torch.bfloat16 and out["b"]["c"][0].dtype == torch.bfloat16
     assert out["b"]["c"][1].dtype == torch.long and isinstance(out["b"]["c"], list)
+    pair = cast_floats(torch.return_types.max((torch.ones(1), torch.zeros(1, dtype=torch.long))), torch.float16)
+    assert pair.values.dtype == torch.float16 and pair.indices.dtype == torch.long
+    named = cast_floats(Named(torch.ones(1), 3), torch.bfloat16)
+    assert isinstance(named, Named) and named.a.dtype == torch.bfloat16 and named.b == 3
 
 
 @pytest.mark.cuda

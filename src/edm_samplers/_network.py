@@ -138,7 +138,9 @@ def cast_floats(obj: Any, dtype: torch.dtype | None) -> Any:
         return obj.to(dtype) if obj.is_floating_point() and obj.dtype != dtype else obj
     if isinstance(obj, Mapping):
         return {k: cast_floats(v, dtype) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a NamedTuple takes its fields as arguments
+        return type(obj)(*(cast_floats(v, dtype) for v in obj))
+    if isinstance(obj, (list, tuple)):
         return type(obj)(cast_floats(v, dtype) for v in obj)
     return obj
 
