@@ -38,10 +38,10 @@ from edm_samplers.solvers.api import sampler_function
 from edm_samplers.solvers.multistep import multistep_plan
 from edm_samplers.solvers.plans import PLANS
 from strategies import schedules
+from test_graph_cpu_capture import FakeCuda, _replays_match_eager, fake_cuda, mixture  # noqa: F401  (fixture)
 
 # The CFG++ samplers take a guided denoiser: their start from inf is tested in test_cfgpp.py.
 PLAIN = sorted(n for n in registry.names() if not registry.get(n).guided)
-from test_graph_cpu_capture import FakeCuda, _replays_match_eager, fake_cuda, mixture  # noqa: F401  (fixture)
 
 INF = math.inf
 F64 = torch.float64

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from .adapters import DDPMDenoiser
+from .adapters import DDPMDenoiser, ModelCall, learned_variance_for
 
 __all__ = ["from_diffusers"]
 
@@ -152,6 +152,7 @@ def from_diffusers(
     timestep: Literal["interpolate", "quantize"] = "interpolate",
     learned_variance: bool | None = None,
     net_dtype: torch.dtype | None = None,
+    call: ModelCall | None = None,
 ) -> DDPMDenoiser:
     """A diffusers model (``UNet2DModel`` or anything called as ``model(x_t, t, **cond)``) as a denoiser.
 
@@ -182,8 +183,13 @@ def from_diffusers(
         scheduler_or_config: a scheduler instance or its ``config`` mapping.
         prediction: override the config's ``prediction_type``.
         timestep: "interpolate" (diffusers' Euler/Heun/DPM convention) or "quantize".
-        learned_variance: override the config's ``variance_type``.
-        net_dtype: run the model in this dtype (e.g. ``torch.float16``); D stays at least float32.
+        learned_variance: whether the model returns mean and variance channels; None: from the model's config
+            (``out_channels == 2 * in_channels``: DiT, PixArt-alpha), else the scheduler's ``variance_type``,
+            else decided on the output's shape (:func:`~edm_samplers.adapters.learned_variance_for`).
+        net_dtype: the precision the model runs in (e.g. ``torch.bfloat16`` autocasts a float32 model); D
+            stays at least float32. See :class:`~edm_samplers.DDPMDenoiser`.
+        call: a hook ``call(model, x_t, t, cond) -> output`` for a model the default call (``timestep`` by
+            name where the signature needs it) does not fit.
 
     Raises:
         ImportError: if diffusers is not installed.
@@ -199,8 +205,7 @@ def from_diffusers(
             "support it (DDPMDenoiser(model, alphas_cumprod[:-1]) drops the last step)"
         )
     pred = prediction if prediction is not None else str(cfg.get("prediction_type", "epsilon"))
-    if learned_variance is None:
-        learned_variance = cfg.get("variance_type") in ("learned", "learned_range")
+    lv = learned_variance_for(model, cfg.get("variance_type")) if learned_variance is None else learned_variance
     return DDPMDenoiser(
-        model, abar, prediction=pred, timestep=timestep, learned_variance=learned_variance, net_dtype=net_dtype
+        model, abar, prediction=pred, timestep=timestep, learned_variance=lv, net_dtype=net_dtype, call=call
     )

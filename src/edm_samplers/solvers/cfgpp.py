@@ -19,8 +19,8 @@ guide's estimate D_u, one step of the library's data-prediction update
 
 With D = D_u (lambda = 0, or a guide equal to the main model) both reduce to their plain samplers, and the
 step to sigma = 0 returns D exactly. From sigma_0 = inf (x = unit noise n) the first step is the limit
-D_0 + sigma_1 n of both: the unconditional estimate drops out there. Schedules must be strictly decreasing: at a repeated level (a = 1,
-b = 0) a CFG++ step would still add D - D_u without moving sigma.
+D_0 + sigma_1 n of both: the unconditional estimate drops out there. Schedules must be strictly decreasing: at
+a repeated level (a = 1, b = 0) a CFG++ step would still add D - D_u without moving sigma.
 
 The denoiser must be a guided one (:func:`~edm_samplers.guided`: its ``both`` method returns D and D_u); a
 plain denoiser raises ``TypeError`` before the first evaluation. One guided evaluation per step (two network
