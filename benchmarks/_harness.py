@@ -44,8 +44,8 @@ EXTRA = (
 
 
 def library_samplers() -> list[str]:
-    """Every sampler of the library as a label: registry names, then :data:`EXTRA`."""
-    return [*REGISTRY, *EXTRA]
+    """Every sampler of the library for a plain denoiser as a label: registry names, then :data:`EXTRA`."""
+    return [*(n for n, s in REGISTRY.items() if not s.guided), *EXTRA]  # CFG++ needs a guided denoiser
 
 
 def _valid(text: str) -> bool:

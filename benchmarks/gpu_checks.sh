@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The checks that need a CUDA device, in one go (issue 6): the CUDA tests, the graphed U-Net benchmark,
-# the sampler-overhead benchmark, then the whole suite. Logs and JSON go to $OUT (default ./gpu_out).
+# the sampler-overhead benchmark, batched vs two-call CFG, then the whole suite. Logs and JSON go to $OUT (default ./gpu_out).
 # Usage: bash benchmarks/gpu_checks.sh   (from the repository root; uses src/ directly, no install needed)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +18,13 @@ timeout 240 $PY benchmarks/graph_unet.py "${args[@]}" --json "$OUT/graph_unet.js
 echo "== sampler overhead (free denoiser)"
 if [ "$QUICK" = 1 ]; then args=(--shapes 1,3,32,32 --rounds 1); else args=(); fi
 timeout 120 $PY benchmarks/overhead.py --no-compile "${args[@]}" --json "$OUT/overhead.json" 2>&1 | grep '^#' | tee "$OUT/overhead.log"
+echo "== batched vs two-call classifier-free guidance (issue 13)"
+if [ "$QUICK" = 1 ]; then args=(--nets digits --batches 1 --rounds 1 --reps 1); else args=(--rounds 7 --reps 5); fi
+if $PY -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() or "'"$QUICK"'" == "1" else 1)'; then
+  timeout 150 $PY benchmarks/guidance_batch.py "${args[@]}" --json "$OUT/guidance_batch.json" 2>&1 | grep -v Warning | tee "$OUT/guidance_batch.log"
+else
+  echo "no CUDA device: skipped" | tee "$OUT/guidance_batch.log"
+fi
 if [ "$QUICK" != 1 ]; then
   echo "== whole test suite"
   timeout "${SUITE_TIMEOUT:-150}" $PY -m pytest -q -p no:cacheprovider -x 2>&1 | tee "$OUT/suite.log" | tail -15

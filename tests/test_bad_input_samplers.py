@@ -90,7 +90,10 @@ def with_nan(t: Tensor) -> Tensor:
 
 SIGMAS = [
     put("sigmas", "nan", RAISE, lambda: [8.0, float("nan"), 0.0]),
-    put("sigmas", "inf", RAISE, lambda: [float("inf"), 1.0, 0.0]),
+    put("sigmas", "inf inside", RAISE, lambda: [8.0, float("inf"), 0.0]),
+    put("sigmas", "inf last", RAISE, lambda: [float("inf"), float("inf")]),
+    put("sigmas", "-inf first", RAISE, lambda: [-float("inf"), 1.0, 0.0]),
+    put("sigmas", "inf first", OK, lambda: [float("inf"), 1.0, 0.0]),  # a start from pure noise (x = unit noise)
     put("sigmas", "increasing", RAISE, lambda: [2.0, 8.0, 0.0]),
     put("sigmas", "zero inside", RAISE, lambda: [8.0, 0.0, 0.0]),
     put("sigmas", "negative", RAISE, lambda: [8.0, -1.0]),

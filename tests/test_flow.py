@@ -70,24 +70,33 @@ def test_denoiser_at_infinity_sees_the_noise_itself() -> None:
     assert bool(torch.isfinite(d).all())
     # A scalar inf is broadcast like any sigma; NaN is still rejected at the entry.
     assert torch.isfinite(den(n, INF)).all()
-    with pytest.raises(ValueError, match="sigma must be not NaN and > 0"):
+    with pytest.raises(ValueError, match=r"sigma must be > 0 \(inf allowed\)"):
         den(n, torch.tensor([math.nan, 1.0]))
 
 
-def test_floor_timestep_positional_call_and_cond() -> None:
+def test_floor_timestep_and_call_conventions() -> None:
     calls: list[torch.Tensor] = []
 
     def positional(x_t: torch.Tensor, t: torch.Tensor, *, extra: float) -> torch.Tensor:
         calls.append(t)
         return x_t * extra
 
-    den = FlowDenoiser(positional, time_scale=2000.0, timestep="floor", input_names=None)
+    den = FlowDenoiser(positional, time_scale=2000.0, timestep="floor")
     x = torch.ones(2, 3)
     den(x, torch.tensor([0.9997 / 0.0003, 1.0]), extra=0.5)  # t = 0.9997 and 0.5
     # floor(1000 t) on the num_train_timesteps grid, then scaled: 999 * 2 and 500 * 2.
     torch.testing.assert_close(calls[-1], torch.tensor([1998.0, 1000.0]))
-    with pytest.raises(ValueError, match=r"cond has the key\(s\) \['timestep'\]"):
-        FlowDenoiser(Spy(), time_scale=1.0)(x, 1.0, timestep=3)
+
+    def transformer_like(hidden_states: torch.Tensor, context: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        calls.append(timestep)
+        return hidden_states + context
+
+    # timestep elsewhere than 2nd (every diffusers transformer): passed by name, the conditioning by keyword.
+    d = FlowDenoiser(transformer_like, time_scale=1.0)(x, torch.tensor([1.0, 3.0]), context=torch.zeros(2, 3))
+    torch.testing.assert_close(calls[-1], torch.tensor([0.5, 0.75]))
+    torch.testing.assert_close(d, x / torch.tensor([[2.0], [4.0]]) * (1 - torch.tensor([[0.5], [0.75]])))
+    hooked = FlowDenoiser(transformer_like, time_scale=1.0, call=lambda m, x_t, t, c: m(x_t, 0 * x_t, t))
+    torch.testing.assert_close(hooked(x, 1.0), x / 2 - 0.5 * x / 2)
 
 
 @pytest.mark.parametrize(
@@ -96,8 +105,7 @@ def test_floor_timestep_positional_call_and_cond() -> None:
         ({}, TypeError, "time_scale"),
         ({"time_scale": 0.0}, ValueError, "time_scale must be > 0"),
         ({"time_scale": 1.0, "timestep": "round"}, ValueError, "timestep must be 'continuous'"),
-        ({"time_scale": 1.0, "input_names": ("x",)}, TypeError, "input_names must be None"),
-        ({"time_scale": 1.0, "input_names": ("x", "x")}, TypeError, "input_names must be None"),
+        ({"time_scale": 1.0, "call": 3}, TypeError, "call must be None or a function"),
         ({"time_scale": 1.0, "num_train_timesteps": 0}, ValueError, "num_train_timesteps must be >= 1"),
     ],
 )
@@ -304,7 +312,7 @@ def flux(diffusers_mod: Any) -> tuple[torch.nn.Module, dict[str, torch.Tensor], 
 
 
 def flux_ids() -> dict[str, torch.Tensor]:
-    # Position ids are shared by the batch (2-D, no batch dimension): bound to the model, not passed as cond,
+    # Position ids are shared by the batch (2-D, no batch dimension): bound in a call hook, not passed as cond,
     # whose tensors the samplers check for a batch dimension.
     img = torch.zeros(16, 3)
     img[:, 1] = torch.arange(16) // 4
@@ -400,20 +408,25 @@ def test_euler_matches_flowmatch_euler_from_pure_noise(sd3: Any, diffusers_mod: 
 
 
 @diffusers_mark
+@needs_inf
 def test_flux_euler_dynamic_shift_with_guidance_embedding(flux: Any, diffusers_mod: Any) -> None:
     model, cond, lat = flux
     n = 5
-    mu = flow_shift_mu(16)
+    mu = flow_shift_mu(16)  # 4x4 packed tokens
     sched = diffusers_mod.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)
-    bound = functools.partial(model, **flux_ids())
+    ids = flux_ids()
     # Flux's pipeline passes timestep / 1000 (the transformer multiplies by 1000 itself): time_scale = 1.
-    states = diffusers_loop(bound, sched, lat, cond, n, mu=mu, time_div=1000.0)
-    assert es.from_diffusers(model, sched).time_scale == 1.0  # read from the class
-    den = FlowDenoiser(bound, time_scale=1.0)
+    ref = diffusers_loop(functools.partial(model, **ids), sched, lat, cond, n, mu=mu, time_div=1000.0)[-1]
+
+    def call(m: Any, x_t: torch.Tensor, t: torch.Tensor, c: dict[str, Any]) -> Any:
+        return m(x_t, timestep=t, **ids, **c)  # the batch-shared ids bound here, not passed as cond
+
+    den = es.from_diffusers(model, sched, call=call)
+    assert isinstance(den, FlowDenoiser) and den.time_scale == 1.0  # read from the class
     sig = flow_scheduler_sigmas(sched, n, mu=mu)
     with torch.no_grad():
-        ours = es.euler_sample(den, states[1] * (1 + float(sig[1])), sig[1:], cond=cond, dtype=torch.float32)
-    assert rel(ours, states[-1]) <= TOL
+        ours = es.euler_sample(den, flow_initial_x(lat, sig), sig, cond=cond, dtype=torch.float32)
+    assert rel(ours, ref) <= TOL
 
 
 # diffusers' defaults: solver_order=2, lower_order_final=True (the last step to 0 is first order), DPM-Solver++

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from edm_samplers import heun_sample, karras_sigmas
 from edm_samplers.evaluation import GaussianMixture
-from edm_samplers.guidance import guided
+from edm_samplers.guidance import guided, null_condition
 from edm_samplers.precond import EDMPrecond
 from edm_samplers.schedule_fit import clamp_sigmas
 
@@ -120,3 +120,131 @@ def test_errors() -> None:
         guided(d, d, 2.0, interval_check="always")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="guide_cond must be a mapping"):
         guided(d, d, 2.0, guide_cond=[1])  # type: ignore[arg-type]
+
+
+# ---- batched classifier-free guidance ----------------------------------------------------------------------
+
+
+class Net:
+    """A nonlinear conditional "network": D = tanh(x W + emb[label] + ctx.mean + sigma); counts calls and rows."""
+
+    def __init__(self) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.w = torch.randn(4, 4, generator=g)
+        self.emb = torch.randn(11, 4, generator=g)
+        self.calls: list[int] = []
+
+    def __call__(self, x: Tensor, sigma: Tensor, **cond: Any) -> Tensor:
+        self.calls.append(x.shape[0])
+        out = x @ self.w + self.emb[cond["class_labels"]] + sigma[:, None]
+        extra = cond.get("extra")
+        if extra is not None:  # nested: a mapping holding a [batch, L, 4] context and a shared [L] weight
+            out = out + (extra["ctx"] * extra["pos"][None, :, None]).mean(1)
+        return torch.tanh(out) * cond.get("scale", 1.0)
+
+
+def _cfg_inputs(batch: int = 5) -> tuple[Tensor, Tensor, dict[str, Any], dict[str, Any]]:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, 4, generator=g)
+    sigma = torch.rand(batch, generator=g) * 3
+    ctx = torch.randn(batch, 3, 4, generator=g)
+    pos = torch.rand(3, generator=g)  # no batch dimension: shared by both calls, passed once
+    cond = {"class_labels": torch.arange(batch) % 10, "extra": {"ctx": ctx, "pos": pos}, "scale": 2.0}
+    null = {"class_labels": torch.full((batch,), 10), "extra": {"ctx": torch.zeros_like(ctx), "pos": pos}}
+    return x, sigma, cond, null
+
+
+@pytest.mark.parametrize("w", [0.0, 0.5, 3.0])
+@pytest.mark.parametrize("interval", [None, (0.5, 2.0), (10.0, 20.0)])
+@pytest.mark.parametrize("mode", ["auto", "host", "mask"])
+def test_batched_equals_two_calls(w: float, interval: tuple[float, float] | None, mode: str) -> None:
+    x, sigma, cond, null = _cfg_inputs()
+    net = Net()
+    kw: dict[str, Any] = {"guide_cond": null, "sigma_interval": interval, "interval_check": mode}
+    two = guided(net, net, w, batched=False, **kw)
+    one = guided(net, net, w, **kw)
+    want = two(x, sigma, **cond)
+    n_two = len(net.calls)
+    got = one(x, sigma, **cond)
+    # One [2B] matmul vs two [B] ones: the same dot products, possibly blocked differently by the CPU kernel;
+    # float32 round-off of a sum of 4 products, then tanh (contracting) times 2.
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    skipped = interval == (10.0, 20.0) and mode != "mask"  # no row inside: the guide is never called
+    assert net.calls[n_two:] == ([5] if skipped else [10]) and net.calls[:n_two] == ([5] if skipped else [5, 5])
+    d, u = one.both(x, sigma, **cond)
+    d2, u2 = two.both(x, sigma, **cond)
+    torch.testing.assert_close((d, u), (d2, u2), rtol=1e-6, atol=1e-6)  # same bound as above
+
+
+def test_batched_falls_back_and_w_one_is_one_call() -> None:
+    x, sigma, cond, null = _cfg_inputs()
+    net = Net()
+    guided(net, net, 1.0, guide_cond=null)(x, sigma, **cond)
+    assert net.calls == [5]
+    # A condition the two calls cannot share (a tensor vs None) falls back to two calls, decided statically.
+    g = guided(net, net, 2.0, guide_cond={"extra": None})
+    g(x, sigma, **cond)
+    assert net.calls[1:] == [5, 5]
+    with pytest.raises(ValueError, match=r"batched=True, but .* cond\['extra'\]: dict / NoneType"):
+        guided(net, net, 2.0, guide_cond={"extra": None}, batched=True)(x, sigma, **cond)
+    # Autoguidance (two networks) is always two calls; batched=True is an error there.
+    other = Net()
+    guided(net, other, 2.0)(x, sigma, **cond)
+    assert net.calls[-1] == 5 and other.calls == [5]
+    with pytest.raises(ValueError, match="batched=True needs main and guide to be the same denoiser"):
+        guided(net, other, 2.0, batched=True)
+    with pytest.raises(TypeError, match="batched must be None"):
+        guided(net, net, 2.0, batched="yes")  # type: ignore[arg-type]
+    # A scalar sigma is broadcast to the rows; a denoiser returning the wrong batch is named.
+    torch.testing.assert_close(
+        guided(net, net, 2.0, guide_cond=null)(x, torch.tensor(1.5), **cond),
+        guided(net, net, 2.0, guide_cond=null, batched=False)(x, torch.full((5,), 1.5), **cond),
+        rtol=1e-6, atol=1e-6,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"returned \(5, 4\) for a batch of 2 x 5"):
+        bad = lambda x, s, **c: x[:5]  # noqa: E731
+        guided(bad, bad, 2.0)(x, sigma)
+
+
+def test_null_condition_conventions() -> None:
+    labels = torch.tensor([1, 2, 3])
+    net = Net()
+    with pytest.raises(ValueError, match="cannot tell the null class of Net: pass null_class="):
+        null_condition(net, {"class_labels": labels})
+    out = null_condition(net, {"class_labels": labels, "scale": 2.0}, null_class=10)
+    assert set(out) == {"class_labels"} and out["class_labels"].tolist() == [10, 10, 10]
+    assert out["class_labels"].dtype == labels.dtype
+    # Text models: the empty-prompt embedding is the caller's; a [1, ...] one expands to the batch (a view).
+    text = {"encoder_hidden_states": torch.randn(3, 7, 8)}
+    with pytest.raises(ValueError, match=r"text condition \['encoder_hidden_states'\].*empty prompt"):
+        null_condition(net, text)
+    empty = torch.randn(1, 7, 8)
+    out = null_condition(net, text, encoder_hidden_states=empty)
+    ehs = out["encoder_hidden_states"]
+    assert ehs.shape == (3, 7, 8) and ehs.data_ptr() == empty.data_ptr()
+    with pytest.raises(ValueError, match=r"not keys of cond"):
+        null_condition(net, text, encoder_hidden_state=empty)
+    with pytest.raises(ValueError, match="null_class was given but cond has no 'class_labels'"):
+        null_condition(net, text, null_class=3, encoder_hidden_states=empty)
+    with pytest.raises(TypeError, match="cond must be the mapping"):
+        null_condition(net, [1])  # type: ignore[arg-type]
+
+
+def test_guided_forwards_support_for_an_infinite_first_level() -> None:
+    # A guided eps-prediction adapter would be NaN at sigma = inf: the samplers' entry must refuse it as it
+    # refuses the adapter alone; a guided pair of denoisers defined at inf samples from it.
+    import math
+
+    from edm_samplers import euler_sample
+    from edm_samplers.adapters import DDPMDenoiser
+    from edm_samplers.evaluation import GaussianMixture
+
+    abar = torch.linspace(0.99, 0.01, 10, dtype=torch.float64)
+    eps_model = DDPMDenoiser(lambda x, t: torch.zeros_like(x), abar, prediction="eps")
+    g = guided(eps_model, eps_model, 2.0)
+    assert g.supports_infinite_sigma is False
+    with pytest.raises(ValueError, match="sigma = inf"):
+        euler_sample(g, torch.zeros(2, 3), [math.inf, 1.0, 0.0])
+    gm = GaussianMixture(torch.tensor([[1.0, 0.0, -1.0]], dtype=torch.float64), 0.5)
+    out = euler_sample(guided(gm, gm, 2.0), torch.ones(2, 3, dtype=torch.float64), [math.inf, 1.0, 0.0])
+    assert bool(torch.isfinite(out).all())

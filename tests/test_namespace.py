@@ -84,6 +84,8 @@ TOP = {
     "deis_sample",
     "ipndm_sample",
     "lms_sample",
+    "euler_cfgpp_sample",
+    "dpmpp_2m_cfgpp_sample",
     # schedules
     "karras_sigmas",
     "loglinear_sigmas",
@@ -122,6 +124,7 @@ TOP = {
     "flow_initial_x",
     "Guided",
     "guided",
+    "null_condition",
     # noise
     "PerSampleNoise",
     "GlobalNoise",

@@ -19,7 +19,7 @@ from edm_samplers.solvers.knobs import Knob
 from edm_samplers.solvers.registry import REGISTRY, SolverSpec, get, label, parse_knobs, parse_label, register
 
 BUILTIN = ("euler", "heun", "stochastic", "generalized", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "dpmpp_3m_sde",
-           "deis", "lms", "ipndm", "unipc", "euler_ancestral", "dpm2")  # fmt: skip
+           "deis", "lms", "ipndm", "unipc", "euler_ancestral", "dpm2", "euler_cfgpp", "dpmpp_2m_cfgpp")  # fmt: skip
 
 
 def test_every_builtin_has_one_entry_and_one_public_function() -> None:

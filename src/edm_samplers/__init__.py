@@ -23,6 +23,7 @@ from .flow import flow_shift_mu as flow_shift_mu
 from .flow import flow_sigmas as flow_sigmas
 from .guidance import Guided as Guided
 from .guidance import guided as guided
+from .guidance import null_condition as null_condition
 from .noise import GlobalNoise as GlobalNoise
 from .noise import PerSampleNoise as PerSampleNoise
 from .noise import PrecomputedNoise as PrecomputedNoise
@@ -54,11 +55,13 @@ from .solvers import GraphedSampler as GraphedSampler
 from .solvers import count_nfe as count_nfe
 from .solvers import deis_sample as deis_sample
 from .solvers import dpm2_sample as dpm2_sample
+from .solvers import dpmpp_2m_cfgpp_sample as dpmpp_2m_cfgpp_sample
 from .solvers import dpmpp_2m_sample as dpmpp_2m_sample
 from .solvers import dpmpp_2m_sde_sample as dpmpp_2m_sde_sample
 from .solvers import dpmpp_3m_sample as dpmpp_3m_sample
 from .solvers import dpmpp_3m_sde_sample as dpmpp_3m_sde_sample
 from .solvers import euler_ancestral_sample as euler_ancestral_sample
+from .solvers import euler_cfgpp_sample as euler_cfgpp_sample
 from .solvers import euler_sample as euler_sample
 from .solvers import generalized_sample as generalized_sample
 from .solvers import generate as generate
@@ -99,12 +102,14 @@ __all__ = [
     "count_nfe",
     "deis_sample",
     "dpm2_sample",
+    "dpmpp_2m_cfgpp_sample",
     "dpmpp_2m_sample",
     "dpmpp_2m_sde_sample",
     "dpmpp_3m_sample",
     "dpmpp_3m_sde_sample",
     "edm_scalings",
     "euler_ancestral_sample",
+    "euler_cfgpp_sample",
     "euler_sample",
     "evaluation",
     "flow_initial_x",
@@ -127,6 +132,7 @@ __all__ = [
     "load_schedule",
     "loglinear_sigmas",
     "models",
+    "null_condition",
     "optimize_schedule",
     "save_schedule",
     "sigmas_from_alphas_cumprod",

@@ -105,6 +105,8 @@ def sampler_setup(sampler: str, opts: Sequence[str] | None) -> tuple[str, dict[s
     """(registry name, typed knobs) from --sampler / --opt; one-line SystemExit naming the valid ones."""
     if sampler not in REGISTRY:
         raise SystemExit(f"--sampler must be one of {', '.join(REGISTRY)}; got {sampler!r}")
+    if REGISTRY[sampler].guided:  # CFG++: needs guided(net, net, w, guide_cond=...), which the CLI does not build
+        raise SystemExit(f"--sampler {sampler} needs a guided denoiser (edm_samplers.guided); use it from Python")
     try:
         return sampler, parse_knobs(sampler, list(opts or []))
     except (TypeError, ValueError) as e:

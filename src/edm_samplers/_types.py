@@ -41,7 +41,9 @@ class StepInfo(NamedTuple):
 
     ``x`` is the state the denoiser was evaluated on (at noise level ``sigma_hat``: equal to ``sigma``
     unless the step added churn noise), ``denoised`` is D(x; sigma_hat), and ``x_next`` is the state
-    at ``sigma_next``. Noise levels are Python floats taken from the schedule (no device sync).
+    at ``sigma_next``. Noise levels are Python floats taken from the schedule (no device sync). On the first
+    step of a schedule starting at inf, ``sigma`` and ``sigma_hat`` are inf and ``x`` is the unit noise the
+    denoiser saw (docs/api.md, "Starting at sigma = inf").
     """
 
     i: int

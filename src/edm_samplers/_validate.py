@@ -47,12 +47,18 @@ def check_float(
     return v
 
 
-def check_sigmas(sigmas: object, *, name: str = "sigmas", final_zero: bool = False) -> Tensor:
+def check_sigmas(
+    sigmas: object, *, name: str = "sigmas", final_zero: bool = False, allow_inf_first: bool = False
+) -> Tensor:
     """Validate a noise-level schedule and return it as a float64 CPU tensor.
 
     Requirements: a 1-D floating tensor (or sequence of numbers) with at least two entries, finite,
     non-negative, non-increasing, and zero nowhere except possibly at the end (a zero in the middle
     would divide by zero in the next step). With ``final_zero`` the last entry must be 0.
+
+    With ``allow_inf_first`` (the samplers), ``sigmas[0]`` may be ``inf``: the start from pure noise, where the
+    state is unit-variance noise (docs/api.md, "Starting at sigma = inf"). ``inf`` anywhere else, or a schedule
+    that is all ``inf`` but its last entry when that is also ``inf``, is rejected.
     """
     if isinstance(sigmas, Tensor):
         if not (sigmas.is_floating_point()):
@@ -74,8 +80,19 @@ def check_sigmas(sigmas: object, *, name: str = "sigmas", final_zero: bool = Fal
             f"{name} needs at least 2 entries (a start and an end noise level), got {s.numel()}; "
             "build one with e.g. karras_sigmas(num_steps)"
         )
-    if not bool(torch.isfinite(s).all()):
-        raise ValueError(f"{name} must be finite, got {s.tolist()}")
+    inf = torch.isposinf(s)
+    if bool(inf[1:].any()):
+        i = int(torch.nonzero(inf[1:])[0]) + 1
+        raise ValueError(
+            f"{name} may be inf only at index 0 (the start from pure noise), but {name}[{i}] = inf; got {s.tolist()}"
+        )
+    if bool(inf[0]) and not allow_inf_first:
+        raise ValueError(
+            f"{name}[0] = inf (a start from pure noise) is not supported here, only by the samplers; "
+            f"pass a finite schedule, e.g. with {name}[0] replaced by the model's sigma_max"
+        )
+    if not bool(torch.isfinite(s[1:]).all()) or bool(torch.isnan(s[0])) or bool(torch.isneginf(s[0])):
+        raise ValueError(f"{name} must be finite (sigmas[0] may be inf for the samplers), got {s.tolist()}")
     if bool((s < 0).any()):
         raise ValueError(f"{name} must be >= 0, got {s.tolist()}")
     if bool((s[1:] > s[:-1]).any()):
@@ -116,6 +133,19 @@ def state_dtype(x: Tensor, dtype: torch.dtype | None) -> torch.dtype:
 def check_denoiser(denoiser: object) -> None:
     if not callable(denoiser):
         raise TypeError(f"denoiser must be callable as denoiser(x, sigma, **cond), got {type(denoiser).__name__}")
+
+
+def check_infinite_sigma(denoiser: object, name: str = "denoiser") -> None:
+    """A schedule starting at sigma = inf calls the denoiser at sigma = inf with unit noise as x: refuse a denoiser
+    that says it cannot (attribute ``supports_infinite_sigma`` False, e.g. eps-prediction adapters and the EDM
+    preconditioners); a plain callable without the attribute is trusted with the convention (docs/api.md)."""
+    if getattr(denoiser, "supports_infinite_sigma", True) is False:
+        why = getattr(denoiser, "infinite_sigma_reason", "")
+        raise ValueError(
+            f"sigmas[0] = inf (a start from pure noise) calls the {name} at sigma = inf, which "
+            f"{type(denoiser).__name__} does not support{f' ({why})' if why else ''}; start at a finite level "
+            "instead (e.g. the largest level the model was trained at) with x = initial_x(latents, sigmas)"
+        )
 
 
 def check_callback(callback: object) -> None:
@@ -176,7 +206,7 @@ def check_sigmas_fit(s: Tensor, dtype: torch.dtype, name: str = "sigmas") -> Non
     wide = torch.finfo(torch.promote_types(dtype, torch.float32))
     lo, hi = math.sqrt(wide.smallest_normal), math.sqrt(wide.max)
     cast = s.to(dtype)
-    pos = s > 0
+    pos = (s > 0) & torch.isfinite(s)  # a first level of inf (pure noise) is never squared: no range to fit
     bad = pos & ((s < lo) | (s > hi) | torch.isinf(cast) | (cast == 0))
     if bool(bad.any()):
         i = int(torch.nonzero(bad)[0])
@@ -344,36 +374,34 @@ def check_nonnegative_values(
     too_large: str = "",
     allow_inf: bool = False,
 ) -> Tensor:
-    """Reject NaN, infinite (unless ``allow_inf``: +inf is then valid) or negative (with ``positive``, also zero)
-    entries of ``t``, and entries above a finite ``maximum`` (``too_large`` says why), when that is free (see
-    :func:`values_on_host`); otherwise (accelerator, compile, tracing) return ``t`` with negative or NaN entries
-    set to NaN, so the result is NaN (caught by the samplers' finite check) rather than finite and wrong. Never
-    syncs.
+    """Reject NaN, infinite or negative (with ``positive``, also zero) entries of ``t``, and entries above a finite
+    ``maximum`` (``too_large`` says why), when that is free (see :func:`values_on_host`); otherwise (accelerator,
+    compile, tracing) return ``t`` with negative or NaN entries set to NaN, so the result is NaN (caught by the
+    samplers' finite check) rather than finite and wrong. Never syncs.
 
     The host check reads small tensors through ``tolist`` (about 2 us for a batch of 16, a tenth of the
     tensor-op version): it runs on every denoiser call of a CPU sampling loop.
+
+    ``allow_inf``: +inf passes (a denoiser defined at sigma = inf, the start from pure noise).
     """
     lo = 0.0
+    if allow_inf:
+        return _nonnegative_or_inf(t, name, fix=fix, positive=positive)
     if values_on_host(t):
         try:
             if t.numel() <= 4096:
                 vals = t.detach().reshape(-1).tolist()
-                if allow_inf:  # NaN fails lo < v as well
-                    ok = all(lo < v for v in vals) if positive else all(lo <= v for v in vals)
-                else:
-                    ok = all(lo < v < math.inf for v in vals) if positive else all(lo <= v < math.inf for v in vals)
+                ok = all(lo < v < math.inf for v in vals) if positive else all(lo <= v < math.inf for v in vals)
                 big = maximum < math.inf and any(v > maximum for v in vals)
             else:
-                finite = ~torch.isnan(t) if allow_inf else torch.isfinite(t)
-                ok = bool((finite & ((t > lo) if positive else (t >= lo))).all())
+                ok = bool((torch.isfinite(t) & ((t > lo) if positive else (t >= lo))).all())
                 big = maximum < math.inf and bool((t > maximum).any())
         except RuntimeError:  # a functorch transform (vmap) cannot read values: fall back to NaN
             return nan_where_invalid(t, (t > lo) if positive else (t >= lo))
         if not ok:
-            valid = (~torch.isnan(t) if allow_inf else torch.isfinite(t)) & ((t > lo) if positive else (t >= lo))
+            valid = torch.isfinite(t) & ((t > lo) if positive else (t >= lo))
             bound = "> 0" if positive else ">= 0"
-            what = "not NaN" if allow_inf else "finite"
-            raise ValueError(f"{name} must be {what} and {bound}, got {name}{first_bad(t, ~valid)}; {fix}")
+            raise ValueError(f"{name} must be finite and {bound}, got {name}{first_bad(t, ~valid)}; {fix}")
         if big:
             raise ValueError(
                 f"{name} must be <= {maximum:.4g} here, got {name}{first_bad(t, t > maximum)}; {too_large}"
@@ -383,13 +411,31 @@ def check_nonnegative_values(
     return nan_where_invalid(t, (t > lo) if positive else (t >= lo))
 
 
-def check_strict_schedule(s: Tensor, what: str, *, final_zero: bool | None = True, fix: str = "") -> Tensor:
+def _nonnegative_or_inf(t: Tensor, name: str, *, fix: str, positive: bool) -> Tensor:
+    """:func:`check_nonnegative_values` letting +inf through (no maximum): host check when free, else NaN."""
+    valid = (t > 0) if positive else (t >= 0)  # +inf passes, NaN fails
+    if values_on_host(t):
+        try:
+            ok = bool(valid.all())
+        except RuntimeError:  # a functorch transform (vmap) cannot read values: fall back to NaN
+            return nan_where_invalid(t, valid)
+        if not ok:
+            bound = "> 0" if positive else ">= 0"
+            raise ValueError(f"{name} must be {bound} (inf allowed), got {name}{first_bad(t, ~valid)}; {fix}")
+        return t
+    return nan_where_invalid(t, valid)
+
+
+def check_strict_schedule(
+    s: Tensor, what: str, *, final_zero: bool | None = True, fix: str = "", allow_inf_first: bool = False
+) -> Tensor:
     """Check a schedule produced by the library (a builder's output, after any cast).
 
     Requirements: 1-D floating, at least one positive level, every entry finite, the positive levels strictly
     decreasing, and a single 0 at the end (``final_zero=True``), none (``False``) or either (``None``).
     ``what`` names the call in the message (e.g. ``"karras_sigmas(num_steps=5, ...)"``); ``fix`` says what to
-    change. Runs on the host once per call.
+    change. With ``allow_inf_first`` the first level may be inf (a start from pure noise). Runs on the host once
+    per call.
     """
     if not isinstance(s, Tensor) or s.ndim != 1 or not s.is_floating_point():
         raise TypeError(f"{what} must be a 1-D floating tensor, got {s!r}")
@@ -403,7 +449,8 @@ def check_strict_schedule(s: Tensor, what: str, *, final_zero: bool | None = Tru
     pos = v[:-1] if ends_in_zero else v
     if pos.numel() < 1:
         raise ValueError(f"{what} has no positive noise level, got {v.tolist()}{tail}")
-    if not bool(torch.isfinite(pos).all()):
+    head_ok = allow_inf_first and bool(torch.isposinf(pos[0]))
+    if not bool(torch.isfinite(pos[1:] if head_ok else pos).all()):
         raise ValueError(f"{what} gives non-finite levels (overflow): {_short(v)}{tail}")
     if not bool((pos > 0).all()):
         i = int(torch.nonzero(~(pos > 0))[0])

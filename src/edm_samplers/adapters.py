@@ -17,6 +17,13 @@ sigma_t = sqrt((1 - abar_t) / abar_t). With alpha = 1/sqrt(1 + sigma^2):
 
 **VE models** (NCSN++) see x itself (s = 1); eps- and x0-prediction as above (v is a VP notion).
 
+**At sigma = inf** (a schedule starting from pure noise; docs/api.md) the state x is the unit noise n, the limit of
+x / sigma, and a VP model's input x / sqrt(1 + sigma^2) tends to n: the adapters feed n itself there
+(``model_input``) and take D's limit (``to_denoised``): x0-prediction D = the output, v-prediction D = -v
+(alpha = 0, sigma_VP = 1 at zero SNR). eps-prediction cannot recover the data at zero SNR (D = x - sigma eps has no
+limit) and VE models see x itself (infinite): those adapters say ``supports_infinite_sigma = False`` and the
+samplers refuse an infinite first level for them. A discrete model is evaluated at its last trained step there.
+
 The time input of a discrete model is a fractional timestep obtained by linear interpolation of
 log sigma_t between trained steps (``timestep="interpolate"``, k-diffusion's and diffusers' convention),
 or the nearest trained step in log sigma (``timestep="quantize"``; then :meth:`DDPMDenoiser.round_sigma`
@@ -27,7 +34,7 @@ scaling always uses the sigma the sampler asked for. See docs/adapters.md for di
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import torch
@@ -35,11 +42,16 @@ from torch import Tensor, nn
 
 from ._network import append_dims as _append_dims
 from ._network import as_sigma as _as_sigma
+from ._network import call_by_signature as _call_by_signature
 from ._network import check_net_dtype as _check_net_dtype
 from ._network import compute_dtype_and_sigma as _compute_dtype_and_sigma
-from ._network import net_dtype_of as _net_dtype
+from ._network import net_autocast as _net_autocast
+from ._network import net_inputs as _net_inputs
+from ._network import net_precision as _net_precision
 from ._network import split_variance as _split_variance
-from ._validate import check_flag, check_float
+from ._network import time_keyword_of as _time_keyword_of
+from ._network import unwrap_output as _unwrap_output
+from ._validate import check_float
 from .schedules import vp_sigma, vp_sigma_inv
 
 __all__ = ["ContinuousDenoiser", "DDPMDenoiser", "sigmas_from_alphas_cumprod"]
@@ -64,24 +76,68 @@ def _check_prediction(prediction: object) -> Prediction:
     return _PREDICTION_ALIASES[prediction]
 
 
-def _unwrap_output(out: object) -> object:
-    # diffusers models return a dataclass with .sample (UNet2DOutput) or a tuple with return_dict=False.
-    if isinstance(out, Tensor):
-        return out
-    sample = getattr(out, "sample", None)
-    if isinstance(sample, Tensor):
-        return sample
-    if isinstance(out, (tuple, list)) and len(out) > 0:
-        return out[0]
-    return out
+ModelCall = Callable[[Any, Tensor, Tensor, dict[str, Any]], Any]
+"""A call hook ``call(model, x_t, t, cond) -> output`` for a model the keyword rule does not fit."""
+
+LearnedVariance = bool | Literal["auto"]
+
+
+def _check_learned_variance(value: object) -> LearnedVariance:
+    if isinstance(value, str) and value == "auto":
+        return "auto"
+    if not isinstance(value, bool):
+        raise TypeError(
+            f"learned_variance must be True or False, got {type(value).__name__} {value!r} (or 'auto': keep the "
+            "first half of an output with twice x's channels)"
+        )
+    return value
+
+
+def _model_channels(model: object) -> tuple[int, int] | None:
+    """(in_channels, out_channels) from a diffusers model's config (out_channels None means in_channels)."""
+    cfg = getattr(getattr(model, "_orig_mod", model), "config", None)
+    if not isinstance(cfg, Mapping):
+        return None
+    c_in, c_out = cfg.get("in_channels"), cfg.get("out_channels")
+    if c_out is None:
+        c_out = c_in
+    if isinstance(c_in, bool) or isinstance(c_out, bool) or not isinstance(c_in, int) or not isinstance(c_out, int):
+        return None
+    return c_in, c_out
+
+
+def learned_variance_for(model: object, scheduler_variance_type: object) -> LearnedVariance:
+    """Whether a diffusers model returns mean and variance channels, decided without calling it.
+
+    The model's config decides when it can: ``out_channels == 2 * in_channels`` (DiT, PixArt-alpha, IF, ADM:
+    learned sigma, whatever the scheduler says: DiT ships a DDIMScheduler, which has no variance_type) or
+    ``out_channels == in_channels`` (no variance). Otherwise the scheduler's ``variance_type``
+    ("learned"/"learned_range") decides, and without either, "auto" (split an output with twice x's channels,
+    which a diffusers pipeline does too).
+
+    Raises:
+        ValueError: the scheduler says learned but the model's config has as many output as input channels.
+    """
+    sched_learned = scheduler_variance_type in ("learned", "learned_range")
+    ch = _model_channels(model)
+    if ch is not None and ch[1] == 2 * ch[0]:
+        return True
+    if ch is not None and ch[1] == ch[0]:
+        if sched_learned:
+            raise ValueError(
+                f"the scheduler has variance_type={scheduler_variance_type!r} (learned variance) but the model has "
+                f"out_channels == in_channels == {ch[0]}, so it returns no variance channels; pass "
+                "learned_variance=False (or True) to from_diffusers to say which is right"
+            )
+        return False
+    return True if sched_learned else "auto"
 
 
 class _Adapter(nn.Module, metaclass=abc.ABCMeta):
     """Shared forward: scale x, map sigma to the model's time, call, check, convert the prediction to D."""
 
     model: Callable[..., Any]
-    # Whether D(x; sigma = inf) is defined (the state is then unit noise); a family that is sets it to True.
-    accepts_inf_sigma: bool = False
+    call: ModelCall | None
 
     def __init__(
         self,
@@ -91,15 +147,24 @@ class _Adapter(nn.Module, metaclass=abc.ABCMeta):
         vp: bool,
         sigma_min: float,
         sigma_max: float,
-        learned_variance: bool,
+        learned_variance: LearnedVariance,
         net_dtype: torch.dtype | None,
+        call: ModelCall | None = None,
     ) -> None:
         super().__init__()
         if not callable(model):
             raise TypeError(
                 f"model must be an nn.Module or a callable model(x_t, t, **cond), got {type(model).__name__}"
             )
+        if call is not None and not callable(call):
+            raise TypeError(
+                f"call must be None or a function call(model, x_t, t, cond) -> output, got {type(call).__name__}"
+            )
         self.model = model
+        # A plain attribute, not a submodule: a hook is code, and its parameters (if any) are the model's.
+        object.__setattr__(self, "call", call)
+        # The model's signature is read once here, not per call.
+        self.time_keyword: str | None = None if call is not None else _time_keyword_of(model)
         self.prediction: Prediction = _check_prediction(prediction)
         if self.prediction == "v" and not vp:
             raise ValueError(
@@ -111,12 +176,30 @@ class _Adapter(nn.Module, metaclass=abc.ABCMeta):
         self.sigma_max = check_float(sigma_max, "sigma_max", positive=True, allow_inf=True)
         if not self.sigma_min < self.sigma_max:
             raise ValueError(f"sigma_min must be < sigma_max, got {self.sigma_min}, {self.sigma_max}")
-        self.learned_variance = check_flag(learned_variance, "learned_variance")
+        self.learned_variance: LearnedVariance = _check_learned_variance(learned_variance)
         self.net_dtype = _check_net_dtype(net_dtype)
+        _net_precision(model, self.net_dtype)  # an impossible net_dtype fails here, not in the first step
 
     @abc.abstractmethod
     def sigma_to_t(self, sigma: Tensor) -> Tensor:
         """The model's time input for noise levels ``sigma``."""
+
+    @property
+    def supports_infinite_sigma(self) -> bool:
+        """Whether D(x; inf) is defined (x = unit noise there): VP models predicting v or x0.
+
+        The samplers read it once at entry for a schedule starting at sigma = inf; a subclass (another model
+        family) overrides it together with :meth:`model_input` and :meth:`to_denoised`."""
+        return self.vp and self.prediction != "eps"
+
+    @property
+    def infinite_sigma_reason(self) -> str:
+        """Why :attr:`supports_infinite_sigma` is False (for the samplers' error message)."""
+        if not self.vp:
+            return "a VE model sees x itself, which is infinite at sigma = inf"
+        if self.prediction == "eps":
+            return "an eps-prediction cannot give the data at zero SNR: D = x - sigma eps has no limit"
+        return ""
 
     def round_sigma(self, sigma: Tensor | float) -> Tensor:
         """Identity: the model accepts any sigma in its range."""
@@ -129,18 +212,18 @@ class _Adapter(nn.Module, metaclass=abc.ABCMeta):
         :meth:`sigma_to_t` (its time input), :meth:`call_model` (the call itself) and :meth:`to_denoised`
         (its prediction to D).
         """
-        cdt, s = _compute_dtype_and_sigma(x, sigma, allow_inf=self.accepts_inf_sigma)
+        cdt, s = _compute_dtype_and_sigma(x, sigma, allow_inf=self.supports_infinite_sigma)
         xc = x.to(cdt)
         sb = _append_dims(s, x.ndim)
         x_in = self.model_input(xc, sb)
         t = self.sigma_to_t(s).to(cdt)
-        ndt = _net_dtype(self.model, self.net_dtype)
-        if ndt is not None and ndt != cdt:
-            x_in = x_in.to(ndt)
-            # The time input stays at least float32: float16 cannot even represent t = 999.5.
-            t = t.to(torch.promote_types(ndt, torch.float32))
-        out = self.call_model(x_in, t, cond)
-        if self.learned_variance:
+        precision = _net_precision(self.model, self.net_dtype)
+        x_in, t, cond = _net_inputs(precision, cdt, x_in, t, cond)
+        with _net_autocast(x.device, precision.autocast_dtype):
+            out = self.call_model(x_in, t, cond)
+        lv = self.learned_variance
+        # "auto" decides on the static output shape (no host sync): twice x's channels is mean and variance.
+        if lv is True or (lv == "auto" and out.shape != x.shape and out.ndim >= 2 and out.shape[1] == 2 * x.shape[1]):
             out = _split_variance(out, x.shape, "model")
         if out.shape != x.shape:
             raise ValueError(
@@ -153,15 +236,24 @@ class _Adapter(nn.Module, metaclass=abc.ABCMeta):
 
     def model_input(self, x: Tensor, sigma: Tensor) -> Tensor:
         """The model's input x_t for the state ``x`` at ``sigma`` (broadcast to x's ndim):
-        x / sqrt(1 + sigma^2) for a VP model, x for a VE one."""
-        return x * torch.rsqrt(sigma**2 + 1) if self.vp else x
+        x / sqrt(1 + sigma^2) for a VP model, x for a VE one; at sigma = inf (x = unit noise) its limit x."""
+        if not self.vp:
+            return x
+        scaled = x * torch.rsqrt(sigma**2 + 1)
+        # A where, not a branch: no sync; finite rows get exactly the scaled value.
+        return torch.where(torch.isinf(sigma), x, scaled) if self.supports_infinite_sigma else scaled
 
     def call_model(self, x_in: Tensor, t: Tensor, cond: dict[str, Any]) -> Tensor:
-        """Call the model on its input and time; unwrap a diffusers output (``.sample``) or a tuple."""
-        out = _unwrap_output(self.model(x_in, t, **cond))
-        if not isinstance(out, Tensor):
-            raise TypeError(f"model must return a torch.Tensor (or an output with .sample), got {type(out).__name__}")
-        return out
+        """Call the model on its input, time and conditioning; unwrap a diffusers output (``.sample``) or a tuple.
+
+        With a ``call`` hook: ``call(model, x_t, t, cond)``. Otherwise ``model(x_t, t, **cond)``, or
+        ``model(x_t, timestep=t, **cond)`` for a model whose signature has ``timestep`` elsewhere than 2nd
+        (:attr:`time_keyword`, read from the signature at construction).
+        """
+        hook: ModelCall | None = self.call
+        if hook is not None:
+            return _unwrap_output(hook(self.model, x_in, t, cond))
+        return _call_by_signature(self.model, x_in, t, cond, self.time_keyword)
 
     def to_denoised(self, x: Tensor, sigma: Tensor, out: Tensor) -> Tensor:
         """D from the model's prediction ``out`` (in x's compute dtype) for the state ``x`` at ``sigma``."""
@@ -170,8 +262,9 @@ class _Adapter(nn.Module, metaclass=abc.ABCMeta):
         if self.prediction == "x0":
             return out
         # v = alpha eps - sigma_VP y, alpha = 1/sqrt(1+sigma^2), sigma_VP = sigma alpha, x_t = alpha x:
-        # y = alpha x_t - sigma_VP v = x / (1 + sigma^2) - sigma / sqrt(1 + sigma^2) v.
-        return x / (1 + sigma**2) - sigma * torch.rsqrt(1 + sigma**2) * out
+        # y = alpha x_t - sigma_VP v = x / (1 + sigma^2) - sigma / sqrt(1 + sigma^2) v; at sigma = inf: -v.
+        d = x / (1 + sigma**2) - sigma * torch.rsqrt(1 + sigma**2) * out
+        return torch.where(torch.isinf(sigma), -out, d)
 
 
 class ContinuousDenoiser(_Adapter):
@@ -189,8 +282,11 @@ class ContinuousDenoiser(_Adapter):
         time_fn: sigma ``[batch]`` -> the model's time input ``[batch]``; see above for the default.
         beta_d, beta_min: VP schedule constants for the default ``time_fn`` and range (19.9, 0.1).
         sigma_min, sigma_max: valid range; default VP: sigma(1e-5) .. sigma(1); VE: 0.02 .. 100.
-        learned_variance: the model returns 2C channels on dim 1; keep the first C.
-        net_dtype: run the model in this dtype; D is computed in at least float32.
+        learned_variance: the model returns 2C channels on dim 1; keep the first C. "auto": do so when the
+            output has twice x's channels (a static shape test).
+        net_dtype: the precision the model runs in; see :class:`DDPMDenoiser`.
+        call: a hook ``call(model, x_t, t, cond) -> output`` replacing the default call; see
+            :class:`DDPMDenoiser`.
     """
 
     def __init__(
@@ -204,8 +300,9 @@ class ContinuousDenoiser(_Adapter):
         beta_min: float = 0.1,
         sigma_min: float | None = None,
         sigma_max: float | None = None,
-        learned_variance: bool = False,
+        learned_variance: LearnedVariance = False,
         net_dtype: torch.dtype | None = None,
+        call: ModelCall | None = None,
     ) -> None:
         if parameterization not in ("vp", "ve"):
             raise ValueError(f"parameterization must be 'vp' or 've', got {parameterization!r}")
@@ -227,9 +324,21 @@ class ContinuousDenoiser(_Adapter):
             sigma_max=hi_d if sigma_max is None else sigma_max,
             learned_variance=learned_variance,
             net_dtype=net_dtype,
+            call=call,
         )
         self.beta_d, self.beta_min = bd, bm
         self.time_fn = time_fn
+
+    @property
+    def supports_infinite_sigma(self) -> bool:
+        """VP, v or x0 prediction, and a ``time_fn`` (the default VP time sigma^-1(inf) is infinite)."""
+        return self.vp and self.prediction != "eps" and self.time_fn is not None
+
+    @property
+    def infinite_sigma_reason(self) -> str:
+        if self.vp and self.prediction != "eps" and self.time_fn is None:
+            return "the default VP time sigma^-1(inf) is infinite: pass time_fn giving a finite time at sigma = inf"
+        return super().infinite_sigma_reason
 
     def sigma_to_t(self, sigma: Tensor) -> Tensor:
         """The model's time input for noise level(s) sigma."""
@@ -279,7 +388,11 @@ class DDPMDenoiser(_Adapter):
     """A discrete-time DDPM-style model given its ``alphas_cumprod``, as a denoiser.
 
     Trained steps t = 0 .. T-1 have sigma_t = sqrt((1 - abar_t) / abar_t). The model is called as
-    ``model(x / sqrt(1 + sigma^2), t, **cond)`` with t from :meth:`sigma_to_t`.
+    ``model(x / sqrt(1 + sigma^2), t, **cond)`` with t from :meth:`sigma_to_t`; a model whose signature has
+    ``timestep`` elsewhere than 2nd (PixArt, SD3, Flux, Sana: ``forward(hidden_states, encoder_hidden_states,
+    timestep, ...)``) gets ``timestep=t`` by name, decided once from its signature (:attr:`time_keyword`).
+    Conditioning (``encoder_hidden_states``, ``class_labels``, ``added_cond_kwargs``, attention masks) is
+    passed through by keyword from the denoiser's ``**cond``.
 
     Args:
         model: the network (nn.Module, held itself) or any callable; an output with ``.sample`` (diffusers)
@@ -289,7 +402,15 @@ class DDPMDenoiser(_Adapter):
         timestep: "interpolate" (fractional t, linear in log sigma between trained steps) or "quantize"
             (nearest trained step in log sigma, an integer-valued float).
         learned_variance: the model returns 2C channels on dim 1 (mean and variance); keep the first C.
-        net_dtype: run the model in this dtype; D is computed in at least float32.
+            "auto": do so when the output has twice x's channels (a static shape test, no sync).
+        net_dtype: the precision the model runs in. None: the dtype of its parameters (a bf16 model gets bf16
+            inputs from a float32 or float64 state). float16/bfloat16 on a model with other parameters: the
+            call runs under ``torch.autocast`` in that dtype (on x's device type). The inputs, the time
+            (at least float32) and every floating tensor in ``cond`` go in the parameters' dtype; the output
+            comes back in the state's compute dtype (>= float32), where D is formed.
+        call: a hook ``call(model, x_t, t, cond) -> output`` for a model the default call does not fit
+            (say, one that takes its time as ``sigma`` or needs extra channels concatenated to x_t); its output
+            is unwrapped and checked as the model's.
 
     Attributes:
         sigma_min, sigma_max: the smallest positive and the largest trained sigma_t.
@@ -306,8 +427,9 @@ class DDPMDenoiser(_Adapter):
         *,
         prediction: str = "eps",
         timestep: Literal["interpolate", "quantize"] = "interpolate",
-        learned_variance: bool = False,
+        learned_variance: LearnedVariance = False,
         net_dtype: torch.dtype | None = None,
+        call: ModelCall | None = None,
     ) -> None:
         sig = sigmas_from_alphas_cumprod(alphas_cumprod)
         if timestep not in ("interpolate", "quantize"):
@@ -324,6 +446,7 @@ class DDPMDenoiser(_Adapter):
             sigma_max=float(sig[-1]),
             learned_variance=learned_variance,
             net_dtype=net_dtype,
+            call=call,
         )
         self.timestep = timestep
         self.t_offset = k0
@@ -336,7 +459,9 @@ class DDPMDenoiser(_Adapter):
         Out-of-range sigmas map to the end steps (0 / T-1). Computed in float64; no host sync.
         """
         ls = self.log_sigmas.to(device=sigma.device, dtype=torch.float64)
-        log_s = torch.log(sigma.to(torch.float64).clamp_min(1e-30))
+        # Capped at the last trained level (no sync): sigma = inf then maps to the last step in both modes (the
+        # nearest level of an infinite log sigma would otherwise be the first); larger sigmas mapped there already.
+        log_s = torch.minimum(torch.log(sigma.to(torch.float64).clamp_min(1e-30)), ls[-1])
         if self.timestep == "quantize":
             idx = torch.argmin(torch.abs(log_s.unsqueeze(-1) - ls), dim=-1)
             return (idx + self.t_offset).to(torch.float64)

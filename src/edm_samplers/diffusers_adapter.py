@@ -1,7 +1,8 @@
 """diffusers models as denoisers: :func:`from_diffusers` reads a DDPM-family scheduler (or its saved config)
-and wraps the model in a :class:`~edm_samplers.DDPMDenoiser`. diffusers is imported lazily (the
-``diffusers`` extra); schedulers of other model families (VE, EDM, flow matching, consistency models) are
-named and rejected rather than misread as DDPM ones.
+and wraps the model in a :class:`~edm_samplers.DDPMDenoiser`, or a flow-matching one in a
+:class:`~edm_samplers.FlowDenoiser` (:mod:`.flow`). diffusers is imported lazily (the ``diffusers`` extra);
+schedulers of other model families (VE, EDM, other flow schedulers, consistency models) are named and rejected
+rather than misread as DDPM ones.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from .adapters import DDPMDenoiser
+from .adapters import DDPMDenoiser, ModelCall, learned_variance_for
 from .flow import FlowDenoiser, flow_from_scheduler, flow_scheduler_name
 
 __all__ = ["from_diffusers"]
@@ -154,6 +155,7 @@ def from_diffusers(
     timestep: Literal["interpolate", "quantize"] = "interpolate",
     learned_variance: bool | None = None,
     net_dtype: torch.dtype | None = None,
+    call: ModelCall | None = None,
     time_scale: float | None = None,
 ) -> DDPMDenoiser | FlowDenoiser:
     """A diffusers model (``UNet2DModel`` or anything called as ``model(x_t, t, **cond)``) as a denoiser.
@@ -167,9 +169,9 @@ def from_diffusers(
     ``HeunDiscreteScheduler``, ``LMSDiscreteScheduler``, ``KDPM2(Ancestral)DiscreteScheduler``,
     ``DPMSolverMultistepScheduler``, ``DPMSolverSinglestepScheduler``, ``DPMSolverSDEScheduler``,
     ``DEISMultistepScheduler``, ``UniPCMultistepScheduler``, ``SASolverScheduler`` and their inverse, parallel,
-    RePaint, UnCLIP and CogVideoX variants. VE (``ScoreSdeVeScheduler``), EDM (``EDMEulerScheduler``),
-    flow-matching (``FlowMatchEulerDiscreteScheduler``, or ``use_flow_sigmas=True``), consistency
-    (``LCMScheduler``, ``TCDScheduler``) and unknown schedulers are rejected.
+    RePaint, UnCLIP and CogVideoX variants, and the flow-matching ones below. VE (``ScoreSdeVeScheduler``), EDM
+    (``EDMEulerScheduler``), other flow schedulers (``FlowMatchLCMScheduler``), consistency (``LCMScheduler``,
+    ``TCDScheduler``) and unknown schedulers are rejected.
 
     A config mapping is dispatched on its ``_class_name`` (as in a saved ``scheduler_config.json``): that
     diffusers class builds ``alphas_cumprod`` with its own defaults for missing keys, exactly as diffusers
@@ -185,15 +187,20 @@ def from_diffusers(
         scheduler_or_config: a scheduler instance or its ``config`` mapping.
         prediction: override the config's ``prediction_type``.
         timestep: "interpolate" (diffusers' Euler/Heun/DPM convention) or "quantize".
-        learned_variance: override the config's ``variance_type``.
-        net_dtype: run the model in this dtype (e.g. ``torch.float16``); D stays at least float32.
+        learned_variance: whether the model returns mean and variance channels; None: from the model's config
+            (``out_channels == 2 * in_channels``: DiT, PixArt-alpha), else the scheduler's ``variance_type``,
+            else decided on the output's shape (:func:`~edm_samplers.adapters.learned_variance_for`).
+        net_dtype: the precision the model runs in (e.g. ``torch.bfloat16`` autocasts a float32 model); D
+            stays at least float32. See :class:`~edm_samplers.DDPMDenoiser`.
+        call: a hook ``call(model, x_t, t, cond) -> output`` for a model the default call (``timestep`` by
+            name where the signature needs it) does not fit.
         time_scale: flow-matching models only: the model's time input per unit flow time t (see
             :class:`~edm_samplers.FlowDenoiser`); read from the model class when None (SD3, Flux, Sana, AuraFlow).
 
     Flow matching: ``FlowMatchEulerDiscreteScheduler``, ``FlowMatchHeunDiscreteScheduler`` and
     ``DPMSolverMultistepScheduler`` / ``UniPCMultistepScheduler`` with ``use_flow_sigmas=True`` and
-    ``prediction_type="flow_prediction"`` (instances, or configs with ``_class_name``) give a
-    :class:`~edm_samplers.FlowDenoiser` (:mod:`edm_samplers.flow`); sample it on
+    ``prediction_type="flow_prediction"`` (instances, saved configs with ``_class_name``, or a scheduler's
+    ``.config``) give a :class:`~edm_samplers.FlowDenoiser` (:mod:`edm_samplers.flow`); sample it on
     :func:`~edm_samplers.flow_scheduler_sigmas` from :func:`~edm_samplers.flow_initial_x`.
 
     Raises:
@@ -211,7 +218,12 @@ def from_diffusers(
                 "time_scale (and the scheduler class)"
             )
         return flow_from_scheduler(
-            model, scheduler_or_config, time_scale=time_scale, learned_variance=learned_variance, net_dtype=net_dtype
+            model,
+            scheduler_or_config,
+            time_scale=time_scale,
+            learned_variance=learned_variance,
+            net_dtype=net_dtype,
+            call=call,
         )
     if time_scale is not None:
         raise ValueError(f"time_scale applies to flow-matching schedulers only, got time_scale={time_scale!r}")
@@ -223,8 +235,7 @@ def from_diffusers(
             "support it (DDPMDenoiser(model, alphas_cumprod[:-1]) drops the last step)"
         )
     pred = prediction if prediction is not None else str(cfg.get("prediction_type", "epsilon"))
-    if learned_variance is None:
-        learned_variance = cfg.get("variance_type") in ("learned", "learned_range")
+    lv = learned_variance_for(model, cfg.get("variance_type")) if learned_variance is None else learned_variance
     return DDPMDenoiser(
-        model, abar, prediction=pred, timestep=timestep, learned_variance=learned_variance, net_dtype=net_dtype
+        model, abar, prediction=pred, timestep=timestep, learned_variance=lv, net_dtype=net_dtype, call=call
     )

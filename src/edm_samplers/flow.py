@@ -41,8 +41,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from ._validate import check_flag, check_float, check_int
-from .adapters import _Adapter, _unwrap_output
+from ._validate import check_float, check_int
+from .adapters import LearnedVariance, ModelCall, _Adapter, learned_variance_for
 
 __all__ = ["FlowDenoiser", "flow_initial_x", "flow_scheduler_sigmas", "flow_shift_mu", "flow_sigmas"]
 
@@ -58,10 +58,11 @@ class FlowDenoiser(_Adapter):
     """A velocity-predicting flow-matching model (x_t = (1 - t) x_0 + t n, v = n - x_0) as a denoiser.
 
     ``D(x; sigma) = x_t - t v`` with t = sigma / (1 + sigma) and model input x_t = x / (1 + sigma); at
-    sigma = inf (t = 1) the state x is the unit noise itself and x_t = x. The model is called as
-    ``model(hidden_states=x_t, timestep=t * time_scale, **cond)`` (``input_names``), so diffusers transformers
-    get their conditioning by keyword: ``encoder_hidden_states``, ``pooled_projections`` (SD3, Flux),
-    ``txt_ids`` / ``img_ids`` / ``guidance`` (Flux), ``encoder_attention_mask`` (Sana). An output with
+    sigma = inf (t = 1) the state x is the unit noise itself and x_t = x. The model is called as the other
+    adapters call it: ``model(x_t, timestep=t * time_scale, **cond)`` when its signature has ``timestep``
+    elsewhere than 2nd (every diffusers transformer: SD3, Flux, Sana, AuraFlow), else ``model(x_t, t, **cond)``,
+    or through a ``call`` hook. Conditioning goes by keyword in ``cond``: ``encoder_hidden_states``,
+    ``pooled_projections`` (SD3, Flux), ``guidance`` (Flux), ``encoder_attention_mask`` (Sana). An output with
     ``.sample`` or a tuple is unwrapped.
 
     Args:
@@ -73,17 +74,15 @@ class FlowDenoiser(_Adapter):
             DPMSolverMultistepScheduler / UniPCMultistepScheduler with ``use_flow_sigmas=True``, as their
             pipelines then scale them).
         num_train_timesteps: the integer grid of ``timestep="floor"`` (1000); unused otherwise.
-        input_names: the keywords for x_t and the time input, ``("hidden_states", "timestep")`` by default
-            (diffusers transformers); None calls ``model(x_t, t, **cond)`` positionally.
         learned_variance: the model returns 2C channels on dim 1; keep the first C (Sana with
-            ``out_channels = 2 * in_channels``).
-        net_dtype: run the model in this dtype; D is computed in at least float32.
+            ``out_channels = 2 * in_channels``); "auto" decides on the output's shape.
+        net_dtype: the precision the model runs in (as for :class:`~edm_samplers.DDPMDenoiser`); D is computed
+            in at least float32.
+        call: a hook ``call(model, x_t, t, cond) -> output`` for a model the default call does not fit.
 
     Attributes:
         sigma_min, sigma_max: 0 and inf (t in [0, 1]).
     """
-
-    accepts_inf_sigma = True
 
     def __init__(
         self,
@@ -92,9 +91,9 @@ class FlowDenoiser(_Adapter):
         time_scale: float,
         timestep: FlowTimestep = "continuous",
         num_train_timesteps: int = 1000,
-        input_names: tuple[str, str] | None = ("hidden_states", "timestep"),
-        learned_variance: bool = False,
+        learned_variance: LearnedVariance = False,
         net_dtype: torch.dtype | None = None,
+        call: ModelCall | None = None,
     ) -> None:
         # prediction="x0", vp=False only satisfy the base class: model_input and to_denoised are this family's.
         super().__init__(
@@ -105,6 +104,7 @@ class FlowDenoiser(_Adapter):
             sigma_max=math.inf,
             learned_variance=learned_variance,
             net_dtype=net_dtype,
+            call=call,
         )
         self.time_scale = check_float(time_scale, "time_scale", positive=True)
         if timestep not in ("continuous", "floor"):
@@ -114,17 +114,15 @@ class FlowDenoiser(_Adapter):
             )
         self.timestep: FlowTimestep = timestep
         self.num_train_timesteps = check_int(num_train_timesteps, "num_train_timesteps", minimum=1)
-        if input_names is not None and (
-            not isinstance(input_names, tuple)
-            or len(input_names) != 2
-            or not all(isinstance(n, str) and n.isidentifier() for n in input_names)
-            or input_names[0] == input_names[1]
-        ):
-            raise TypeError(
-                "input_names must be None (positional call model(x_t, t, **cond)) or a pair of distinct keyword "
-                f"names such as ('hidden_states', 'timestep'), got {input_names!r}"
-            )
-        self.input_names = input_names
+
+    @property
+    def supports_infinite_sigma(self) -> bool:
+        """True: t = 1 (sigma = inf) is pure noise, where the model sees the unit noise itself."""
+        return True
+
+    @property
+    def infinite_sigma_reason(self) -> str:
+        return ""
 
     def model_input(self, x: Tensor, sigma: Tensor) -> Tensor:
         """x_t = x / (1 + sigma); at sigma = inf the state is the unit noise and x_t = x (no host sync)."""
@@ -137,22 +135,6 @@ class FlowDenoiser(_Adapter):
             nt = self.num_train_timesteps
             return torch.floor(t * nt) * (self.time_scale / nt)
         return t * self.time_scale
-
-    def call_model(self, x_in: Tensor, t: Tensor, cond: dict[str, Any]) -> Tensor:
-        """``model(hidden_states=x_t, timestep=t, **cond)`` (or positional with ``input_names=None``), unwrapped."""
-        if self.input_names is None:
-            return super().call_model(x_in, t, cond)
-        xn, tn = self.input_names
-        clash = [n for n in (xn, tn) if n in cond]
-        if clash:
-            raise ValueError(
-                f"cond has the key(s) {clash}, which FlowDenoiser passes itself (input_names={self.input_names}); "
-                "remove them from the conditioning"
-            )
-        out = _unwrap_output(self.model(**{xn: x_in, tn: t}, **cond))
-        if not isinstance(out, Tensor):
-            raise TypeError(f"model must return a torch.Tensor (or an output with .sample), got {type(out).__name__}")
-        return out
 
     def to_denoised(self, x: Tensor, sigma: Tensor, out: Tensor) -> Tensor:
         """D = x_t - t v from the velocity v = ``out``."""
@@ -528,26 +510,21 @@ _TIME_SCALES: dict[str, Callable[[Any, int], float]] = {
 }
 
 
-def _learned_variance_of(model: object) -> bool:
-    cfg = getattr(model, "config", None)
-    ic, oc = getattr(cfg, "in_channels", None), getattr(cfg, "out_channels", None)
-    return isinstance(ic, int) and isinstance(oc, int) and oc == 2 * ic
-
-
 def flow_from_scheduler(
     model: Callable[..., Any],
     scheduler_or_config: object,
     *,
     time_scale: float | None,
-    learned_variance: bool | None,
+    learned_variance: LearnedVariance | None,
     net_dtype: torch.dtype | None,
+    call: ModelCall | None,
 ) -> FlowDenoiser:
     """:func:`~edm_samplers.from_diffusers` for flow schedulers (private to the package).
 
     ``time_scale``: given, or read from the model class (the module's table) times num_train_timesteps / 1000;
     an unknown model without ``time_scale`` is an error (no silent default). ``timestep``: "floor" for
-    DPM-Solver/UniPC (int64 timesteps), "continuous" for FlowMatch*. ``learned_variance``: given, or
-    ``model.config.out_channels == 2 * in_channels``.
+    DPM-Solver/UniPC (int64 timesteps), "continuous" for FlowMatch*. ``learned_variance``: given, or from the
+    model's config (:func:`~edm_samplers.adapters.learned_variance_for`: ``out_channels == 2 * in_channels``).
     """
     # A config without '_class_name' may leave the class open (Euler or Heun, DPM-Solver or UniPC): the model is
     # called alike either way.
@@ -569,12 +546,13 @@ def flow_from_scheduler(
             )
         time_scale = rule(model, nt)
     if learned_variance is None:
-        learned_variance = _learned_variance_of(model)
+        learned_variance = learned_variance_for(model, None)
     return FlowDenoiser(
         model,
         time_scale=time_scale,
         timestep="floor" if name in _FLOW_OPTION else "continuous",
         num_train_timesteps=nt,
-        learned_variance=check_flag(learned_variance, "learned_variance"),
+        learned_variance=learned_variance,
         net_dtype=net_dtype,
+        call=call,
     )

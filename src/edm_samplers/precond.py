@@ -19,9 +19,10 @@ network itself* (never a copy: ``precond.parameters()`` are the network's parame
 ``precond.net.load_state_dict(...)`` keeps working) and know their valid sigma range.
 
 Numerics: the coefficient arithmetic and the returned D use x's dtype promoted to at least float32
-(float64 stays float64). F itself runs in ``net_dtype`` (e.g. ``torch.bfloat16``) or, by default, in the
-dtype of its parameters: its input c_in x is cast to that dtype and its output cast back up, as the
-paper's code does (so ``heun_sample(..., dtype=torch.float64)`` works with an ordinary float32 network).
+(float64 stays float64). F's input c_in x is cast to the dtype of its parameters and its output cast back
+up, as the paper's code does (so ``heun_sample(..., dtype=torch.float64)`` works with an ordinary float32
+network, and a bf16 network with a float32 state); ``net_dtype=torch.bfloat16`` on a float32 network runs
+F under ``torch.autocast``.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ from ._network import SigmaLike
 from ._network import append_dims as _append_dims
 from ._network import check_net_dtype as _check_net_dtype
 from ._network import compute_dtype_and_sigma as _compute_dtype_and_sigma
-from ._network import net_dtype_of as _net_dtype
+from ._network import net_autocast as _net_autocast
+from ._network import net_inputs as _net_inputs
+from ._network import net_precision as _net_precision
 from ._network import split_variance as _split_variance
 from ._validate import check_denoised_on, check_float, check_int
 from .scalings import Scalings, edm_scalings, iddpm_scalings, ve_scalings, vp_scalings
@@ -83,12 +86,19 @@ class Precond(nn.Module, metaclass=abc.ABCMeta):
     Args:
         net: F(x_in, c_noise, **cond) -> Tensor of x's shape; ``c_noise`` has shape ``[batch]``.
         sigma_min, sigma_max: the valid noise-level range, used by :func:`~edm_samplers.clamp_sigmas`.
-        net_dtype: dtype F runs in (e.g. ``torch.bfloat16``), or None: the dtype of ``net``'s parameters
-            (for an ``nn.Module``), else the compute dtype. Only F's
-            input and output are cast; coefficients and D stay in at least float32.
+        net_dtype: the precision F runs in. None: the dtype of ``net``'s parameters (for an ``nn.Module``;
+            F's input and floating ``cond`` tensors are cast to it), else the compute dtype. float16/bfloat16
+            on a network with other parameters (or on a plain callable): F runs under ``torch.autocast`` in
+            that dtype. F's output is cast back; coefficients and D stay in at least float32.
     """
 
     net: Callable[..., Any]
+
+    supports_infinite_sigma = False
+    """A schedule starting at sigma = inf is refused: c_noise(inf) (ln(sigma) / 4, ln(sigma / 2), the VP time) is
+    infinite, and c_out F (c_out = -sigma, sigma, or sigma sigma_data / sqrt(sigma^2 + sigma_data^2) -> sigma_data
+    with an infinite noise input) has no usable limit."""
+    infinite_sigma_reason = "its network's noise input c_noise(sigma) is infinite there"
 
     def __init__(
         self,
@@ -111,6 +121,7 @@ class Precond(nn.Module, metaclass=abc.ABCMeta):
         self.sigma_min = lo
         self.sigma_max = hi
         self.net_dtype = _check_net_dtype(net_dtype)
+        _net_precision(net, self.net_dtype)  # an impossible net_dtype fails here, not in the first step
 
     @abc.abstractmethod
     def scalings(self, sigma: Tensor) -> Scalings:
@@ -134,13 +145,13 @@ class Precond(nn.Module, metaclass=abc.ABCMeta):
         sc = self._scalings_checked_sigma(s)
         xc = x.to(cdt)
         x_in = _append_dims(sc.c_in, x.ndim) * xc
-        c_noise = sc.c_noise
-        ndt = _net_dtype(self.net, self.net_dtype)
-        if ndt is not None and ndt != cdt:
-            x_in = x_in.to(ndt)
-            # c_noise stays at least float32 (float16 cannot even represent an iDDPM time such as 999.5).
-            c_noise = c_noise.to(torch.promote_types(ndt, torch.float32))
-        f = check_denoised_on(self._call_net(x_in, c_noise, cond), x, "net", shape_fix=_NET_SHAPE_FIX)
+        # F's inputs in its parameters' dtype (c_noise at least float32: float16 cannot even represent an iDDPM
+        # time such as 999.5), under autocast when net_dtype asks for less (_network.net_precision).
+        precision = _net_precision(self.net, self.net_dtype)
+        x_in, c_noise, cond = _net_inputs(precision, cdt, x_in, sc.c_noise, cond)
+        with _net_autocast(x.device, precision.autocast_dtype):
+            f_out = self._call_net(x_in, c_noise, cond)
+        f = check_denoised_on(f_out, x, "net", shape_fix=_NET_SHAPE_FIX)
         return _append_dims(sc.c_skip, x.ndim) * xc + _append_dims(sc.c_out, x.ndim) * f.to(cdt)
 
     def _call_net(self, x_in: Tensor, c_noise: Tensor, cond: dict[str, Any]) -> Any:

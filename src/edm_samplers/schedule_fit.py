@@ -68,6 +68,10 @@ def clamp_sigmas(
     clamping or rounding are removed, so every step moves (a zero-length step would waste network
     evaluations). Runs once on the host, before sampling.
 
+    A first level of inf (a start from pure noise) stays inf when the range allows it (``sigma_max`` inf) and is
+    never rounded; otherwise it becomes ``sigma_max``, a finite start: then scale the unit latents with
+    ``initial_x(latents, fitted)`` (at inf the state is the unit noise itself).
+
     Examples: ``clamp_sigmas(karras_sigmas(18), denoiser=den)``, ``clamp_sigmas(s, 0.01, 20.0)``.
 
     Returns:
@@ -81,7 +85,7 @@ def clamp_sigmas(
             levels that become equal after the cast back to ``sigmas``' dtype (e.g. float16 with sigma_min
             and sigma_max within an ulp).
     """
-    s = check_sigmas(sigmas)
+    s = check_sigmas(sigmas, allow_inf_first=True)
     given = check_float(sigma_min, "sigma_min", positive=True) if sigma_min is not None else None
     lo = _range_attr(denoiser, "sigma_min", 0.0) if given is None else given
     given = check_float(sigma_max, "sigma_max", positive=True, allow_inf=True) if sigma_max is not None else None
@@ -91,10 +95,11 @@ def clamp_sigmas(
             f"sigma_min must be < sigma_max, got sigma_min={lo}, sigma_max={hi} (arguments first, else the "
             "denoiser's); the range needs 0 <= sigma_min < sigma_max"
         )
-    pos = s[s > 0].clamp(lo, hi)
+    pos = s[s > 0].clamp(lo, hi)  # a first level of inf stays inf only if sigma_max is inf
     rs = getattr(denoiser, "round_sigma", None)
     if round and rs is not None:
-        pos = _rounded(rs, pos)
+        head = 1 if bool(torch.isinf(pos[0])) else 0  # inf is never rounded (a model's levels are finite)
+        pos = torch.cat([pos[:head], _rounded(rs, pos[head:])]) if pos.numel() > head else pos
     keep = torch.ones_like(pos, dtype=torch.bool)
     keep[1:] = pos[1:] != pos[:-1]
     out = pos[keep]
@@ -108,6 +113,7 @@ def clamp_sigmas(
             f"clamp_sigmas(sigmas, sigma_min={lo}, sigma_max={hi}) in {sigmas.dtype}",
             final_zero=ends_in_zero,
             fix="clamp a float32/float64 schedule",
+            allow_inf_first=True,
         )
         return out.to(device=sigmas.device)
     return out

@@ -11,10 +11,16 @@ and the accuracy benchmarks.
   minimises the training loss on a finite data set (D = softmax-weighted mean of the data).
 - :func:`gaussian_ode_solution`: for one Gaussian N(mu, s^2 I) the probability-flow ODE has the exact
   solution x(sigma) = mu + (x0 - mu) sqrt((s^2 + sigma^2) / (s^2 + sigma0^2)).
+
+All three are exact at sigma = inf too, in the library's convention for a start from pure noise (docs/api.md):
+there x is the unit-variance noise n = lim x / sigma, and D(n; inf) = lim D(sigma n; sigma) is the data mean
+(the posterior responsibilities tend to the weights, the shrinkage to 0); from sigma0 = inf the ODE solution is
+mu + n sqrt(s^2 + sigma^2).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -99,6 +105,11 @@ class GaussianMixture:
             sig = sig.expand(b)
         xf = x.reshape(b, -1)
         muf = mu.reshape(mu.shape[0], -1)
+        # sigma = inf: x is the unit noise n and D(n; inf) = lim D(sigma n; sigma) = sum_k w_k mu_k (every
+        # responsibility tends to its weight, every shrinkage to 0). Those rows are computed at sigma = 1 and then
+        # replaced, so finite rows take exactly the same operations as before (bitwise equal results).
+        at_inf = torch.isinf(sig)
+        sig = torch.where(at_inf, torch.ones_like(sig), sig)
         var = st[None, :] ** 2 + sig[:, None] ** 2  # [B, K]
         # ||x - mu_k||^2 via the expansion is cancellation-prone; the direct form is exact enough.
         d2 = torch.cdist(xf, muf, compute_mode="donot_use_mm_for_euclid_dist") ** 2  # [B, K]
@@ -110,6 +121,7 @@ class GaussianMixture:
         # D = sum_k r_k (mu_k + shrink_k (x - mu_k)) = (sum r_k (1-shrink_k) mu_k) + (sum r_k shrink_k) x
         a = r * (1 - shrink)
         out = a @ muf + (r * shrink).sum(1, keepdim=True) * xf
+        out = torch.where(at_inf[:, None], w[None, :] @ muf, out)
         return out.reshape(x.shape)
 
     def sample(self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64) -> Tensor:
@@ -141,10 +153,15 @@ def gaussian_ode_solution(x0: Tensor, sigma0: float, sigma: float, mu: Tensor | 
     dx/dsigma = (x - D) / sigma with D = mu + s^2 / (s^2 + sigma^2) (x - mu) gives
     d(x - mu)/dsigma = sigma (x - mu) / (s^2 + sigma^2), hence
     x(sigma) = mu + (x0 - mu) sqrt((s^2 + sigma^2) / (s^2 + sigma0^2)).
+
+    ``sigma0 = inf``: ``x0`` is the unit noise n (the limit of x0 / sigma0) and x(sigma) = mu + n sqrt(s^2 + sigma^2).
     """
     s = check_float(s, "s", nonnegative=True)
-    sigma0 = check_float(sigma0, "sigma0", nonnegative=True)
+    sigma0 = check_float(sigma0, "sigma0", nonnegative=True, allow_inf=True)
     sigma = check_float(sigma, "sigma", nonnegative=True)
+    if math.isinf(sigma0):
+        limit: Tensor = mu + x0 * (s**2 + sigma**2) ** 0.5
+        return limit
     factor = ((s**2 + sigma**2) / (s**2 + sigma0**2)) ** 0.5
     out: Tensor = mu + (x0 - mu) * factor
     return out

@@ -4,6 +4,7 @@ public ``*_sample`` functions (:mod:`.samplers`, :mod:`.multistep`), :func:`gene
 
 from .generate import generate, initial_x
 from .graph import GraphedSampler
+from .guided_samplers import dpmpp_2m_cfgpp_sample, euler_cfgpp_sample
 from .multistep import (
     deis_sample,
     dpmpp_2m_sample,
@@ -35,11 +36,13 @@ __all__ = [
     "count_nfe",
     "deis_sample",
     "dpm2_sample",
+    "dpmpp_2m_cfgpp_sample",
     "dpmpp_2m_sample",
     "dpmpp_2m_sde_sample",
     "dpmpp_3m_sample",
     "dpmpp_3m_sde_sample",
     "euler_ancestral_sample",
+    "euler_cfgpp_sample",
     "euler_sample",
     "euler_step",
     "generalized_sample",

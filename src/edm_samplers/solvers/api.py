@@ -59,8 +59,12 @@ _RUN_PARAMS = [
 _HEAD = """
     Args:
         denoiser: D(x, sigma, **cond) with sigma of shape ``[batch]``.
-        x: initial state at noise level ``sigmas[0]``, any shape ``[batch, ...]``.
-        sigmas: {schedule}, e.g. :func:`~edm_samplers.karras_sigmas`; zero only at the end."""
+        x: initial state at noise level ``sigmas[0]``, any shape ``[batch, ...]``; when ``sigmas[0]`` is inf
+            (a start from pure noise), the unit-variance noise n itself (the limit of x / sigma), which the first
+            step passes to the denoiser at sigma = inf.
+        sigmas: {schedule}, e.g. :func:`~edm_samplers.karras_sigmas`; zero only at the end, inf only at the start
+            (the first step is then the exact limit of the method's step as sigmas[0] -> inf, or the first-order
+            step D(n; inf) + sigmas[1] n where that limit needs more than evaluations of D; docs/api.md)."""
 
 _RUN_DOC = """
         cond: keyword arguments passed to every denoiser call (class labels, ...).

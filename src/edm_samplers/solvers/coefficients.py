@@ -58,13 +58,20 @@ def _gauss_legendre(n: int) -> tuple[F64, F64]:
 def lagrange_basis(nodes: F64, t: F64) -> F64:
     """L_j(t) = prod_{m != j} (t - t_m) / (t_j - t_m) for every node j: shape ``[len(nodes), len(t)]``.
 
-    Nodes must be distinct (the samplers require strictly decreasing schedules).
+    Nodes must be distinct (the samplers require strictly decreasing schedules). An infinite node (the level
+    sigma = inf of a start from pure noise: lambda = -inf, or sigma itself) gets L_j = 0 and drops out of the
+    others' products: that is the limit as the node goes to infinity (L_inf = O(1 / |node|), and each factor
+    (t - node) / (t_j - node) -> 1), so the polynomial is the one through the finite nodes.
     """
     k = nodes.shape[0]
     out = np.ones((k, t.shape[0]), dtype=np.float64)
+    finite = [bool(np.isfinite(v)) for v in nodes]
     for j in range(k):
+        if not finite[j]:
+            out[j] = 0.0
+            continue
         for m in range(k):
-            if m != j:
+            if m != j and finite[m]:
                 out[j] *= (t - nodes[m]) / (nodes[j] - nodes[m])
     return out
 

@@ -5,10 +5,16 @@ state dtype on x's device) and calls the pure steps of :mod:`.steps`; which step
 the last step to sigma = 0) is decided on the host copy of the schedule. Stochastic sampling draws noise
 on every step, whatever the churn settings (zero churn adds exactly nothing), so the random stream never
 depends on them.
+
+A schedule may start at sigma = inf (pure noise; the state is then unit-variance noise n, the limit of
+x / sigma): the first step is :func:`.steps.inf_step`, x_1 = D(n; inf) + sigma_1 n, the exact limit of the Euler
+step as sigma_0 -> inf. Heun takes it too (its trapezoid correction has no finite limit, see :func:`.steps.inf_step`),
+and the churn sampler churns the noise first (the limit of churn, see :func:`.steps.inf_start`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
@@ -19,12 +25,15 @@ from .._types import Callback, Denoiser, NoiseSource, StepInfo
 from .._validate import check_round_sigma
 from .runtime import Schedule
 from .steps import (
+    InfStart,
     StepCoeffs,
     churn,
     churn_gammas,
     churn_sigma_hat,
     euler_step,
     heun_step,
+    inf_start,
+    inf_step,
     step_table,
     unstack,
 )
@@ -41,9 +50,10 @@ class EDMProgram:
 
     def __init__(
         self, table: list[StepCoeffs], host: tuple[float, ...], host_hat: list[float], method: Literal["euler", "heun"],
-        stochastic: bool,
+        stochastic: bool, start: InfStart | None = None,
     ) -> None:  # fmt: skip
-        self.table = table
+        self.table = table  # with ``start`` (sigmas[0] = inf), table[0] is a placeholder: step 0 reads ``start``
+        self.start = start
         self.host = host
         self.host_hat = host_hat
         self.method = method
@@ -54,7 +64,8 @@ class EDMProgram:
         self._heun: Callable[..., tuple[Tensor, Tensor]] = heun_step
 
     def compiled(self) -> EDMProgram:
-        out = EDMProgram(self.table, self.host, self.host_hat, self.method, self.stochastic)
+        start = None if self.start is None else InfStart(*(f.clone() for f in self.start))
+        out = EDMProgram(self.table, self.host, self.host_hat, self.method, self.stochastic, start)
         out.compiled_steps = True
         # Own, contiguous copies of the coefficients: the shared table rows are views at different storage
         # offsets, which would make the compiled steps re-specialise (recompile) per step.
@@ -82,6 +93,14 @@ class EDMProgram:
             if self.num_buffers() == 3:
                 bufs = (out, torch.empty_like(out), torch.empty_like(out))
         for i in steps:
+            if i == 0 and self.start is not None:  # from sigma = inf: x is the unit noise n (decided on the host)
+                eps = None if noise is None else noise.randn(x.shape, dtype=sdt, device=device)
+                x_next, x_hat, denoised = inf_step(den, x, eps, self.start, cond)
+                del eps
+                if callback is not None:
+                    callback(StepInfo(i, host[i], self.host_hat[i], host[i + 1], x_hat, denoised, x_next))
+                x = x_next
+                continue
             c: StepCoeffs = table[i]
             if noise is not None:
                 eps = noise.randn(x.shape, dtype=sdt, device=device)
@@ -108,16 +127,40 @@ def build_edm(
         s: Schedule, knobs: Mapping[str, Any], batch: int, dtype: torch.dtype, device: torch.device
     ) -> EDMProgram:
         sigma_hat = None
+        gammas = None
+        # From sigma = inf (host float), step 0 is inf_step: the table covers the finite steps 1.. only.
+        first = 1 if math.isinf(s.host[0]) else 0
         if stochastic:
             gammas = churn_gammas(s.sigmas, knobs["s_churn"], knobs["s_tmin"], knobs["s_tmax"])
             sigma_hat = churn_sigma_hat(s.sigmas, gammas)
-            if knobs["round_sigma"] is not None:
-                sigma_hat = check_round_sigma(sigma_hat, knobs["round_sigma"](sigma_hat))
+            if first:
+                sigma_hat[0] = math.inf  # inf + gamma inf (0 inf is NaN when gamma = 0)
+            if knobs["round_sigma"] is not None and sigma_hat.numel() > first:
+                # An infinite level is never rounded: a discrete model's levels are finite.
+                fin = sigma_hat[first:]
+                sigma_hat = torch.cat([sigma_hat[:first], check_round_sigma(fin, knobs["round_sigma"](fin))])
         s_noise = knobs["s_noise"] if stochastic else 1.0
-        table = unstack(
-            step_table(s.sigmas, batch=batch, dtype=dtype, device=device, sigma_hat=sigma_hat, s_noise=s_noise)
-        )
+        rest = s.sigmas[first:]
+        table = (
+            unstack(
+                step_table(rest, batch=batch, dtype=dtype, device=device,
+                           sigma_hat=None if sigma_hat is None else sigma_hat[first:], s_noise=s_noise)
+            )
+            if rest.numel() > 1
+            else []
+        )  # fmt: skip
+        start = None
+        if first:
+            g0 = 0.0 if gammas is None else float(gammas[0])
+            start = inf_start(s.host[1], g0, s_noise, batch=batch, dtype=dtype, device=device)
+            table = [table[0] if table else _placeholder(start), *table]
         host_hat = list(s.host[:-1]) if sigma_hat is None else sigma_hat.tolist()
-        return EDMProgram(table, s.host, host_hat, knobs["solver"] if method is None else method, stochastic)
+        return EDMProgram(table, s.host, host_hat, knobs["solver"] if method is None else method, stochastic, start)
 
     return build
+
+
+def _placeholder(start: InfStart) -> StepCoeffs:
+    """An unused table entry for step 0 of a schedule [inf, sigma_1] (step 0 reads the :class:`InfStart`)."""
+    z = start.keep
+    return StepCoeffs(start.sigma, start.sigma, z, z, z, z, z)

@@ -27,10 +27,19 @@ The state is integrated in scaled coordinates (s(t) x); input and output are in 
 like every sampler of the library (x at noise level ``sigmas[0]``; the result at ``sigmas[-1]`` divided by
 its s). All per-step scalars are precomputed on the host in float64 and the loop is straight-line tensor code
 (no syncs); the step to sigma = 0 is an Euler step (the derivative is evaluated at sigma > 0 only).
+
+From sigma_0 = inf (x = unit noise n; t_0 = inf for every sigma(t) above) the first step is
+:func:`.steps.inf_step`, x_1 = D(n_hat; inf) + sigma_1 n_hat with n_hat the churned noise (n without churn),
+whatever ``schedule``, ``scaling``, ``solver`` and ``alpha``. An Euler step in t from t_0 = inf has no useful
+limit: it diverges for "ve" (x_1 -> (x_0 + D_0) / 2) and for "vp" without scaling, and with the VP scaling it
+tends to x_1 = sqrt(1 + sigma_1^2) n, which ignores D; for "edm" and "linear" it is exactly this step. So the
+step taken is the first-order step that is exact for a D frozen over the step (the same in every sigma(t), s(t),
+since the ODE in x and sigma does not depend on them), the limit of Euler in sigma and of DDIM.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
@@ -42,7 +51,7 @@ from .._types import Callback, Denoiser, NoiseSource, StepInfo
 from .._validate import check_round_sigma
 from ..schedules import vp_sigma, vp_sigma_inv
 from .runtime import Schedule, sigma_rows, to_device
-from .steps import churn_gammas
+from .steps import InfStart, churn_gammas, inf_start, inf_step
 
 __all__ = ["GeneralizedProgram", "build_generalized"]
 
@@ -90,16 +99,23 @@ class GeneralizedProgram(NamedTuple):
     host: tuple[float, ...]
     host_hat: list[float]
     stochastic: bool = True  # noise is drawn on every step, also with zero churn
+    start: InfStart | None = None  # sigmas[0] = inf: step 0 is inf_step (the table's row 0 is then unused)
 
     def run(self, den: Denoiser, x: Tensor, cond: Mapping[str, Any], noise: NoiseSource | None,
             callback: Callback | None, steps: Iterable[int]) -> Tensor:  # fmt: skip
         host = self.host
         if noise is None:
             raise RuntimeError("the generalized sampler draws noise on every step: run it with a noise source")
-        xs = x * self.s_first  # scaled state s(t_0) x_0
+        xs = x * self.s_first  # scaled state s(t_0) x_0 (from sigma = inf: x, the unit noise, s_first = 1)
         for i in steps:
             # Drawn on every step, also with zero churn (then noise_scale = 0 and keep = 1 exactly).
             eps = noise.randn(xs.shape, dtype=xs.dtype, device=xs.device)
+            if i == 0 and self.start is not None:  # from sigma = inf (decided on the host)
+                x_next_u, x_hat_u, denoised = inf_step(den, xs, eps, self.start, cond)
+                if callback is not None:
+                    callback(StepInfo(i, host[i], self.host_hat[i], host[i + 1], x_hat_u, denoised, x_next_u))
+                xs = x_next_u / self.inv_s_next[i]  # the scaled state s(t_1) x_1
+                continue
             x_hat = torch.addcmul(xs * self.keep[i], eps, self.noise_scale[i])
             x_hat_u = x_hat * self.inv_s_hat[i]
             denoised = den(x_hat_u, self.sig_hat[i], **cond)
@@ -128,10 +144,15 @@ def build_generalized(
     coords = _coords(knobs["schedule"], knobs["beta_d"], knobs["beta_min"])
     scaling, alpha = knobs["scaling"], knobs["alpha"]
     gammas = churn_gammas(s, knobs["s_churn"], knobs["s_tmin"], knobs["s_tmax"])
+    first = 1 if math.isinf(sched.host[0]) else 0
+    if first:  # row 0 is computed at a finite stand-in level and unused: step 0 reads the InfStart
+        s = s.clone()
+        s[0] = 2.0 * s[1] if s[1] > 0 else 1.0
     sig_cur, sig_next = s[:-1], s[1:]
     sig_hat = sig_cur + gammas * sig_cur  # as the core: gamma = 0 gives sigma_hat == sigma exactly
-    if knobs["round_sigma"] is not None:
-        sig_hat = check_round_sigma(sig_hat, knobs["round_sigma"](sig_hat))
+    if knobs["round_sigma"] is not None and sig_hat.numel() > first:
+        fin = sig_hat[first:]  # an infinite level is never rounded
+        sig_hat = torch.cat([sig_hat[:first], check_round_sigma(fin, knobs["round_sigma"](fin))])
     t_hat, t_next = coords.sigma_inv(sig_hat), coords.sigma_inv(sig_next)
     h = t_next - t_hat
     t_prime = t_hat + alpha * h
@@ -165,8 +186,14 @@ def build_generalized(
     ]  # fmt: skip
     dev = to_device([np.asarray(c.numpy(), dtype=np.float64) for c in columns], dtype, device)
     per_step = [list(c.unbind(0)) for c in dev]
+    start = None
+    host_hat = sig_hat.tolist()
+    s_first = float(s_cur[0])
+    if first:
+        start = inf_start(sched.host[1], float(gammas[0]), knobs["s_noise"], batch=batch, dtype=dtype, device=device)
+        host_hat[0], s_first = math.inf, 1.0
     return GeneralizedProgram(
         per_step[0], per_step[1], per_step[2], sigma_rows(dev[3], batch), per_step[4], per_step[5], per_step[6],
         per_step[7], per_step[8], sigma_rows(dev[9], batch), per_step[10], per_step[11], per_step[12], per_step[13],
-        per_step[14], float(s_cur[0]), float(s_next[-1]), knobs["solver"] == "heun", sched.host, sig_hat.tolist(),
+        per_step[14], s_first, float(s_next[-1]), knobs["solver"] == "heun", sched.host, host_hat, True, start,
     )  # fmt: skip

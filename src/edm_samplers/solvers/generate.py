@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -19,13 +20,21 @@ __all__ = ["generate", "initial_x"]
 def initial_x(latents: Tensor, sigmas: Tensor | Sequence[float]) -> Tensor:
     """Scale unit-variance latents to the first noise level: x_0 = latents * sigmas[0].
 
-    The multiplication runs in float64 when ``latents`` is float64; otherwise in the promoted dtype.
+    The multiplication runs in float64 when ``latents`` is float64; otherwise in the promoted dtype. When
+    ``sigmas[0]`` is inf (a start from pure noise) the samplers' state is the unit noise itself (the limit of
+    x / sigma), so the latents are returned unscaled (in the promoted dtype).
     """
     check_x(latents, "latents")
     check_has_data(sigmas, "sigmas")
-    s = check_sigmas(sigmas)
+    s = check_sigmas(sigmas, allow_inf_first=True)
     dt = torch.promote_types(latents.dtype, torch.float32)
-    return latents.to(dt) * float(s[0])
+    return latents.to(dt) * _start_scale(s)
+
+
+def _start_scale(s: Tensor) -> float:
+    """sigmas[0], or 1 for a start at sigma = inf (the state is then the unit noise)."""
+    first = float(s[0])
+    return 1.0 if math.isinf(first) else first
 
 
 def generate(
@@ -43,11 +52,11 @@ def generate(
     """Sample one image per seed, like EDM's ``generate.py``: latents, scaling and sampling in one call.
 
     Each seed gets its own generator (:class:`~edm_samplers.PerSampleNoise`) on ``device``: its unit latent
-    is drawn first, scaled by ``sigmas[0]``, and the same generator feeds any noise the sampler draws, so
-    every sample depends only on its seed (and the device: CPU and CUDA generators differ). The command
-    line's ``edm-samplers generate`` calls this function. Sampling runs under ``torch.no_grad()``: the
-    result carries no autograd graph (call a ``*_sample`` function directly to differentiate through
-    sampling).
+    is drawn first, scaled by ``sigmas[0]`` (not scaled when it is inf: see :func:`initial_x`), and the same
+    generator feeds any noise the sampler draws, so every sample depends only on its seed (and the device: CPU
+    and CUDA generators differ). The command line's ``edm-samplers generate`` calls this function. Sampling
+    runs under ``torch.no_grad()``: the result carries no autograd graph (call a ``*_sample`` function
+    directly to differentiate through sampling).
 
     Args:
         denoiser: D(x, sigma, **cond).
@@ -73,8 +82,8 @@ def generate(
     check_has_data(dev, "device")
     dtype = state_dtype(torch.empty(0), dtype)
     check_has_data(sigmas, "sigmas")
-    s = check_sigmas(sigmas)
+    s = check_sigmas(sigmas, allow_inf_first=True)
     with torch.no_grad():
         latents = src.randn((len(src), *shp), dtype=dtype, device=dev)
-        x = latents * s[0].to(dtype)
+        x = latents if math.isinf(float(s[0])) else latents * s[0].to(dtype)
         return fn(denoiser, x, s, cond=cond, noise=src, dtype=dtype, **knobs)

@@ -8,6 +8,7 @@ loop is straight-line tensor code (capturable, compilable with ``fullgraph=True`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
@@ -39,6 +40,7 @@ class LinearProgram(NamedTuple):
     derivative: bool
     stochastic: bool
     host: tuple[float, ...]
+    inf_start: bool = False  # sigmas[0] = inf: x is the unit noise n, and d_0 = lim (x_0 - D_0) / sigma_0 = n
 
     @classmethod
     def from_plan(
@@ -53,7 +55,7 @@ class LinearProgram(NamedTuple):
             sigma_rows(sig, batch), list(a.unbind(0)), list(e.unbind(0)), list(nz.unbind(0)),
             [list(r.unbind(0)) for r in b], [list(r.unbind(0)) for r in corr], list(inv_t.unbind(0)),
             [bool(v != 0) for v in plan.e], plan.nb, plan.ncorr, max(max(plan.nb), max(plan.ncorr), 1),
-            plan.family == "derivative", plan.stochastic, s.host,
+            plan.family == "derivative", plan.stochastic, s.host, math.isinf(s.host[0]),
         )  # fmt: skip
 
     def run(self, den: Denoiser, x: Tensor, cond: Mapping[str, Any], noise: NoiseSource | None,
@@ -62,7 +64,9 @@ class LinearProgram(NamedTuple):
         hist: list[Tensor] = []  # newest first; Python-level ring of at most `keep` tensors
         for i in steps:
             denoised = den(x, self.rows[i], **cond)
-            f = (x - denoised).mul_(self.inv[i]) if self.derivative else denoised
+            # From sigma = inf the derivative d_0 is x (= n) itself; hist entries are never written in place.
+            d0 = i == 0 and self.inf_start
+            f = (x if d0 else (x - denoised).mul_(self.inv[i])) if self.derivative else denoised
             hist.insert(0, f)
             del hist[self.keep :]
             x_eval = x

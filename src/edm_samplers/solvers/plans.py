@@ -34,6 +34,16 @@ steps left (diffusers' ``lower_order_final``). ``"auto"`` (the default): for the
 saturated, and a data-form integrator, which weights the end of the step, would extrapolate a trend that has
 died out over rho = 7's longest log steps; Euler is nearly exact there (docs/multistep-defaults.md).
 
+**A start at sigma = inf** (x = the unit noise n, docs/api.md). Step 0 takes the limit of its order-1 step as
+sigma_0 -> inf with x_0 = sigma_0 n: x_1 = D_0 + sigma_1 n (ODE, and the derivative family), D_0 + sigma_1 eps for
+SDE variants with eta > 0 (the weight of n, sigma_1 (sigma_1 / sigma_0)^eta, vanishes), and for Euler ancestral
+D_0 + sigma_down n + sigma_up eps with sigma_up = min(1, eta) sigma_1. Later steps keep D_0 (at lambda = -inf) or
+d_0 = lim (x_0 - D_0) / sigma_0 = n in their history: an interpolation node at infinity gets weight 0 in the limit
+(its Lagrange basis is O(1 / |node|), see :func:`.coefficients.lagrange_basis`), so the polynomials in lambda (or
+sigma, LMS) pass through the finite nodes only; DPM-Solver++(2M)'s ratio r = h_0 / h_1 is infinite, weight 0 on D_0;
+UniPC's first corrector keeps its limit, the bh2 trapezoid sigma_1 n + (D_0 + D_1) / 2; iPNDM's fixed weights keep
+d_0 = n. These limits are approached at rate 1 / ln(sigma_0) (lambda solvers) or 1 / sigma_0 (LMS, iPNDM).
+
 Schedules must be strictly decreasing here (repeated levels would make interpolation nodes coincide).
 The loop that runs a plan is :mod:`.linear`; the registry entries are in :mod:`.registry`.
 """
@@ -133,6 +143,10 @@ def _plan_data(
             b[i, 0] = 1.0
             nb.append(1)
             continue
+        if math.isinf(s[i]):  # from sigma = inf, x = n: the limit of the order-1 step (see _inf_first)
+            a[i], b[i, 0], noise[i] = _inf_first(float(s[i + 1]), eta, stochastic)
+            nb.append(1)
+            continue
         h = lam[i + 1] - lam[i]
         a[i] = s[i + 1] / s[i] * math.exp(-eta * h)
         big_b = -math.expm1(-rate * h)
@@ -171,6 +185,18 @@ def _plan_data(
     return MultistepPlan("data", a, e, b, tuple(nb), corr, tuple(ncorr), noise, stochastic)
 
 
+def _inf_first(sigma_next: float, eta: float, stochastic: bool) -> tuple[float, float, float]:
+    """(weight of x = n, weight of D_0, noise std) of the data-family order-1 step from sigma_0 = inf.
+
+    The step x_1 = (sigma_1/sigma_0) e^{-eta h} x_0 + (1 - e^{-(1 + eta) h}) D_0 + sigma_1 sqrt(1 - e^{-2 eta h}) eps
+    with x_0 = sigma_0 n and e^{-h} = sigma_1 / sigma_0 -> 0 tends to D_0 + sigma_1 n for eta = 0 (DDIM) and to
+    D_0 + sigma_1 eps for eta > 0 (the weight of n, sigma_1 (sigma_1 / sigma_0)^eta, vanishes: the SDE forgets the
+    start; slowly for small eta).
+    """
+    ode = eta == 0.0
+    return (sigma_next if ode else 0.0), 1.0, (sigma_next if stochastic and not ode else 0.0)
+
+
 def _plan_derivative(
     s: F64, *, order: int, variant: Literal["lms", "ipndm", "deis"], rule: OrderRule = "full"
 ) -> MultistepPlan:
@@ -186,6 +212,13 @@ def _plan_derivative(
         k = min(order, i + 1, order if rule == "full" else n - i)
         if variant == "deis" and s[i + 1] == 0:
             e[i] = 1.0  # final step to 0: x_N = D_{N-1} exactly (log sigma = -inf: no extrapolation)
+            nb.append(0)
+            continue
+        if math.isinf(s[i]):
+            # From sigma = inf, x = n: x_0 + (sigma_1 - sigma_0)(x_0 - D_0) / sigma_0 -> D_0 + sigma_1 n. The
+            # history entry d_0 = (x_0 - D_0) / sigma_0 -> n (the loop stores x there); LMS and DEIS give it
+            # weight 0 from then on (an infinite interpolation node, see lagrange_basis), iPNDM's fixed weights not.
+            a[i], e[i] = s[i + 1], 1.0
             nb.append(0)
             continue
         a[i] = 1.0
@@ -213,7 +246,8 @@ def _plan_ancestral(s: F64, *, eta: float) -> MultistepPlan:
         r = sn / sc
         up = min(sn, eta * sn * math.sqrt((1.0 - r) * (1.0 + r)))
         down = 0.0 if up >= sn else sn * math.sqrt(max((1.0 - eta * eta) + eta * eta * r * r, 0.0))
-        a[i] = down / sc
+        # From sigma = inf (r = 0), x = n: the weight of x_0 = sigma_0 n is down / sigma_0, i.e. down on n.
+        a[i] = down if math.isinf(sc) else down / sc
         b[i, 0] = 1.0 - down / sc
         noise[i] = up
     return MultistepPlan("data", a, e, b, (1,) * n, corr, (0,) * n, noise, True)

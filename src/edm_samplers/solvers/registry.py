@@ -12,6 +12,7 @@ the command line (``--sampler``, ``--opt k=v``), the benchmark scripts and the t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 from torch import Tensor
 
 from .._validate import check_has_data, check_sigmas
+from .cfgpp import build_cfgpp
 from .dpm2 import build_dpm2
 from .edm import build_edm
 from .generalized import build_generalized
@@ -45,6 +47,16 @@ def two_per_step(n: int, end_zero: bool, knobs: Mapping[str, Any]) -> int:
     return 2 * n - int(end_zero)
 
 
+def euler_first(rule: NfeRule) -> NfeRule:
+    """``rule`` for a schedule starting at sigma = inf, whose first step is the 1-NFE step from pure noise."""
+
+    def nfe(n: int, end_zero: bool, knobs: Mapping[str, Any]) -> int:
+        return 1 + rule(n - 1, end_zero, knobs) if n > 1 else n
+
+    nfe.__doc__ = f"1 for the step from inf, then {rule.__doc__}"
+    return nfe
+
+
 def by_solver_knob(n: int, end_zero: bool, knobs: Mapping[str, Any]) -> int:
     """Heun-like (``solver="heun"``) or Euler-like (``solver="euler"``) counting."""
     return two_per_step(n, end_zero, knobs) if knobs["solver"] == "heun" else n
@@ -64,6 +76,10 @@ class SolverSpec:
         build: ``build(schedule, knobs, batch, dtype, device) -> Program`` (see :mod:`.runtime`).
         strict: whether schedules must be strictly decreasing (interpolating solvers).
         check: optional cross-knob check on the resolved knobs (e.g. ``s_tmin <= s_tmax``).
+        guided: whether it needs a guided denoiser (:func:`~edm_samplers.guided`; the CFG++ samplers read the
+            unconditional estimate): consumers that run every sampler on a plain denoiser skip these.
+        nfe_inf: the NFE rule for schedules starting at sigma = inf, where the first step may cost less (Heun-like
+            solvers take the 1-NFE step :func:`~.steps.inf_step` there); None: the same as ``nfe``.
     """
 
     name: str
@@ -75,6 +91,8 @@ class SolverSpec:
     build: Builder
     strict: bool = False
     check: Callable[[dict[str, Any]], None] | None = None
+    guided: bool = False
+    nfe_inf: NfeRule | None = None
 
     @property
     def knob_names(self) -> tuple[str, ...]:
@@ -112,19 +130,24 @@ class SolverSpec:
             f"{self.name}_sample got unknown option(s) {', '.join(map(repr, unknown))}; it accepts {valid}{hint}"
         )
 
-    def steps_for(self, nfe: int, knobs: Mapping[str, Any] | None = None, *, end_zero: bool = True) -> int:
-        """The most steps N whose run costs at most ``nfe`` evaluations (0 if even one step costs more)."""
+    def steps_for(
+        self, nfe: int, knobs: Mapping[str, Any] | None = None, *, end_zero: bool = True, start_inf: bool = False
+    ) -> int:
+        """The most steps N whose run costs at most ``nfe`` evaluations (0 if even one step costs more);
+        ``start_inf``: for a schedule starting at sigma = inf."""
         values = self.resolve(knobs or {})
+        rule = self.nfe_inf if start_inf and self.nfe_inf is not None else self.nfe
         n = 0
-        while self.nfe(n + 1, end_zero, values) <= nfe:
+        while rule(n + 1, end_zero, values) <= nfe:
             n += 1
         return n
 
     def count(self, sigmas: Tensor | Sequence[float], knobs: Mapping[str, Any] | None = None) -> int:
         """Network evaluations of one run on ``sigmas`` with ``knobs``."""
         check_has_data(sigmas, "sigmas")
-        s = check_sigmas(sigmas)
-        return self.nfe(s.numel() - 1, bool(s[-1] == 0), self.resolve(knobs or {}))
+        s = check_sigmas(sigmas, allow_inf_first=True)
+        rule = self.nfe_inf if self.nfe_inf is not None and math.isinf(float(s[0])) else self.nfe
+        return rule(s.numel() - 1, bool(s[-1] == 0), self.resolve(knobs or {}))
 
 
 REGISTRY: dict[str, SolverSpec] = {}
@@ -262,14 +285,16 @@ _GENERALIZED_KNOBS = (
 for _spec in (
     SolverSpec("euler", "Euler (1st order)", 1, one_per_step, False, (), build_edm("euler", stochastic=False)),
     SolverSpec("heun", "Heun, EDM Algorithm 1 (2nd order)", 2, two_per_step, False, (),
-               build_edm("heun", stochastic=False)),
+               build_edm("heun", stochastic=False), nfe_inf=euler_first(two_per_step)),
     SolverSpec(
         name="stochastic", summary="EDM Algorithm 2: churn, then a Heun or Euler step", order=2, nfe=by_solver_knob,
         stochastic=True, knobs=CHURN, build=build_edm(None, stochastic=True), check=_churn_range,
+        nfe_inf=euler_first(by_solver_knob),
     ),
     SolverSpec(
         name="generalized", summary="EDM's generalized sampler: any sigma(t), s(t), alpha, churn", order=2,
         nfe=by_solver_knob, stochastic=True, knobs=_GENERALIZED_KNOBS, build=build_generalized, check=_churn_range,
+        nfe_inf=euler_first(by_solver_knob),
     ),
     _linear("dpmpp_2m", "DPM-Solver++(2M)", 2, (ORDER_RULE,)),
     _linear("dpmpp_3m", "multistep DPM-Solver++, exact integrals (order 1..4)", 3, (_order(3, 4), ORDER_RULE)),
@@ -281,6 +306,12 @@ for _spec in (
     _linear("unipc", "UniPC-bh2 predictor-corrector (order 1..3)", 3, (_order(3, 3), ORDER_RULE)),
     _linear("euler_ancestral", "Euler ancestral", 1, (ETA, S_NOISE), stochastic=True),
     SolverSpec("dpm2", "DPM-Solver-2 / DPM-Solver++(2S), single step", 2, two_per_step, False, (FORM,), build_dpm2,
-               strict=True),
+               strict=True, nfe_inf=euler_first(two_per_step)),
 ):  # fmt: skip
     register(_spec)
+
+# CFG++ (solvers/cfgpp.py): they take a guided denoiser, so consumers running plain denoisers skip them.
+register(SolverSpec("euler_cfgpp", "Euler / DDIM with CFG++ (a guided denoiser)", 1, one_per_step, False, (),
+                    build_cfgpp("euler"), strict=True, guided=True))  # fmt: skip
+register(SolverSpec("dpmpp_2m_cfgpp", "DPM-Solver++(2M) with CFG++ (a guided denoiser)", 2, one_per_step, False,
+                    (ORDER_RULE,), build_cfgpp("dpmpp_2m"), strict=True, guided=True))  # fmt: skip

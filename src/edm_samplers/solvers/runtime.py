@@ -18,6 +18,7 @@ The same :func:`prepare` feeds :class:`~edm_samplers.GraphedSampler` (which capt
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
@@ -36,6 +37,7 @@ from .._validate import (
     check_denoiser,
     check_flag,
     check_has_data,
+    check_infinite_sigma,
     check_sigmas,
     check_sigmas_fit,
     check_x,
@@ -83,7 +85,7 @@ class Schedule(NamedTuple):
 def schedule(sigmas: Tensor | Sequence[float], *, strict: bool = False) -> Schedule:
     """Check ``sigmas`` (see :func:`~edm_samplers._validate.check_sigmas`); ``strict``: no repeated levels."""
     check_has_data(sigmas, "sigmas")
-    s = check_sigmas(sigmas)
+    s = check_sigmas(sigmas, allow_inf_first=True)
     if strict:
         pos = s[s > 0]
         if bool((pos[1:] >= pos[:-1]).any()):
@@ -274,6 +276,8 @@ def prepare(
     check_has_data(x, "x")
     x = check_x(x)
     sched = schedule(sigmas, strict=spec.strict)
+    if math.isinf(sched.host[0]):
+        check_infinite_sigma(denoiser)
     sdt = state_dtype(x, dtype)
     check_sigmas_fit(sched.sigmas, sdt)
     batch, dev = x.shape[0], x.device

@@ -6,7 +6,10 @@ All samplers share one signature and one contract::
     <name>_sample(denoiser, x, sigmas, *, <method knobs>, cond=None, noise=None, callback=None,
                   dtype=None, progress=False, check_finite=True) -> Tensor
 
-- ``x`` is already at noise level ``sigmas[0]`` (use :func:`~edm_samplers.initial_x` to scale unit latents).
+- ``x`` is already at noise level ``sigmas[0]`` (use :func:`~edm_samplers.initial_x` to scale unit latents);
+  ``sigmas[0]`` may be inf (pure noise), and then ``x`` is the unit-variance noise itself and the first step
+  is x_1 = D(n; inf) + sigma_1 n (:func:`.steps.inf_step`), the limit of every sampler here as sigma_0 -> inf
+  where it has one that evaluations of D give (docs/api.md, "Starting at sigma = inf").
 - ``sigmas`` is any non-increasing schedule; the step to a final 0 is always an Euler step (it returns D
   exactly).
 - The state integrates in x's dtype promoted to at least float32 (``dtype=`` overrides; float64 reproduces
@@ -56,7 +59,9 @@ def euler_sample(denoiser: Denoiser, x: Tensor, sigmas: Sigmas, **run: Unpack[Ru
 def heun_sample(denoiser: Denoiser, x: Tensor, sigmas: Sigmas, **run: Unpack[RunOptions]) -> Tensor:
     """EDM Algorithm 1: Heun's 2nd-order method (trapezoidal rule), Euler on the last step to sigma = 0.
 
-    Order 2; 2 NFE per step except the final step to 0 (1 NFE): 2N - 1 NFE, e.g. 35 for N = 18.
+    Order 2; 2 NFE per step except the final step to 0 (1 NFE): 2N - 1 NFE, e.g. 35 for N = 18. From
+    ``sigmas[0] = inf`` the first step is the Euler/DDIM limit x_1 = D(n; inf) + sigma_1 n (1 NFE: the trapezoid's
+    correction grows like sigma_0 (D_0 - D_1) / (2 sigma_1), it has no limit), so 2N - 2 NFE.
     """
     return call("heun", denoiser, x, sigmas, run)
 
@@ -74,6 +79,9 @@ def stochastic_sample(denoiser: Denoiser, x: Tensor, sigmas: Sigmas, *, s_churn:
     NFE) or 1 (Euler: N NFE). Noise is drawn on every step, so the random stream does not depend on the
     churn settings, and ``s_churn = 0`` returns bit for bit what :func:`heun_sample` / :func:`euler_sample`
     return. ``round_sigma`` (e.g. a preconditioner's) maps sigma_hat onto the levels a discrete model supports.
+    From ``sigmas[0] = inf`` (x = unit noise n) churn tends to re-mixing the noise,
+    n_hat = (n + s_noise sqrt((1 + gamma_0)^2 - 1) eps_0) / (1 + gamma_0), and the step to
+    x_1 = D(n_hat; inf) + sigma_1 n_hat (1 NFE; Heun has no limit there); inf is never passed to ``round_sigma``.
     """
     return call("stochastic", denoiser, x, sigmas, run, s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax,
                 s_noise=s_noise, solver=solver, round_sigma=round_sigma)  # fmt: skip
@@ -93,7 +101,9 @@ def generalized_sample(denoiser: Denoiser, x: Tensor, sigmas: Sigmas, *,
     result are unscaled (x = y + sigmas[0] n), like every sampler of the library; so are the states the
     callback receives. Noise is drawn once per step whatever the churn settings (like the paper's code), so
     sweeping ``s_churn`` never shifts the random stream; pass ``noise=`` to keep torch's global RNG
-    untouched. See :mod:`edm_samplers.solvers.generalized` for sigma(t), s(t) and the alpha rule.
+    untouched. See :mod:`edm_samplers.solvers.generalized` for sigma(t), s(t) and the alpha rule. From
+    ``sigmas[0] = inf`` the first step is x_1 = D(n_hat; inf) + sigma_1 n_hat as in :func:`stochastic_sample`
+    for every sigma(t), s(t) (an Euler step in t from t = inf diverges or ignores D; see the module).
     """
     return call("generalized", denoiser, x, sigmas, run, schedule=schedule, scaling=scaling, solver=solver,
                 alpha=alpha, s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise,
@@ -108,7 +118,9 @@ def dpm2_sample(denoiser: Denoiser, x: Tensor, sigmas: Sigmas, *, form: Literal[
     sigma_m = sqrt(sigma_i sigma_{i+1}); u = D_i + (sigma_m/sigma_i)(x_i - D_i) (DPM-Solver-1 to sigma_m);
     ``form="noise"`` (DPM-Solver-2, = k-diffusion's ``sample_dpm_2``): x_{i+1} = x_i + (sigma_{i+1} - sigma_i)
     (u - D(u; sigma_m)) / sigma_m; ``form="data"`` (DPM-Solver++(2S)): x_{i+1} = D_m + (sigma_{i+1}/sigma_i)
-    (x_i - D_m). Order 2; the step to a final 0 is Euler (1 NFE, returns D exactly): 2N - 1 NFE.
+    (x_i - D_m). Order 2; the step to a final 0 is Euler (1 NFE, returns D exactly): 2N - 1 NFE. From
+    ``sigmas[0] = inf`` the first step is x_1 = D(n; inf) + sigma_1 n (1 NFE): the data form's limit; the noise
+    form's limit adds a derivative of D at infinity that no evaluation gives (:mod:`.dpm2`).
     """
     return call("dpm2", denoiser, x, sigmas, run, form=form)
 
@@ -122,5 +134,7 @@ def euler_ancestral_sample(denoiser: Denoiser, x: Tensor, sigmas: Sigmas, *, eta
     sigma_down = sqrt(sigma_{i+1}^2 - sigma_up^2); an Euler step to sigma_down, then
     x_{i+1} = x' + s_noise sigma_up eps_i. Order 1 (strong order 1/2 for eta > 0); 1 NFE per step; one noise
     draw per step always; the step to a final 0 has sigma_up = 0 and returns D exactly. ``eta = 0`` is Euler.
+    From ``sigmas[0] = inf`` (x = unit noise n): x_1 = D(n; inf) + sigma_1 sqrt(1 - eta^2) n + s_noise eta sigma_1
+    eps_0 (eta <= 1), the limit of the step.
     """
     return call("euler_ancestral", denoiser, x, sigmas, run, eta=eta, s_noise=s_noise)

@@ -39,12 +39,15 @@ from torch import Tensor
 from .._types import Denoiser
 
 __all__ = [
+    "InfStart",
     "StepCoeffs",
     "churn",
     "churn_gammas",
     "churn_sigma_hat",
     "euler_step",
     "heun_step",
+    "inf_start",
+    "inf_step",
     "step_table",
     "unstack",
 ]
@@ -235,3 +238,56 @@ def heun_step(
     torch.sub(pred, denoised_pred, out=pred)
     torch.addcmul(x, diff, c.heun_a, out=out)
     return out.addcmul_(pred, c.heun_b), denoised
+
+
+# ---- the first step from sigma = inf (pure noise) ------------------------------------------------------------
+
+
+class InfStart(NamedTuple):
+    """Scalars of a first step from sigma_0 = inf, where the state x is the unit-variance noise n = lim x_0 / sigma_0.
+
+    Attributes:
+        sigma: ``[batch]`` row of inf: the denoiser is called at sigma = inf with the (churned) noise as its x.
+        sigma_next: sigma_1, the weight of the noise in x_1 = D(n_hat; inf) + sigma_1 n_hat.
+        keep: 1 / (1 + gamma_0), the weight of n in the churned noise n_hat (1 without churn).
+        noise_scale: S_noise sqrt((1 + gamma_0)^2 - 1) / (1 + gamma_0), the weight of eps in n_hat (0 without churn).
+    """
+
+    sigma: Tensor
+    sigma_next: Tensor
+    keep: Tensor
+    noise_scale: Tensor
+
+
+def inf_start(
+    sigma_next: float, gamma: float, s_noise: float, *, batch: int, dtype: torch.dtype, device: torch.device
+) -> InfStart:
+    """The :class:`InfStart` of a step from inf to ``sigma_next`` with churn ``gamma`` (host floats, one transfer).
+
+    Churn at sigma_0 raises the level to sigma_hat = (1 + gamma) sigma_0 and adds noise of std
+    sqrt(sigma_hat^2 - sigma_0^2) S_noise; in units of sigma_hat the churned state is
+    x_hat / sigma_hat = (n + S_noise sqrt((1 + gamma)^2 - 1) eps) / (1 + gamma) for every sigma_0, so its limit
+    is that (finite) mix of n and eps: churn at an infinite level re-mixes the starting noise.
+    """
+    keep = 1.0 / (1.0 + gamma)
+    scale = s_noise * math.sqrt(gamma * (2.0 + gamma)) * keep  # (1 + gamma)^2 - 1 without cancellation
+    vals = torch.tensor([math.inf, sigma_next, keep, scale], dtype=torch.float64).to(device=device, dtype=dtype)
+    return InfStart(vals[0].expand(batch).contiguous(), vals[1], vals[2], vals[3])
+
+
+def inf_step(
+    denoiser: Denoiser, x: Tensor, eps: Tensor | None, c: InfStart, cond: Mapping[str, Any]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The first step from sigma_0 = inf: the limit of every single-step sampler's first step (1 NFE).
+
+    With x_0 = sigma_0 n, the Euler step x_1 = D_0 + (sigma_1 / sigma_0)(x_0 - D_0) tends to
+    x_1 = D(n; inf) + sigma_1 n (DDIM's step from pure noise), at rate O(1 / sigma_0). Churn first re-mixes the
+    noise (see :func:`inf_start`); ``eps`` is None for deterministic samplers. Heun's trapezoid has no finite
+    limit there (its correction grows like sigma_0 (D_0 - D_1) / (2 sigma_1)), so every sampler takes this step.
+
+    Returns:
+        ``(x_next, x_hat, denoised)``: x_hat is the (churned) noise the denoiser saw.
+    """
+    x_hat = x if eps is None else torch.addcmul(x * c.keep, eps, c.noise_scale)
+    denoised = denoiser(x_hat, c.sigma, **cond)
+    return torch.addcmul(denoised, x_hat, c.sigma_next), x_hat, denoised
