@@ -340,17 +340,6 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
-def samplers_accept_inf() -> bool:
-    """Whether the library's samplers take a schedule starting at sigma = inf (the pure-noise convention)."""
-    try:
-        es.euler_sample(lambda x, s, **c: torch.zeros_like(x), torch.zeros(1, 1), torch.tensor([INF, 0.0], dtype=F64))
-    except ValueError:
-        return False
-    return True
-
-
-needs_inf = pytest.mark.skipif(not samplers_accept_inf(), reason="the samplers do not take sigma = inf yet")
-
 # float32 model and state on both sides; diffusers steps x_t + dt v, the library lerps in EDM coordinates and maps
 # t <-> sigma: different but equivalent arithmetic, measured 1e-7 .. 3e-7 relative; 1e-5 is the acceptance bound,
 # and a wrong formula (a shift, an off-by-one time, the int64 floor missing) moves the result by >= 1e-4.
@@ -391,7 +380,6 @@ def test_first_step_from_infinity_is_diffusers_first_step(sd3: Any, diffusers_mo
 
 
 @diffusers_mark
-@needs_inf
 @pytest.mark.parametrize("dynamic", [False, True], ids=["shift3", "dynamic"])
 def test_euler_matches_flowmatch_euler_from_pure_noise(sd3: Any, diffusers_mod: Any, dynamic: bool) -> None:
     model, cond, lat = sd3
@@ -408,7 +396,6 @@ def test_euler_matches_flowmatch_euler_from_pure_noise(sd3: Any, diffusers_mod: 
 
 
 @diffusers_mark
-@needs_inf
 def test_flux_euler_dynamic_shift_with_guidance_embedding(flux: Any, diffusers_mod: Any) -> None:
     model, cond, lat = flux
     n = 5
@@ -552,20 +539,9 @@ def section_code(doc: str, heading: str) -> str:
     return "\n".join(blocks)
 
 
-def euler_with_exact_first_step(denoiser: Any, x: torch.Tensor, sigmas: torch.Tensor, **kw: Any) -> torch.Tensor:
-    """euler_sample as it behaves on a schedule starting at inf (the library's convention): the exact first step
-    from unit noise n is D(n; inf) + sigma_1 n, then Euler from sigma_1."""
-    if not math.isinf(float(sigmas[0])):
-        return es.solvers.euler_sample(denoiser, x, sigmas, **kw)
-    d = denoiser(x, torch.full((x.shape[0],), INF), **kw.get("cond", {}))
-    return es.solvers.euler_sample(denoiser, d + float(sigmas[1]) * x, sigmas[1:], **kw)
-
-
 @diffusers_mark
-def test_flow_matching_doc_example_runs(diffusers_mod: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_flow_matching_doc_example_runs(diffusers_mod: Any) -> None:
     code = section_code(DOC.read_text(), "Flow matching")
-    if not samplers_accept_inf():  # until the samplers start from sigma = inf, take that first step here
-        monkeypatch.setattr(es, "euler_sample", euler_with_exact_first_step)
     namespace: dict[str, Any] = {"__name__": "doc_example"}
     exec(compile(code, str(DOC), "exec"), namespace)
     assert namespace["rel_diff"] <= TOL  # the example compares itself with diffusers' loops
