@@ -14,7 +14,7 @@ import inspect
 import math
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -73,8 +73,8 @@ _ROUNDED_T = frozenset(
         "DEISMultistepScheduler", "UniPCMultistepScheduler", "CogVideoXDPMScheduler",
     }
 )  # fmt: skip
-# DDIM and PNDM step from t to t - T // n, whatever the next timestep is.
-_FIXED_STRIDE = frozenset({"DDIMScheduler", "DDIMParallelScheduler", "PNDMScheduler", "CogVideoXDDIMScheduler"})
+# DDIM steps from t to t - T // n, whatever the next timestep is.
+_FIXED_STRIDE = frozenset({"DDIMScheduler", "DDIMParallelScheduler", "CogVideoXDDIMScheduler"})
 # Schedulers whose loop state is EDM's x (Euler-type: latents * init_noise_sigma); the others keep the VP x_t
 # (init_noise_sigma = 1).
 _SIGMA_STATE = _LINEAR_T | EDM | VE
@@ -85,7 +85,7 @@ _CLAMP_SIGMA = math.sqrt(1 / ZERO_SNR_CLAMP - 1)
 
 
 def family_of(name: str) -> str | None:
-    """"vp", "edm", "ve", "flow", or None for a class no family claims."""
+    """ "vp", "edm", "ve", "flow", or None for a class no family claims."""
     for fam, names in (("vp", VP), ("edm", EDM), ("ve", VE), ("flow", FLOW)):
         if name in names:
             return fam
@@ -148,7 +148,7 @@ def class_by_signature(diffusers: Any, cfg: Mapping[str, Any]) -> str | None:
     return hits[0] if len(kinds) == 1 else None
 
 
-def timestep_rule(name: str, cfg: Mapping[str, Any]) -> str:
+def timestep_rule(name: str, cfg: Mapping[str, Any]) -> Literal["interpolate", "linear", "quantize"]:
     """The model-time convention of a VP scheduler (see ``_LINEAR_T``)."""
     if name in _ROUNDED_T:
         return "quantize"
@@ -210,7 +210,7 @@ def vp_schedule(name: str, sched: Any, table: Tensor) -> Tensor:
     """
     sig = getattr(sched, "sigmas", None)
     if isinstance(sig, Tensor) and sig.ndim == 1 and sig.numel() >= 2:
-        s = torch.unique_consecutive(sig.detach().to("cpu", torch.float64))
+        s: Tensor = torch.unique_consecutive(sig.detach().to("cpu", torch.float64))
         if bool(torch.isinf(table[-1])) and abs(float(s[0]) - _CLAMP_SIGMA) < 1e-6 * _CLAMP_SIGMA:
             s[0] = math.inf  # the undone clamp (vp_alphas_cumprod): start where the model was trained
         return s

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from . import _diffusers_families as fam
 from ._validate import check_int
@@ -119,22 +119,19 @@ def from_diffusers(
     timestep: Timestep = "auto",
     learned_variance: bool | None = None,
     net_dtype: torch.dtype | None = None,
-) -> DDPMDenoiser | EDMPrecond | ContinuousDenoiser | nn.Module:
+) -> DDPMDenoiser | EDMPrecond | ContinuousDenoiser:
     """A diffusers model as a denoiser D(x; sigma) in EDM coordinates, for its scheduler's model family.
 
-    ==================================================  =========================================================
-    scheduler                                           denoiser
-    ==================================================  =========================================================
-    VP: DDPM, DDIM, PNDM, Euler (ancestral), Heun,      :class:`DDPMDenoiser` on the scheduler's
-    KDPM2, LMS, DPM-Solver (multistep, singlestep,      ``alphas_cumprod``; ``prediction_type`` "epsilon", "v_prediction"
-    SDE), UniPC, DEIS, SA-Solver, LCM, TCD and          or "sample"; ``variance_type`` "learned"/"learned_range" drops
-    variants                                            the variance channels
-    EDM: ``EDMEulerScheduler``,                         :class:`EDMPrecond` (``sigma_data``, range
-    ``EDMDPMSolverMultistepScheduler``                  ``[sigma_min, sigma_max]``, "epsilon" or "v_prediction")
-    VE: ``ScoreSdeVeScheduler``                         :class:`ContinuousDenoiser` (VE, time input sigma) reading
-                                                        the output as the score: D = x + sigma^2 F
-    flow matching (``FlowMatch*``, ``use_flow_sigmas``) :mod:`edm_samplers.flow` (when installed in this version)
-    ==================================================  =========================================================
+    - VP (DDPM, DDIM, PNDM, Euler, Euler ancestral, Heun, KDPM2, LMS, DPM-Solver multistep / singlestep / SDE,
+      UniPC, DEIS, SA-Solver, LCM, TCD and their variants): :class:`DDPMDenoiser` on the scheduler's
+      ``alphas_cumprod``; ``prediction_type`` "epsilon", "v_prediction" or "sample"; ``variance_type``
+      "learned"/"learned_range" drops the variance channels.
+    - EDM (``EDMEulerScheduler``, ``EDMDPMSolverMultistepScheduler``): :class:`EDMPrecond` with the scheduler's
+      ``sigma_data``, range ``[sigma_min, sigma_max]`` and prediction ("epsilon" or "v_prediction").
+    - VE (``ScoreSdeVeScheduler``): a :class:`ContinuousDenoiser` (VE, time input sigma) that reads the output as
+      the score: D = x + sigma^2 F.
+    - Flow matching (``FlowMatch*``, ``use_flow_sigmas=True``): :mod:`edm_samplers.flow` when this version has it,
+      else a clear error.
 
     A config mapping is dispatched on its ``_class_name`` (a saved ``scheduler_config.json``), or, without one (a
     ``scheduler.config``), on the one scheduler class taking exactly its keys; that class builds the scheduler
@@ -182,7 +179,9 @@ def from_diffusers(
     pred = prediction if prediction is not None else str(cfg.get("prediction_type", "epsilon"))
     if family == "edm":
         if pred not in ("epsilon", "v_prediction", "edm", "v"):
-            raise ValueError(f"{name} with prediction_type={pred!r}: diffusers' EDM schedulers take 'epsilon' or 'v_prediction'")
+            raise ValueError(
+                f"{name} with prediction_type={pred!r}: diffusers' EDM schedulers take 'epsilon' or 'v_prediction'"
+            )
         return EDMPrecond(
             model,
             sigma_data=float(cfg["sigma_data"]),
@@ -192,7 +191,8 @@ def from_diffusers(
             prediction=pred,
         )
     if family == "ve":
-        return _ScoreDenoiser(model, sigma_min=float(cfg["sigma_min"]), sigma_max=float(cfg["sigma_max"]), net_dtype=net_dtype)
+        lo, hi = float(cfg["sigma_min"]), float(cfg["sigma_max"])
+        return _ScoreDenoiser(model, sigma_min=lo, sigma_max=hi, net_dtype=net_dtype)
     _check_vp_options(cfg, name)
     abar, zero_snr = fam.vp_alphas_cumprod(sched)
     if bool(abar[-1] == 0) and pred in ("epsilon", "eps"):
@@ -206,7 +206,12 @@ def from_diffusers(
         learned_variance = cfg.get("variance_type") in ("learned", "learned_range")
     mode = fam.timestep_rule(name, cfg) if timestep == "auto" else timestep
     return DDPMDenoiser(
-        model, abar, prediction=pred, timestep=mode, learned_variance=learned_variance, net_dtype=net_dtype  # type: ignore[arg-type]
+        model,
+        abar,
+        prediction=pred,
+        timestep=mode,
+        learned_variance=learned_variance,
+        net_dtype=net_dtype,
     )
 
 
@@ -218,16 +223,19 @@ class _ScoreDenoiser(ContinuousDenoiser):
 
     def __init__(self, model: Callable[..., Any], *, sigma_min: float, sigma_max: float, net_dtype: torch.dtype | None):
         super().__init__(
-            model, prediction="eps", parameterization="ve", sigma_min=sigma_min, sigma_max=sigma_max, net_dtype=net_dtype
+            model,
+            prediction="eps",
+            parameterization="ve",
+            sigma_min=sigma_min,
+            sigma_max=sigma_max,
+            net_dtype=net_dtype,
         )
 
     def to_denoised(self, x: Tensor, sigma: Tensor, out: Tensor) -> Tensor:
         return x + sigma**2 * out
 
 
-def scheduler_sigmas(
-    scheduler: object, num_steps: int, *, device: torch.device | str | None = None
-) -> Tensor:
+def scheduler_sigmas(scheduler: object, num_steps: int, *, device: torch.device | str | None = None) -> Tensor:
     """The noise levels a diffusers scheduler visits in ``num_steps`` steps, in EDM units (float64).
 
     The scheduler is copied, not modified. ``sigmas[0]`` may be ``inf`` (a zero-terminal-SNR model sampled from

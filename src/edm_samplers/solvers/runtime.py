@@ -42,6 +42,7 @@ from .._validate import (
     state_dtype,
 )
 from ..noise import as_noise_source
+from ..schedule_fit import warn_above_range
 
 if TYPE_CHECKING:
     from .registry import SolverSpec
@@ -274,6 +275,7 @@ def prepare(
     check_has_data(x, "x")
     x = check_x(x)
     sched = schedule(sigmas, strict=spec.strict)
+    warn_above_range(denoiser, sched.host, stacklevel=4)  # host floats: no sync
     sdt = state_dtype(x, dtype)
     check_sigmas_fit(sched.sigmas, sdt)
     batch, dev = x.shape[0], x.device
