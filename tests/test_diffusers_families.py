@@ -213,9 +213,16 @@ def test_zero_terminal_snr_ddim_from_infinity(unet: Any) -> None:
             d = den(x_t * math.sqrt(1 + float(sigma) ** 2), sigma.float().reshape(1))
         torch.testing.assert_close(d, x0, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(den.sigma_to_t(torch.tensor([math.inf])), torch.tensor([999.0], dtype=torch.float64))
+    ref = diffusers_loop(unet, sched, LATENTS, n)
+    # The first step from pure noise by hand (its exact limit: the model sees x_t = n at t = 999, v-prediction
+    # gives D = -v, and Euler lands on D + sigma_1 n), then Euler on the finite levels.
+    with torch.no_grad():
+        d0 = -unet(LATENTS, torch.tensor([999.0])).sample
+        x1 = d0 + float(sig[1]) * LATENTS
+        by_hand = es.euler_sample(den, x1, sig[1:], dtype=torch.float32)
+    assert rel(by_hand, ref) <= RTOL
     if not _samplers_accept_inf():
         pytest.skip("the samplers do not accept a schedule starting at sigma = inf yet (helper H-inf)")
-    ref = diffusers_loop(unet, sched, LATENTS, n)
     assert rel(ours(unet, sched, es.euler_sample, n), ref) <= RTOL
 
 
