@@ -360,6 +360,22 @@ def test_flow_schedulers_go_to_the_flow_hook_or_a_clear_error() -> None:
         assert from_diffusers(lambda x, t: x, sched) is not None
 
 
+def test_options_of_another_family_are_rejected() -> None:
+    edm, ve = diffusers.EDMEulerScheduler(), diffusers.ScoreSdeVeScheduler()
+    with pytest.raises(ValueError, match="timestep= and learned_variance= apply to VP"):
+        from_diffusers(lambda x, t: x, edm, timestep="quantize")
+    with pytest.raises(ValueError, match="timestep= and learned_variance= apply to VP"):
+        from_diffusers(lambda x, t: x, ve, learned_variance=True)
+    with pytest.raises(TypeError, match="learned_variance must be True or False"):
+        from_diffusers(lambda x, t: x, edm, learned_variance="no")
+    with pytest.raises(ValueError, match="prediction= does not apply"):
+        from_diffusers(lambda x, t: x, ve, prediction="v")
+    with pytest.raises(ValueError, match="EDM schedulers take 'epsilon' or 'v_prediction'"):
+        from_diffusers(lambda x, t: x, edm, prediction="sample")
+    with pytest.raises(ValueError, match="timestep must be 'auto'"):
+        from_diffusers(lambda x, t: x, edm, timestep="round")  # type: ignore[arg-type]
+
+
 def test_range_warning_once_at_entry() -> None:
     den = from_diffusers(lambda x, t: torch.zeros_like(x), diffusers.EDMEulerScheduler(sigma_max=14.6))
     x = torch.zeros(1, 2)

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from . import _diffusers_families as fam
-from ._validate import check_int
+from ._validate import check_flag, check_int
 from .adapters import ContinuousDenoiser, DDPMDenoiser
 from .precond import EDMPrecond
 
@@ -176,6 +176,13 @@ def from_diffusers(
     if family == "flow" or (family == "vp" and fam.is_flow_config(cfg)):
         exc = TypeError if not isinstance(scheduler_or_config, Mapping) else ValueError
         return _flow("from_diffusers_flow", name, exc)(model, sched, net_dtype=net_dtype)  # type: ignore[no-any-return]
+    if learned_variance is not None:
+        check_flag(learned_variance, "learned_variance")
+    if family != "vp" and (timestep != "auto" or learned_variance):
+        raise ValueError(
+            f"{name} schedules a non-VP model: timestep= and learned_variance= apply to VP (DDPM-family) models "
+            f"only, got timestep={timestep!r}, learned_variance={learned_variance!r}"
+        )
     pred = prediction if prediction is not None else str(cfg.get("prediction_type", "epsilon"))
     if family == "edm":
         if pred not in ("epsilon", "v_prediction", "edm", "v"):
@@ -191,6 +198,8 @@ def from_diffusers(
             prediction=pred,
         )
     if family == "ve":
+        if prediction is not None:
+            raise ValueError(f"{name} schedules a score model (D = x + sigma^2 F): prediction= does not apply")
         lo, hi = float(cfg["sigma_min"]), float(cfg["sigma_max"])
         return _ScoreDenoiser(model, sigma_min=lo, sigma_max=hi, net_dtype=net_dtype)
     _check_vp_options(cfg, name)
