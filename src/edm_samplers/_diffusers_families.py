@@ -19,6 +19,28 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+__all__ = [
+    "EDM",
+    "FLOW",
+    "SUPPORTED_HINT",
+    "UNSUPPORTED",
+    "VE",
+    "VP",
+    "ZERO_SNR_CLAMP",
+    "check_class",
+    "class_by_signature",
+    "family_of",
+    "flow_hook",
+    "is_flow_config",
+    "known_class_of",
+    "set_timesteps_copy",
+    "start_state_sigma_based",
+    "timestep_rule",
+    "uses_sigma_state",
+    "vp_alphas_cumprod",
+    "vp_schedule",
+]
+
 # diffusers schedulers whose model is a discrete-time VP (DDPM-family) model: noise levels from alphas_cumprod.
 # LCM and TCD schedule consistency-distilled VP models: the network is still an eps/v/x0 predictor at a
 # trained timestep (LCM's boundary scalings c_skip, c_out only blend in near t = 0).
@@ -192,9 +214,9 @@ def uses_sigma_state(name: str) -> bool:
     return name in _SIGMA_STATE
 
 
-def set_timesteps_copy(scheduler: Any, num_steps: int, device: torch.device | str | None) -> Any:
-    """A deep copy of ``scheduler`` after ``set_timesteps(num_steps)`` (the user's scheduler is not touched)."""
-    del device
+def set_timesteps_copy(scheduler: Any, num_steps: int) -> Any:
+    """A deep copy of ``scheduler`` after ``set_timesteps(num_steps)`` on the CPU (the user's scheduler is not
+    touched)."""
     s = copy.deepcopy(scheduler)
     s.set_timesteps(num_steps)
     return s

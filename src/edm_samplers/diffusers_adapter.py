@@ -271,7 +271,7 @@ def scheduler_sigmas(scheduler: object, num_steps: int, *, device: torch.device 
     family = fam.family_of(name)
     if family == "flow" or (family == "vp" and fam.is_flow_config(cfg)):
         return _flow("flow_scheduler_sigmas", name, ValueError)(sched, n, device)  # type: ignore[no-any-return]
-    s = fam.set_timesteps_copy(sched, n, device)
+    s = fam.set_timesteps_copy(sched, n)
     if family == "ve":
         s.set_sigmas(n)
         out = torch.cat([s.sigmas.detach().to("cpu", torch.float64), torch.zeros(1, dtype=torch.float64)])
