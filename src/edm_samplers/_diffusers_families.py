@@ -185,8 +185,8 @@ def timestep_rule(name: str, cfg: Mapping[str, Any]) -> Literal["interpolate", "
     return "interpolate"
 
 
-def vp_alphas_cumprod(scheduler: Any) -> tuple[Tensor, bool]:
-    """``alphas_cumprod`` (float64) of a VP scheduler instance, and whether the model has zero terminal SNR.
+def vp_alphas_cumprod(scheduler: Any) -> Tensor:
+    """``alphas_cumprod`` (float64) of a VP scheduler instance.
 
     A zero-SNR scheduler either keeps abar_{T-1} = 0 (DDPM, DDIM: sigma = inf) or clamps it to 2**-24 (Euler,
     DPM-Solver, UniPC: sigma = 4096, the level its own loop starts from). The clamp is kept when the table stays
@@ -194,10 +194,10 @@ def vp_alphas_cumprod(scheduler: Any) -> tuple[Tensor, bool]:
     default DDPM betas, abar_{T-2} < 2**-24) it is undone: abar_{T-1} = 0, sigma = inf, the model's true level.
     """
     abar = torch.as_tensor(scheduler.alphas_cumprod).detach().to("cpu", torch.float64).clone()
-    zero_snr = bool(scheduler.config.get("rescale_betas_zero_snr", False)) or bool(abar[-1] == 0)
+    zero_snr = bool(scheduler.config.get("rescale_betas_zero_snr", False))
     if zero_snr and abar.numel() >= 2 and float(abar[-1]) == ZERO_SNR_CLAMP and not abar[-1] < abar[-2]:
         abar[-1] = 0.0
-    return abar, zero_snr
+    return abar
 
 
 def start_state_sigma_based(name: str, cfg: Mapping[str, Any], latents: Tensor, sigma0: float) -> Tensor:

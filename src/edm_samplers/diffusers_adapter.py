@@ -203,14 +203,13 @@ def from_diffusers(
         lo, hi = float(cfg["sigma_min"]), float(cfg["sigma_max"])
         return _ScoreDenoiser(model, sigma_min=lo, sigma_max=hi, net_dtype=net_dtype)
     _check_vp_options(cfg, name)
-    abar, zero_snr = fam.vp_alphas_cumprod(sched)
+    abar = fam.vp_alphas_cumprod(sched)
     if bool(abar[-1] == 0) and pred in ("epsilon", "eps"):
         raise ValueError(
             f"{name} has zero terminal SNR (alphas_cumprod[-1] = 0, sigma = inf) with prediction_type='epsilon': "
             "from pure noise an eps-prediction cannot give x0. Zero-SNR models predict v ('v_prediction'); for an "
             "eps model drop the last level: DDPMDenoiser(model, scheduler.alphas_cumprod[:-1])"
         )
-    del zero_snr
     if learned_variance is None:
         learned_variance = cfg.get("variance_type") in ("learned", "learned_range")
     mode = fam.timestep_rule(name, cfg) if timestep == "auto" else timestep
@@ -278,7 +277,7 @@ def scheduler_sigmas(scheduler: object, num_steps: int, *, device: torch.device 
     elif family == "edm":
         out = s.sigmas.detach().to("cpu", torch.float64)
     else:
-        abar, _ = fam.vp_alphas_cumprod(sched)
+        abar = fam.vp_alphas_cumprod(sched)
         out = fam.vp_schedule(name, s, torch.sqrt((1 - abar) / abar))
     return out.to(device=device) if device is not None else out
 
