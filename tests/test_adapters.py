@@ -239,6 +239,10 @@ def test_ddpm_zero_terminal_snr_and_linear_time() -> None:
     assert den.sigma_max == math.inf and den.sigmas[-1] == math.inf
     s = torch.tensor([math.inf, 1e6, float(den.sigmas[4])], dtype=torch.float64)
     torch.testing.assert_close(den.sigma_to_t(s), torch.tensor([9.0, 8.0, 4.0], dtype=torch.float64))
+    for mode in ("interpolate", "linear", "quantize"):  # inf is the last step in every mode, with or without 0
+        for a in (abar, linear_abar(10)):
+            t = DDPMDenoiser(lambda x, t: x, a, prediction="v", timestep=mode).sigma_to_t(torch.tensor([math.inf]))  # type: ignore[arg-type]
+            assert t.item() == 9.0
     # "linear": t = k + (sigma - sigma_k) / (sigma_{k+1} - sigma_k), the inverse of np.interp(t, arange, sigmas).
     lin = DDPMDenoiser(lambda x, t: x, linear_abar(10), timestep="linear")
     sg = lin.sigmas

@@ -346,7 +346,9 @@ class DDPMDenoiser(_Adapter):
         """
         ls = self.log_sigmas.to(device=sigma.device, dtype=torch.float64)
         s64 = sigma.to(torch.float64)
-        log_s = torch.log(s64.clamp_min(1e-30))
+        # Capped at the last finite level (no sync): an infinite or larger sigma maps to the last finite step in
+        # every mode (the nearest level of an infinite log sigma would otherwise be the first).
+        log_s = torch.minimum(torch.log(s64.clamp_min(1e-30)), ls[-1])
         n = ls.numel()
         if self.timestep == "quantize":
             t = torch.argmin(torch.abs(log_s.unsqueeze(-1) - ls), dim=-1).to(torch.float64)
