@@ -183,7 +183,7 @@ def test_config_without_class_name_must_state_its_schedule() -> None:
 def test_options_that_switch_the_model_family_are_rejected() -> None:
     from edm_samplers import _diffusers_families as fam
 
-    if fam.flow_hook("from_diffusers_flow") is None:  # until the flow adapter exists (edm_samplers.flow)
+    if fam.flow_hook("flow_from_scheduler") is None:  # until the flow adapter exists (edm_samplers.flow)
         flow = {"_class_name": "DPMSolverMultistepScheduler", "use_flow_sigmas": True}
         with pytest.raises(ValueError, match="schedules a flow-matching"):
             from_diffusers(lambda x, t: x, flow)

@@ -349,15 +349,16 @@ def test_flow_schedulers_go_to_the_flow_hook_or_a_clear_error() -> None:
     from edm_samplers import _diffusers_families as fam
 
     sched = diffusers.FlowMatchEulerDiscreteScheduler()
-    if fam.flow_hook("from_diffusers_flow") is None:
+    if fam.flow_hook("flow_from_scheduler") is None:
         with pytest.raises(TypeError, match="FlowMatchEulerDiscreteScheduler schedules a flow-matching"):
             from_diffusers(lambda x, t: x, sched)
         with pytest.raises(ValueError, match="UniPCMultistepScheduler schedules a flow-matching"):
             from_diffusers(lambda x, t: x, dict(diffusers.UniPCMultistepScheduler(use_flow_sigmas=True).config))
         with pytest.raises(ValueError, match="flow_scheduler_sigmas is missing"):
             scheduler_sigmas(sched, 4)
-    else:
-        assert from_diffusers(lambda x, t: x, sched) is not None
+    else:  # edm_samplers.flow is there: the flow schedule starts at t = 1, sigma = inf, from the latents
+        sig = scheduler_sigmas(sched, 4)
+        assert sig[0] == math.inf and torch.equal(start_state(sched, LATENTS, sig), LATENTS)
 
 
 def test_options_of_another_family_are_rejected() -> None:

@@ -140,9 +140,9 @@ def is_flow_config(cfg: Mapping[str, Any]) -> bool:
 def flow_hook(name: str) -> Callable[..., Any] | None:
     """``edm_samplers.flow.<name>`` once the flow-matching adapter exists, else None.
 
-    The contract: ``from_diffusers_flow(model, scheduler, *, net_dtype)`` builds the denoiser,
-    ``flow_scheduler_sigmas(scheduler, num_steps, device)`` the float64 EDM sigmas (starting at inf for t = 1) and
-    ``flow_start_state(scheduler, latents, sigmas)`` the starting state.
+    The contract (helper H-flow's module): ``flow_from_scheduler(model, scheduler, *, time_scale, learned_variance,
+    net_dtype)`` builds the denoiser, ``flow_scheduler_sigmas(scheduler, num_steps)`` the float64 EDM sigmas
+    (starting at inf for t = 1) and ``flow_initial_x(latents, sigmas)`` the starting state.
     """
     try:
         mod = importlib.import_module(".flow", __package__)

@@ -175,7 +175,8 @@ def from_diffusers(
     family = fam.family_of(name)
     if family == "flow" or (family == "vp" and fam.is_flow_config(cfg)):
         exc = TypeError if not isinstance(scheduler_or_config, Mapping) else ValueError
-        return _flow("from_diffusers_flow", name, exc)(model, sched, net_dtype=net_dtype)  # type: ignore[no-any-return]
+        build = _flow("flow_from_scheduler", name, exc)
+        return build(model, sched, time_scale=None, learned_variance=learned_variance, net_dtype=net_dtype)  # type: ignore[no-any-return]
     if learned_variance is not None:
         check_flag(learned_variance, "learned_variance")
     if family != "vp" and (timestep != "auto" or learned_variance):
@@ -269,7 +270,8 @@ def scheduler_sigmas(scheduler: object, num_steps: int, *, device: torch.device 
     cfg: Mapping[str, Any] = sched.config
     family = fam.family_of(name)
     if family == "flow" or (family == "vp" and fam.is_flow_config(cfg)):
-        return _flow("flow_scheduler_sigmas", name, ValueError)(sched, n, device)  # type: ignore[no-any-return]
+        flow_sigmas: Tensor = _flow("flow_scheduler_sigmas", name, ValueError)(sched, n)
+        return flow_sigmas.to(device=device) if device is not None else flow_sigmas
     s = fam.set_timesteps_copy(sched, n)
     if family == "ve":
         s.set_sigmas(n)
@@ -312,7 +314,7 @@ def start_state(scheduler: object, latents: Tensor, sigmas: Tensor) -> Tensor:
     cfg: Mapping[str, Any] = sched.config
     family = fam.family_of(name)
     if family == "flow" or (family == "vp" and fam.is_flow_config(cfg)):
-        return _flow("flow_start_state", name, ValueError)(sched, latents, sigmas)  # type: ignore[no-any-return]
+        return _flow("flow_initial_x", name, ValueError)(latents, sigmas)  # type: ignore[no-any-return]
     s0 = float(sigmas[0])
     if math.isinf(s0):
         return latents.clone()
