@@ -16,6 +16,8 @@ from .adapters import ContinuousDenoiser as ContinuousDenoiser
 from .adapters import DDPMDenoiser as DDPMDenoiser
 from .adapters import sigmas_from_alphas_cumprod as sigmas_from_alphas_cumprod
 from .diffusers_adapter import from_diffusers as from_diffusers
+from .diffusers_adapter import scheduler_sigmas as scheduler_sigmas
+from .diffusers_adapter import start_state as start_state
 from .guidance import Guided as Guided
 from .guidance import guided as guided
 from .guidance import null_condition as null_condition
@@ -125,7 +127,9 @@ __all__ = [
     "null_condition",
     "optimize_schedule",
     "save_schedule",
+    "scheduler_sigmas",
     "sigmas_from_alphas_cumprod",
+    "start_state",
     "stochastic_sample",
     "training",
     "unipc_sample",
