@@ -407,8 +407,14 @@ class _SchedulerCore:
         import diffusers
 
         cfg = dict(self._model_config or {})
-        # A scheduler built in code has no _class_name in its config; from_diffusers read it as a DDPM config.
-        cls = getattr(diffusers, str(cfg.get("_class_name", "DDPMScheduler")))
+        name = cfg.get("_class_name")
+        if not isinstance(name, str) or not hasattr(diffusers, name):
+            raise ValueError(
+                f"schedule='scheduler' and the pipeline's sigmas / mu are read by the replaced scheduler's class, but "
+                f"model_config['_class_name'] is {name!r} (a scheduler built in code has none in its config): "
+                "build this scheduler from the scheduler itself, EDMSamplerScheduler.from_config(pipe.scheduler, ...)"
+            )
+        cls = getattr(diffusers, name)
         sched = cls.from_config(cfg)
         kwargs: dict[str, Any] = {}
         if sigmas is not None:
@@ -685,17 +691,23 @@ def scheduler_class() -> type:
 
         @classmethod
         def from_config(
-            cls, config: Mapping[str, Any] | None = None, return_unused_kwargs: bool = False, **kwargs: Any
+            cls, config: Any = None, return_unused_kwargs: bool = False, **kwargs: Any
         ) -> Any:
-            """From the replaced scheduler's config (kept whole as ``model_config``) or from one of our own.
+            """From the replaced scheduler's config (kept whole as ``model_config``), from the replaced scheduler
+            itself (its class name included, which a scheduler built in code lacks in its config), or from one of
+            our own configs.
 
             ``EDMSamplerScheduler.from_config(pipe.scheduler.config, sampler="heun", schedule="karras")``.
             """
+            if hasattr(config, "config") and not isinstance(config, Mapping):  # the replaced scheduler itself
+                config = {**config.config, "_class_name": type(config).__name__}
             cfg = dict(config or {})
             ours = cfg.get("_class_name") == cls.__name__ or "model_config" in cfg or "model_config" in kwargs
             if not ours:
                 model_config = {k: v for k, v in cfg.items() if k not in ("_use_default_values", "_diffusers_version")}
                 return super().from_config({}, return_unused_kwargs, model_config=model_config, **kwargs)
+            if "sampler" in kwargs and "knobs" not in kwargs:
+                kwargs["knobs"] = None  # another sampler: the stored knobs were the old one's
             return super().from_config(config, return_unused_kwargs, **kwargs)
 
     EDMSamplerScheduler.__module__ = __name__
