@@ -49,7 +49,7 @@ def tiny_unet() -> torch.nn.Module:
     return _perturb(
         diffusers.UNet2DModel(
             sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
-            norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+            norm_num_groups=4, down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2,
             add_attention=False,
         )
     )  # fmt: skip
@@ -298,6 +298,7 @@ def test_save_pretrained_round_trips_the_configuration(tmp_path: Path) -> None:
     )  # fmt: skip
     sched.save_pretrained(tmp_path)
     back = Scheduler.from_pretrained(tmp_path)
+
     def stated(cfg: Any) -> dict[str, Any]:  # diffusers' bookkeeping of defaults aside
         return {k: v for k, v in cfg.items() if k != "_use_default_values"}
 
@@ -326,7 +327,7 @@ def test_bad_sampler_knob_schedule_and_family_are_named() -> None:
     with pytest.raises(ValueError, match=r"schedule must be one of 'karras', 'loglinear', 'scheduler'"):
         Scheduler.from_config(cfg, schedule="karas")
     with pytest.raises(ValueError, match="flow-matching"):
-        Scheduler.from_config(diffusers.FlowMatchEulerDiscreteScheduler().config | {"_class_name": "FlowMatchEulerDiscreteScheduler"})
+        Scheduler.from_config(diffusers.FlowMatchEulerDiscreteScheduler())
     with pytest.raises(ValueError, match="no model_config"):
         Scheduler().set_timesteps(4)
 

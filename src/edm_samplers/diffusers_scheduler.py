@@ -129,6 +129,11 @@ def _family(hooks: object) -> Family:
     return fam
 
 
+def _identity(x: Tensor, sigma: Tensor, /, **cond: Any) -> Tensor:
+    del sigma, cond
+    return x
+
+
 class _PipelineModel:
     """Stands in for the model in the adapter the scheduler builds: the pipeline calls the real one."""
 
@@ -336,7 +341,7 @@ class _SchedulerCore:
         self.num_inference_steps: int | None = None
         self.timesteps = torch.zeros(0)
         self.sigmas = torch.zeros(0)
-        self._finalizer: weakref.finalize | None = None
+        self._finalizer: weakref.finalize[[], _SchedulerCore] | None = None
 
     @staticmethod
     def _build_hooks(cfg: dict[str, Any]) -> Hooks:
@@ -428,9 +433,7 @@ class _SchedulerCore:
         hooks = self._require_hooks()
         opt = self._schedule
         if isinstance(opt, list) or opt not in SCHEDULES:
-            levels = (
-                torch.tensor(opt, dtype=torch.float64) if isinstance(opt, list) else load_schedule(opt)
-            )
+            levels = torch.tensor(opt, dtype=torch.float64) if isinstance(opt, list) else load_schedule(opt)
             if float(levels[-1]) != 0:
                 levels = torch.cat([levels, levels.new_zeros(1)])
             if n is not None and n != levels.numel() - 1:
@@ -487,9 +490,7 @@ class _SchedulerCore:
         rows = torch.cat([c.sigma.reshape(1) for c in calls])
         scale = hooks.model_input(torch.ones_like(rows), rows)
         t = _family(hooks).timesteps(hooks, rows).to(self._dtype)
-        self._plan = _Plan(
-            levels, rows.tolist(), scale.tolist(), [c.step for c in calls], calls[0].x is not x0
-        )
+        self._plan = _Plan(levels, rows.tolist(), scale.tolist(), [c.step for c in calls], calls[0].x is not x0)
         dev = torch.device(device) if device is not None else None
         self.timesteps = t.to(device=dev, dtype=torch.float32)
         self.sigmas = levels.to(device=dev, dtype=torch.float32)
@@ -511,7 +512,7 @@ class _SchedulerCore:
         step0 = plan.call_step[k]
         levels = plan.levels[step0:]
         x0 = sample.detach().to(self._dtype) * (1.0 / plan.call_scale[k])
-        prepared = prepare(self._spec, lambda x, s: x, x0, levels, self._knobs, dtype=self._dtype)
+        prepared = prepare(self._spec, _identity, x0, levels, self._knobs, dtype=self._dtype)
         self._run = _Driven(prepared.program, x0, self._noise, levels.numel() - 1)
         self._finalizer = weakref.finalize(self, self._run.cancel)
         first = self._run.receive()
@@ -617,16 +618,17 @@ def _output_class() -> type:
     if _OUTPUT is None:
         from dataclasses import dataclass
 
-        from diffusers.utils import BaseOutput
+        from diffusers.utils.outputs import BaseOutput
 
         @dataclass
-        class EDMSamplerSchedulerOutput(BaseOutput):  # type: ignore[misc]
+        class EDMSamplerSchedulerOutput(BaseOutput):
             """``step``'s result: ``prev_sample`` for the next model call, ``pred_original_sample`` (D)."""
 
             prev_sample: Tensor
             pred_original_sample: Tensor | None = None
 
         EDMSamplerSchedulerOutput.__module__ = __name__
+        EDMSamplerSchedulerOutput.__qualname__ = "EDMSamplerSchedulerOutput"
         _OUTPUT = EDMSamplerSchedulerOutput
     return _OUTPUT
 
@@ -637,8 +639,8 @@ def scheduler_class() -> type:
     if _CLASS is not None:
         return _CLASS
     try:
-        from diffusers import ConfigMixin, SchedulerMixin
-        from diffusers.configuration_utils import register_to_config
+        from diffusers.configuration_utils import ConfigMixin, register_to_config
+        from diffusers.schedulers.scheduling_utils import SchedulerMixin
     except ImportError:
         raise ImportError(
             "EDMSamplerScheduler needs the diffusers package: pip install 'edm-samplers[diffusers]' "
@@ -672,10 +674,7 @@ def scheduler_class() -> type:
                 ones), or a model_config of an unsupported model family.
         """
 
-        config_name = "scheduler_config.json"
-        _compatibles: list[str] = []
-
-        @register_to_config  # type: ignore[misc]
+        @register_to_config  # type: ignore[untyped-decorator]
         def __init__(
             self,
             sampler: str = "euler",
@@ -690,9 +689,7 @@ def scheduler_class() -> type:
             self._setup(sampler, knobs, schedule, rho, sigma_min, sigma_max, model_config, dtype)
 
         @classmethod
-        def from_config(
-            cls, config: Any = None, return_unused_kwargs: bool = False, **kwargs: Any
-        ) -> Any:
+        def from_config(cls, config: Any = None, return_unused_kwargs: bool = False, **kwargs: Any) -> Any:
             """From the replaced scheduler's config (kept whole as ``model_config``), from the replaced scheduler
             itself (its class name included, which a scheduler built in code lacks in its config), or from one of
             our own configs.
@@ -711,6 +708,7 @@ def scheduler_class() -> type:
             return super().from_config(config, return_unused_kwargs, **kwargs)
 
     EDMSamplerScheduler.__module__ = __name__
+    EDMSamplerScheduler.__qualname__ = "EDMSamplerScheduler"  # pickles, and diffusers saves it by this name
     _CLASS = EDMSamplerScheduler
     return _CLASS
 
