@@ -34,7 +34,6 @@ built on first access of ``EDMSamplerScheduler``.
 from __future__ import annotations
 
 import os
-import queue
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -145,29 +144,31 @@ class _PipelineModel:
 # ---- running a program one model evaluation at a time ----------------------------------------------------
 
 
-class _Cancelled(BaseException):
-    """Raised inside the worker's denoiser to end an abandoned run (BaseException: no solver catches it)."""
-
-
-class _Failed(NamedTuple):
-    error: BaseException
-
-
 class _Request(NamedTuple):
+    """A model evaluation the program asks for: the state, its ``[batch]`` sigma row and the solver step."""
+
     x: Tensor
     sigma: Tensor
     step: int
 
 
-class _StepTracker:
-    """``range(start, stop)`` that remembers the step being run (which step a model call belongs to)."""
+class _NeedEval(BaseException):
+    """Raised by the stepper's denoiser at the first evaluation not answered yet: it ends that replay."""
 
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self.current = -1
+    def __init__(self, request: _Request) -> None:
+        super().__init__()
+        self.request = request
+
+
+class _Steps:
+    """``range(steps)`` that remembers the step being run."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+        self.current = 0
 
     def __iter__(self) -> Iterator[int]:
-        for i in range(self.n):
+        for i in range(self.steps):
             self.current = i
             yield i
 
@@ -195,64 +196,197 @@ class _PipelineNoise:
         return out.to(dtype)
 
 
-class _ZeroNoise:
-    def randn(self, shape: Sequence[int], *, dtype: torch.dtype, device: torch.device) -> Tensor:
-        return torch.zeros(tuple(shape), dtype=dtype, device=device)
+class _StepNoise:
+    """Deterministic, distinct draws per (step, draw): the probe's noise (:func:`_replay_depth`)."""
+
+    def randn(self, shape: Sequence[int], *, dtype: torch.dtype, device: torch.device, key: int) -> Tensor:
+        return torch.full(tuple(shape), 0.37 + 0.11 * key, dtype=dtype, device=device)
 
 
-class _Driven:
-    """One run of a program in a worker thread, advanced one model evaluation at a time.
+class _Stepper:
+    """A program whose state between steps is x alone, advanced one model evaluation at a time on the caller's
+    thread.
 
-    The worker's denoiser puts ``(x, sigma, step)`` on one queue and waits on the other for D; the run's
-    result (or its exception) comes back on the first queue. The worker holds no reference to the scheduler.
+    A program's ``run`` only ever asks ``den(x, sigma)`` and draws noise, so it can be re-entered: step i runs
+    alone (``steps=(i,)``) from the state x_i it started from, and within the step the run is repeated with
+    the evaluations answered so far until it asks for the next one (raising :class:`_NeedEval` there).
+    Answers and noise draws are remembered for the step, so a repeat computes exactly what the first pass
+    computed; only the arithmetic before a step's last evaluation runs twice (Heun's predictor: one
+    elementwise pass). :func:`_steppable` decides which programs qualify.
     """
 
-    def __init__(self, program: Program, x: Tensor, noise: object, steps: int) -> None:
-        self._out: queue.SimpleQueue[_Request | Tensor | _Failed] = queue.SimpleQueue()
-        self._in: queue.SimpleQueue[Tensor | None] = queue.SimpleQueue()
-        self.tracker = _StepTracker(steps)
-        # The worker inherits the caller's grad / inference mode and CUDA stream (all thread-local in torch).
+    def __init__(self, program: Program, x0: Tensor, noise: Any, steps: int) -> None:
+        self.program, self.noise, self.steps = program, noise, steps
+        self.i = 0
+        self.x = x0
+        self.answers: list[Tensor] = []
+        self.draws: list[Tensor] = []
+        self._used = 0
+        self._drawn = 0
+
+    def _den(self, x: Tensor, sigma: Tensor, /, **cond: Any) -> Tensor:
+        del cond
+        j = self._used
+        self._used += 1
+        if j < len(self.answers):
+            return self.answers[j]
+        raise _NeedEval(_Request(x, sigma, self.i))
+
+    def randn(self, shape: Sequence[int], *, dtype: torch.dtype, device: torch.device) -> Tensor:
+        j = self._drawn
+        self._drawn += 1
+        if j == len(self.draws):
+            if isinstance(self.noise, _StepNoise):
+                self.draws.append(self.noise.randn(shape, dtype=dtype, device=device, key=7 * self.i + j))
+            else:
+                self.draws.append(self.noise.randn(shape, dtype=dtype, device=device))
+        return self.draws[j]
+
+    def advance(self) -> _Request | Tensor:
+        """The next evaluation the program asks for, or (after the last one) the program's result."""
+        while True:
+            self._used = self._drawn = 0
+            try:
+                x = self.program.run(self._den, self.x, {}, self if self.program.stochastic else None, None, (self.i,))
+            except _NeedEval as e:
+                return e.request
+            self.i += 1
+            self.x, self.answers, self.draws = x, [], []
+            if self.i == self.steps:
+                return x
+
+    def answer(self, denoised: Tensor) -> None:
+        """D for the evaluation :meth:`advance` returned last."""
+        self.answers.append(denoised)
+
+
+class _Cancelled(BaseException):
+    """Raised inside the worker's denoiser to end an abandoned run (BaseException: no solver catches it)."""
+
+
+class _Failed(NamedTuple):
+    error: BaseException
+
+
+class _Slot:
+    """A one-item handoff between two threads: a lock used as a binary semaphore (CPython's cheapest wakeup)."""
+
+    __slots__ = ("_ready", "_value")
+
+    def __init__(self) -> None:
+        self._ready = threading.Lock()
+        self._ready.acquire()
+        self._value: Any = None
+
+    def put(self, value: Any) -> None:
+        self._value = value
+        self._ready.release()
+
+    def get(self) -> Any:
+        self._ready.acquire()
+        value, self._value = self._value, None
+        return value
+
+
+class _Threaded:
+    """A program whose steps read past outputs (multistep history), advanced one evaluation at a time.
+
+    Such a program cannot be re-entered at step i without replaying every step before it, so its unchanged
+    ``run`` executes in a worker thread whose denoiser hands each request out and waits for D (two thread
+    switches per model call). The worker inherits the caller's grad / inference mode and CUDA stream (all
+    thread-local in torch), holds no reference to the scheduler, and is cancelled when the scheduler starts
+    another run or is garbage-collected.
+    """
+
+    def __init__(self, program: Program, x0: Tensor, noise: Any, steps: int) -> None:
+        self._out = _Slot()
+        self._in = _Slot()
+        self._iter = _Steps(steps)
         modes = (torch.is_grad_enabled(), torch.is_inference_mode_enabled())
-        stream = torch.cuda.current_stream(x.device) if x.is_cuda else None
+        stream = torch.cuda.current_stream(x0.device) if x0.is_cuda else None
         self._thread = threading.Thread(
-            target=self._work, args=(program, x, noise, modes, stream), daemon=True, name="EDMSamplerScheduler"
+            target=self._work, args=(program, x0, noise, modes, stream), daemon=True, name="EDMSamplerScheduler"
         )
         self._thread.start()
 
     def _den(self, x: Tensor, sigma: Tensor, /, **cond: Any) -> Tensor:
         del cond
-        self._out.put(_Request(x, sigma, self.tracker.current))
-        d = self._in.get()
+        self._out.put(_Request(x, sigma, self._iter.current))
+        d: Tensor | None = self._in.get()
         if d is None:
             raise _Cancelled
         return d
 
-    def _work(self, program: Program, x: Tensor, noise: Any, modes: tuple[bool, bool], stream: Any) -> None:
+    def _work(self, program: Program, x0: Tensor, noise: Any, modes: tuple[bool, bool], stream: Any) -> None:
         with ExitStack() as stack:
             stack.enter_context(torch.inference_mode(modes[1]))
             stack.enter_context(torch.set_grad_enabled(modes[0]))
             if stream is not None:
-                stack.enter_context(torch.cuda.device(x.device))
+                stack.enter_context(torch.cuda.device(x0.device))
                 stack.enter_context(torch.cuda.stream(stream))
             try:
-                self._out.put(program.run(self._den, x, {}, noise, None, self.tracker))
+                self._out.put(program.run(self._den, x0, {}, noise if program.stochastic else None, None, self._iter))
             except _Cancelled:
                 pass
             except BaseException as e:  # handed to the pipeline's thread, raised there
                 self._out.put(_Failed(e))
 
-    def receive(self) -> _Request | Tensor:
+    def advance(self) -> _Request | Tensor:
         msg = self._out.get()
         if isinstance(msg, _Failed):
             raise msg.error
-        return msg
+        out: _Request | Tensor = msg
+        return out
 
-    def send(self, d: Tensor) -> None:
-        self._in.put(d)
+    def answer(self, denoised: Tensor) -> None:
+        self._in.put(denoised)
 
     def cancel(self) -> None:
         if self._thread.is_alive():
             self._in.put(None)
+
+
+def _probe(x: Tensor, sigma: Tensor, /, **cond: Any) -> Tensor:
+    """A smooth, non-trivial stand-in denoiser for the probe runs."""
+    del cond
+    return torch.tanh(x) * 0.5 + 0.01 * torch.log(sigma).reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def _steppable(program: Program, x0: Tensor, steps: int) -> bool:
+    """Whether :class:`_Stepper` reproduces the program's own run: its state between steps is x alone.
+
+    Decided by trying, on a [1, 1] state: the uninterrupted run with a stand-in denoiser and fixed per-step
+    noise against the step-by-step run. Single-step solvers qualify; multistep ones (their steps read past
+    outputs) fail, with an IndexError or a different result.
+    """
+    stepper = _Stepper(program, x0, _StepNoise(), steps)
+    try:
+        for _ in range(4 * steps + 8):  # a bound: more evaluations per step than any solver takes
+            req = stepper.advance()
+            if isinstance(req, Tensor):
+                break
+            stepper.answer(_probe(req.x, req.sigma))
+        else:
+            return False
+    except (IndexError, KeyError, RuntimeError, ValueError):
+        return False
+
+    class _Keyed:  # the same draws, in the uninterrupted run, keyed by the step being run
+        def __init__(self) -> None:
+            self.i, self.j = -1, 0
+
+        def steps(self) -> Iterator[int]:
+            for i in range(steps):
+                self.i, self.j = i, 0
+                yield i
+
+        def randn(self, shape: Sequence[int], *, dtype: torch.dtype, device: torch.device) -> Tensor:
+            self.j += 1
+            return _StepNoise().randn(shape, dtype=dtype, device=device, key=7 * self.i + self.j - 1)
+
+    keyed = _Keyed()
+    reference = program.run(_probe, x0, {}, keyed if program.stochastic else None, None, keyed.steps())
+    return torch.equal(req, reference)
 
 
 # ---- the schedule --------------------------------------------------------------------------------------
@@ -265,7 +399,7 @@ class _Plan(NamedTuple):
     call_sigma: list[float]  # per model call, the state-dtype value as a float
     call_scale: list[float]  # per model call, s(sigma): sample = s x
     call_step: list[int]  # per model call, the solver step it belongs to
-    first_transformed: bool  # the program changes the state before its first evaluation (churn)
+    steppable: bool  # the program can be re-entered step by step (_Stepper), else it runs in a thread
 
 
 def _check_choice(value: object, name: str, choices: Sequence[str]) -> str:
@@ -333,7 +467,8 @@ class _SchedulerCore:
         if self._model_config is not None:
             self._hooks = self._build_hooks(self._model_config)
         self._plan: _Plan | None = None
-        self._run: _Driven | None = None
+        self._run: _Stepper | _Threaded | None = None
+        self._finalizer: weakref.finalize[[], _SchedulerCore] | None = None
         self._pending: _Request | None = None
         self._noise = _PipelineNoise()
         self._step_index: int | None = None
@@ -341,7 +476,6 @@ class _SchedulerCore:
         self.num_inference_steps: int | None = None
         self.timesteps = torch.zeros(0)
         self.sigmas = torch.zeros(0)
-        self._finalizer: weakref.finalize[[], _SchedulerCore] | None = None
 
     @staticmethod
     def _build_hooks(cfg: dict[str, Any]) -> Hooks:
@@ -476,21 +610,27 @@ class _SchedulerCore:
         self._cancel()
         hooks = self._require_hooks()
         levels = schedule(self._levels(num_inference_steps, sigmas, mu), strict=self._spec.strict).sigmas
-        # A dry run of the program on a [1, 1] state records each model call's sigma and step (host floats).
+        # Probe runs of the program on a [1, 1] state: how it can be re-entered, and each model call's sigma and
+        # solver step (host floats).
+        n = levels.numel() - 1
+        x0 = torch.full((1, 1), 0.7, dtype=self._dtype)
+        program = prepare(self._spec, _identity, x0, levels, self._knobs, dtype=self._dtype).program
+        steppable = _steppable(program, x0, n)
+        probe = _Stepper(program, x0, _StepNoise(), n) if steppable else _Threaded(program, x0, _StepNoise(), n)
         calls: list[_Request] = []
-        tracker = _StepTracker(levels.numel() - 1)
-
-        def record(x: Tensor, sigma: Tensor, /, **cond: Any) -> Tensor:
-            calls.append(_Request(x, sigma, tracker.current))
-            return torch.zeros_like(x)
-
-        x0 = torch.zeros(1, 1, dtype=self._dtype)
-        prepared = prepare(self._spec, record, x0, levels, self._knobs, dtype=self._dtype)
-        prepared.program.run(record, x0, {}, _ZeroNoise(), None, tracker)
+        while not isinstance(req := probe.advance(), Tensor):
+            calls.append(req)
+            probe.answer(_probe(req.x, req.sigma))
+        if not torch.equal(calls[0].x, x0):
+            raise ValueError(
+                f"sampler {self.sampler_label!r} changes the state before its first model call (churn at sigma_0 = "
+                f"{float(levels[0]):.4g}), but the pipeline evaluates its first sample as it is; keep sigma_0 out of "
+                "the churn range (s_tmax below sigma_0) or use s_churn=0"
+            )
         rows = torch.cat([c.sigma.reshape(1) for c in calls])
         scale = hooks.model_input(torch.ones_like(rows), rows)
         t = _family(hooks).timesteps(hooks, rows).to(self._dtype)
-        self._plan = _Plan(levels, rows.tolist(), scale.tolist(), [c.step for c in calls], calls[0].x is not x0)
+        self._plan = _Plan(levels, rows.tolist(), scale.tolist(), [c.step for c in calls], steppable)
         dev = torch.device(device) if device is not None else None
         self.timesteps = t.to(device=dev, dtype=torch.float32)
         self.sigmas = levels.to(device=dev, dtype=torch.float32)
@@ -499,29 +639,26 @@ class _SchedulerCore:
         self._begin_index = None
 
     def _cancel(self) -> None:
-        if self._run is not None:
-            self._run.cancel()
         if self._finalizer is not None:
-            self._finalizer.detach()
+            self._finalizer()  # ends an abandoned worker thread, if any
         self._run, self._pending, self._finalizer = None, None, None
 
     def _start(self, sample: Tensor) -> None:
         """Start the program at model call ``begin_index`` from the pipeline's ``sample``."""
         plan = self._require_plan()
         k = self._begin_index or 0
-        step0 = plan.call_step[k]
-        levels = plan.levels[step0:]
+        levels = plan.levels[plan.call_step[k] :]
         x0 = sample.detach().to(self._dtype) * (1.0 / plan.call_scale[k])
-        prepared = prepare(self._spec, _identity, x0, levels, self._knobs, dtype=self._dtype)
-        self._run = _Driven(prepared.program, x0, self._noise, levels.numel() - 1)
-        self._finalizer = weakref.finalize(self, self._run.cancel)
-        first = self._run.receive()
-        if not isinstance(first, _Request):
+        program = prepare(self._spec, _identity, x0, levels, self._knobs, dtype=self._dtype).program
+        if not plan.steppable:  # re-entering it would replay every earlier step: a worker thread instead
+            run = _Threaded(program, x0, self._noise, levels.numel() - 1)
+            self._finalizer = weakref.finalize(self, run.cancel)
+            self._run = run
+        else:
+            self._run = _Stepper(program, x0, self._noise, levels.numel() - 1)
+        first = self._run.advance()
+        if not isinstance(first, _Request):  # pragma: no cover (every solver evaluates the model)
             raise RuntimeError(f"sampler {self._spec.name} returned without evaluating the model")
-        if first.x is not x0:
-            # The program changed the state before its first evaluation (churn); the pipeline has evaluated the
-            # model on its own sample, which therefore is that state.
-            first.x.copy_(x0)
         self._pending = first
         self._step_index = k
 
@@ -565,8 +702,8 @@ class _SchedulerCore:
         sb = append_dims(req.sigma, x.ndim)
         denoised = hooks.to_denoised(x, sb, out if out.dtype == x.dtype else out.to(x.dtype))
         self._noise.generator = generator
-        run.send(denoised)
-        nxt = run.receive()
+        run.answer(denoised)
+        nxt = run.advance()
         self._step_index = k + 1
         if isinstance(nxt, Tensor):  # the run's result: at the last level (0, or sigma_min without a final 0)
             self._cancel()
