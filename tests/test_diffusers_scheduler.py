@@ -225,14 +225,33 @@ def test_euler_equals_euler_discrete_scheduler_in_a_pipeline_loop() -> None:
 # ---- every sampler, schedules, bookkeeping -------------------------------------------------------------
 
 
+class RowGenerators:
+    """A NoiseSource drawing row k from generator k (what a pipeline's list of generators gives)."""
+
+    def __init__(self, gens: list[torch.Generator]) -> None:
+        self.gens = gens
+
+    def randn(self, shape: Any, *, dtype: torch.dtype, device: Any) -> Tensor:
+        rows = [torch.randn((1, *shape[1:]), generator=g, dtype=torch.float32) for g in self.gens]
+        return torch.cat(rows).to(dtype)
+
+
 @pytest.mark.parametrize("sampler", names())
-def test_every_registry_sampler_runs_in_a_pipeline(sampler: str) -> None:
-    pipe = ddpm_pipeline(ddpm_scheduler())
+def test_every_registry_sampler_runs_in_a_pipeline_as_in_the_library(sampler: str) -> None:
+    sched = ddpm_scheduler()
+    pipe = ddpm_pipeline(sched)
     pipe.scheduler = Scheduler.from_config(pipe.scheduler.config, sampler=sampler)
     got, rec = run_ddpm(pipe, [1, 2], 3)
     assert rec.calls == len(pipe.scheduler.timesteps) == count_nfe(pipe.scheduler.sigmas, sampler)
     assert pipe.scheduler.order == (2 if count_nfe(karras_sigmas(2), sampler) == 3 else 1)
-    assert got.shape == (2, 3, 8, 8) and bool(torch.isfinite(got).all())
+    # The library's sampler on the same latents, schedule and per-sample noise streams.
+    den = from_diffusers(pipe.unet, sched)
+    sig = karras_sigmas(3, den.sigma_min, den.sigma_max)
+    gens = [torch.Generator().manual_seed(s) for s in (1, 2)]
+    x0 = torch.cat([torch.randn((1, 3, 8, 8), generator=g) for g in gens]) * math.sqrt(1 + float(sig[0]) ** 2)
+    with torch.no_grad():
+        ref = sampler_function(sampler)(den, x0, sig, noise=RowGenerators(gens))
+    close(got, ref)
 
 
 def test_per_sample_generators_make_each_sample_depend_on_its_own_seed() -> None:
@@ -247,6 +266,43 @@ def test_per_sample_generators_make_each_sample_depend_on_its_own_seed() -> None
         pipe.scheduler.set_timesteps(2)
         x = torch.zeros(2, 3, 8, 8)
         pipe.scheduler.step(x, pipe.scheduler.timesteps[0], x, generator=[torch.Generator()])
+
+
+@pytest.mark.parametrize("sampler", ["euler_ancestral", "dpmpp_2m_sde", "stochastic:s_churn=20,s_tmax=10"])
+def test_stochastic_samplers_draw_the_pipelines_generator_like_the_library(sampler: str) -> None:
+    """One generator: the pipeline draws the latents from it, then each step's noise (in the stepper or the
+    worker thread), exactly as the library's sampler continuing on the same generator."""
+    sched = ddpm_scheduler()
+    pipe = ddpm_pipeline(sched)
+    pipe.scheduler = Scheduler.from_config(sched.config, sampler=sampler)
+    rec = Recorder(pipe.scheduler)
+    pipe(batch_size=2, generator=torch.Generator().manual_seed(9), num_inference_steps=4, output_type="pt")
+    den = from_diffusers(pipe.unet, sched)
+    sig = karras_sigmas(4, den.sigma_min, den.sigma_max)
+    g = torch.Generator().manual_seed(9)
+    x0 = torch.randn(2, 3, 8, 8, generator=g) * math.sqrt(1 + float(sig[0]) ** 2)
+    name, knobs = parse_label(sampler)
+    with torch.no_grad():
+        ref = sampler_function(name)(den, x0, sig, noise=g, **knobs)
+    assert rec.last is not None
+    close(rec.last, ref)
+
+
+def test_churn_before_the_first_model_call_is_refused() -> None:
+    sched = Scheduler.from_config(ddpm_scheduler(), sampler="stochastic:s_churn=40")
+    with pytest.raises(ValueError, match=r"changes the state before its first model call.*s_tmax below sigma_0"):
+        sched.set_timesteps(4)
+
+
+def test_an_abandoned_threaded_run_is_ended_by_the_next_set_timesteps() -> None:
+    sched = Scheduler.from_config(ddpm_scheduler(), sampler="unipc")
+    sched.set_timesteps(5)
+    x = torch.zeros(1, 3, 8, 8)
+    sched.step(x, sched.timesteps[0], x)
+    worker = sched._run._thread  # the multistep program runs in a worker thread
+    sched.set_timesteps(5)  # the pipeline raised mid-loop and starts over
+    worker.join(timeout=5)
+    assert not worker.is_alive() and sched._run is None
 
 
 def test_schedules_scheduler_file_list_and_range(tmp_path: Path) -> None:

@@ -197,9 +197,16 @@ class _PipelineNoise:
 
 
 class _StepNoise:
-    """Deterministic, distinct draws per (step, draw): the probe's noise (:func:`_replay_depth`)."""
+    """Deterministic, distinct draws (by ``key``, else in order): the probe runs' noise (:func:`_steppable`)."""
 
-    def randn(self, shape: Sequence[int], *, dtype: torch.dtype, device: torch.device, key: int) -> Tensor:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def randn(
+        self, shape: Sequence[int], *, dtype: torch.dtype, device: torch.device, key: int | None = None
+    ) -> Tensor:
+        if key is None:
+            key, self.count = self.count, self.count + 1
         return torch.full(tuple(shape), 0.37 + 0.11 * key, dtype=dtype, device=device)
 
 
