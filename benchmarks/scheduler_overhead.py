@@ -5,10 +5,13 @@ returns a cached tensor), how long does one model call's scheduler work take wit
 (the library's program in a worker thread, one handoff per call) and with diffusers' own schedulers?
 Acceptance (issue 14): ours at most diffusers' ``EulerDiscreteScheduler.step`` on the CPU at 64x4x32x32.
 
-Per call = (the whole loop, ``set_timesteps`` and the first call's start included) / model calls; the
-variants are interleaved round by round and the median over rounds is reported, beside ``set_timesteps``
-alone (its dry run of the program) and one elementwise pass over the state (``torch.lerp(..., out=)``), the
-unit every step is made of. One CPU thread by default (``--threads``).
+Per call = (the whole loop, ``set_timesteps`` and the first call's start included) / model calls, as wall
+time and as the process's CPU time (all threads: what the loop costs on an idle machine, where a thread
+switch is a few microseconds; on a machine with more runnable threads than cores, waking the worker of the
+multistep samplers waits for a core and the wall time grows). The variants are interleaved round by round
+and the median over rounds is reported, beside ``set_timesteps`` alone (its probe runs of the program) and
+one elementwise pass over the state (``torch.lerp(..., out=)``), the unit every step is made of. One CPU
+thread for torch by default (``--threads``).
 
 Usage::
 
@@ -21,17 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import finish_report  # noqa: E402
+from _harness import finish_report
 
 DDPM = {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
 
@@ -83,14 +83,16 @@ def main(argv: list[str] | None = None) -> None:
     runs = {k: loop(s, a.steps, x0, out) for k, s in variants.items()}
     calls = {k: r() for k, r in runs.items()}  # warm-up (and the call counts)
     per_call: dict[str, list[float]] = {k: [] for k in runs}
+    cpu_call: dict[str, list[float]] = {k: [] for k in runs}
     setup: dict[str, list[float]] = {k: [] for k in runs}
     lerp: list[float] = []
     buf = torch.empty_like(x0)
     for _ in range(a.rounds):
         for k, r in runs.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             r()
             per_call[k].append((time.perf_counter() - t0) / calls[k])
+            cpu_call[k].append((time.process_time() - c0) / calls[k])
             t0 = time.perf_counter()
             variants[k].set_timesteps(a.steps)
             setup[k].append(time.perf_counter() - t0)
@@ -108,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
             k: {
                 "model_calls": calls[k],
                 "per_call_us": round(statistics.median(v) * 1e6, 1),
+                "per_call_cpu_us": round(statistics.median(cpu_call[k]) * 1e6, 1),
                 "set_timesteps_us": round(statistics.median(setup[k]) * 1e6, 1),
             }
             for k, v in per_call.items()

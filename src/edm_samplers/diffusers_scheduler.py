@@ -6,16 +6,21 @@ One line swaps it in, reading the model family from the scheduler it replaces::
 
 **Inversion of control.** A sampler of the library is a *program* (:mod:`.solvers.runtime`) whose ``run``
 loops over its steps and calls ``den(x, sigma)``; a pipeline instead calls the model itself and then
-``step()``. The scheduler runs the unchanged program in a worker thread whose denoiser hands ``(x, sigma)``
-out and waits for the pipeline's model output: each ``step()`` converts that output to D with the model
-family's hooks (those of the adapter :func:`~edm_samplers.from_diffusers` builds for the replaced
-scheduler's config), hands D to the program, and returns the state of the program's *next* evaluation in
-the model's input coordinates. So every registered sampler, present or future, runs step by step with its
-own code (bit for bit what ``<name>_sample`` computes on the same evaluations), and multi-evaluation
-solvers (Heun, DPM-Solver-2) simply list one timestep per model call, as diffusers' own
-``HeunDiscreteScheduler`` does (``2N - 1`` entries). The handoff costs two thread switches per model call
-(tens of microseconds; ``benchmarks/scheduler_overhead.py``). A worker abandoned mid-run (the pipeline
-raised) is cancelled by the next ``set_timesteps`` or when the scheduler is garbage-collected.
+``step()``. Each ``step()`` converts the model's output to D with the model family's hooks (those of the
+adapter :func:`~edm_samplers.from_diffusers` builds for the replaced scheduler's config), hands D to the
+unchanged program, and returns the state of the program's *next* evaluation in the model's input
+coordinates. Two drivers re-enter a program, chosen by probing it once per ``set_timesteps``:
+
+- single-step solvers (Euler, Heun, churn, DPM-Solver-2, Euler ancestral, ...), whose state between steps
+  is x alone, run one step at a time on the caller's thread; within a step the run is repeated with the
+  evaluations answered so far until it asks for the next one (:class:`_Stepper`; no thread switch);
+- multistep solvers, whose steps read past outputs, run in a worker thread whose denoiser hands each
+  ``(x, sigma)`` out and waits for D (:class:`_Threaded`; two thread switches per model call). An abandoned
+  worker (the pipeline raised) is ended by the next ``set_timesteps`` or when the scheduler is collected.
+
+Either way every registered sampler, present or future, runs its own code: the pipeline's result is what
+``<name>_sample`` computes on the same evaluations. Multi-evaluation solvers (Heun, DPM-Solver-2) list one
+timestep per model call, as diffusers' ``HeunDiscreteScheduler`` does (``2N - 1`` entries).
 
 **Coordinates.** The pipeline's ``sample`` is always the model's own input (x_t = x / sqrt(1 + sigma^2) for
 VP models), so ``scale_model_input`` is the identity and pipelines that never call it (``DDPMPipeline``,
@@ -48,7 +53,7 @@ from .diffusers_adapter import from_diffusers
 from .schedule_opt import load_schedule
 from .schedules import karras_sigmas, loglinear_sigmas
 from .solvers.registry import SolverSpec, get, label, parse_label
-from .solvers.runtime import Program, prepare, schedule
+from .solvers.runtime import Program, TableCache, prepare, schedule
 
 __all__ = ["FAMILIES", "SCHEDULES", "Family", "scheduler_class"]
 
@@ -396,6 +401,28 @@ def _steppable(program: Program, x0: Tensor, steps: int) -> bool:
     return torch.equal(req, reference)
 
 
+def _probe_program(
+    spec: SolverSpec, levels: Tensor, knobs: Mapping[str, Any], dtype: torch.dtype
+) -> tuple[bool, list[_Request]]:
+    """Probe runs of the program on a [1, 1] state (x = 0.7): whether it can be re-entered step by step, and
+    each model call it makes (its sigma row, solver step and state)."""
+    n = levels.numel() - 1
+    x0 = torch.full((1, 1), 0.7, dtype=dtype)
+    program = prepare(spec, _identity, x0, levels, knobs, dtype=dtype).program
+    steppable = _steppable(program, x0, n)
+    probe = _Stepper(program, x0, _StepNoise(), n) if steppable else _Threaded(program, x0, _StepNoise(), n)
+    calls: list[_Request] = []
+    while not isinstance(req := probe.advance(), Tensor):
+        calls.append(req)
+        probe.answer(_probe(req.x, req.sigma))
+    return steppable, calls
+
+
+_PROBES = TableCache(16)
+"""(sampler, levels, knobs, dtype) -> :func:`_probe_program`'s answer: pipelines set the same timesteps on
+every call, and the probes cost a few sampling runs on a [1, 1] state."""
+
+
 # ---- the schedule --------------------------------------------------------------------------------------
 
 
@@ -617,18 +644,11 @@ class _SchedulerCore:
         self._cancel()
         hooks = self._require_hooks()
         levels = schedule(self._levels(num_inference_steps, sigmas, mu), strict=self._spec.strict).sigmas
-        # Probe runs of the program on a [1, 1] state: how it can be re-entered, and each model call's sigma and
-        # solver step (host floats).
-        n = levels.numel() - 1
-        x0 = torch.full((1, 1), 0.7, dtype=self._dtype)
-        program = prepare(self._spec, _identity, x0, levels, self._knobs, dtype=self._dtype).program
-        steppable = _steppable(program, x0, n)
-        probe = _Stepper(program, x0, _StepNoise(), n) if steppable else _Threaded(program, x0, _StepNoise(), n)
-        calls: list[_Request] = []
-        while not isinstance(req := probe.advance(), Tensor):
-            calls.append(req)
-            probe.answer(_probe(req.x, req.sigma))
-        if not torch.equal(calls[0].x, x0):
+        steppable, calls = _PROBES.get(
+            (self._spec, tuple(levels.tolist()), tuple(self._knobs.items()), self._dtype),
+            lambda: _probe_program(self._spec, levels, self._knobs, self._dtype),
+        )
+        if not torch.equal(calls[0].x, torch.full((1, 1), 0.7, dtype=self._dtype)):
             raise ValueError(
                 f"sampler {self.sampler_label!r} changes the state before its first model call (churn at sigma_0 = "
                 f"{float(levels[0]):.4g}), but the pipeline evaluates its first sample as it is; keep sigma_0 out of "
