@@ -9,13 +9,13 @@ loops over its steps and calls ``den(x, sigma)``; a pipeline instead calls the m
 ``step()``. Each ``step()`` converts the model's output to D with the model family's hooks (those of the
 adapter :func:`~edm_samplers.from_diffusers` builds for the replaced scheduler's config), hands D to the
 unchanged program, and returns the state of the program's *next* evaluation in the model's input
-coordinates. Two drivers re-enter a program, chosen by probing it once per ``set_timesteps``:
+coordinates. Two drivers (:mod:`._reentry`) re-enter a program, chosen by probing it once per schedule:
 
 - single-step solvers (Euler, Heun, churn, DPM-Solver-2, Euler ancestral, ...), whose state between steps
   is x alone, run one step at a time on the caller's thread; within a step the run is repeated with the
-  evaluations answered so far until it asks for the next one (:class:`_Stepper`; no thread switch);
+  evaluations answered so far until it asks for the next one (:class:`Stepper`; no thread switch);
 - multistep solvers, whose steps read past outputs, run in a worker thread whose denoiser hands each
-  ``(x, sigma)`` out and waits for D (:class:`_Threaded`; two thread switches per model call). An abandoned
+  ``(x, sigma)`` out and waits for D (:class:`Threaded`; two thread switches per model call). An abandoned
   worker (the pipeline raised) is ended by the next ``set_timesteps`` or when the scheduler is collected.
 
 Either way every registered sampler, present or future, runs its own code: the pipeline's result is what
@@ -39,21 +39,20 @@ built on first access of ``EDMSamplerScheduler``.
 from __future__ import annotations
 
 import os
-import threading
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
 
 from ._network import append_dims
+from ._reentry import PROBES, Request, Stepper, Threaded, identity, probe_program
 from .diffusers_adapter import from_diffusers
 from .schedule_opt import load_schedule
 from .schedules import karras_sigmas, loglinear_sigmas
 from .solvers.registry import SolverSpec, get, label, parse_label
-from .solvers.runtime import Program, TableCache, prepare, schedule
+from .solvers.runtime import prepare, schedule
 
 __all__ = ["FAMILIES", "SCHEDULES", "Family", "scheduler_class"]
 
@@ -133,49 +132,12 @@ def _family(hooks: object) -> Family:
     return fam
 
 
-def _identity(x: Tensor, sigma: Tensor, /, **cond: Any) -> Tensor:
-    del sigma, cond
-    return x
-
-
 class _PipelineModel:
     """Stands in for the model in the adapter the scheduler builds: the pipeline calls the real one."""
 
     def __call__(self, *args: object, **kwargs: object) -> Tensor:
         del args, kwargs
         raise RuntimeError("EDMSamplerScheduler's adapter is used for its hooks only; the pipeline calls the model")
-
-
-# ---- running a program one model evaluation at a time ----------------------------------------------------
-
-
-class _Request(NamedTuple):
-    """A model evaluation the program asks for: the state, its ``[batch]`` sigma row and the solver step."""
-
-    x: Tensor
-    sigma: Tensor
-    step: int
-
-
-class _NeedEval(BaseException):
-    """Raised by the stepper's denoiser at the first evaluation not answered yet: it ends that replay."""
-
-    def __init__(self, request: _Request) -> None:
-        super().__init__()
-        self.request = request
-
-
-class _Steps:
-    """``range(steps)`` that remembers the step being run."""
-
-    def __init__(self, steps: int) -> None:
-        self.steps = steps
-        self.current = 0
-
-    def __iter__(self) -> Iterator[int]:
-        for i in range(self.steps):
-            self.current = i
-            yield i
 
 
 class _PipelineNoise:
@@ -201,228 +163,6 @@ class _PipelineNoise:
         return out.to(dtype)
 
 
-class _StepNoise:
-    """Deterministic, distinct draws (by ``key``, else in order): the probe runs' noise (:func:`_steppable`)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def randn(
-        self, shape: Sequence[int], *, dtype: torch.dtype, device: torch.device, key: int | None = None
-    ) -> Tensor:
-        if key is None:
-            key, self.count = self.count, self.count + 1
-        return torch.full(tuple(shape), 0.37 + 0.11 * key, dtype=dtype, device=device)
-
-
-class _Stepper:
-    """A program whose state between steps is x alone, advanced one model evaluation at a time on the caller's
-    thread.
-
-    A program's ``run`` only ever asks ``den(x, sigma)`` and draws noise, so it can be re-entered: step i runs
-    alone (``steps=(i,)``) from the state x_i it started from, and within the step the run is repeated with
-    the evaluations answered so far until it asks for the next one (raising :class:`_NeedEval` there).
-    Answers and noise draws are remembered for the step, so a repeat computes exactly what the first pass
-    computed; only the arithmetic before a step's last evaluation runs twice (Heun's predictor: one
-    elementwise pass). :func:`_steppable` decides which programs qualify.
-    """
-
-    def __init__(self, program: Program, x0: Tensor, noise: Any, steps: int) -> None:
-        self.program, self.noise, self.steps = program, noise, steps
-        self.i = 0
-        self.x = x0
-        self.answers: list[Tensor] = []
-        self.draws: list[Tensor] = []
-        self._used = 0
-        self._drawn = 0
-
-    def _den(self, x: Tensor, sigma: Tensor, /, **cond: Any) -> Tensor:
-        del cond
-        j = self._used
-        self._used += 1
-        if j < len(self.answers):
-            return self.answers[j]
-        raise _NeedEval(_Request(x, sigma, self.i))
-
-    def randn(self, shape: Sequence[int], *, dtype: torch.dtype, device: torch.device) -> Tensor:
-        j = self._drawn
-        self._drawn += 1
-        if j == len(self.draws):
-            if isinstance(self.noise, _StepNoise):
-                self.draws.append(self.noise.randn(shape, dtype=dtype, device=device, key=7 * self.i + j))
-            else:
-                self.draws.append(self.noise.randn(shape, dtype=dtype, device=device))
-        return self.draws[j]
-
-    def advance(self) -> _Request | Tensor:
-        """The next evaluation the program asks for, or (after the last one) the program's result."""
-        while True:
-            self._used = self._drawn = 0
-            try:
-                x = self.program.run(self._den, self.x, {}, self if self.program.stochastic else None, None, (self.i,))
-            except _NeedEval as e:
-                return e.request
-            self.i += 1
-            self.x, self.answers, self.draws = x, [], []
-            if self.i == self.steps:
-                return x
-
-    def answer(self, denoised: Tensor) -> None:
-        """D for the evaluation :meth:`advance` returned last."""
-        self.answers.append(denoised)
-
-
-class _Cancelled(BaseException):
-    """Raised inside the worker's denoiser to end an abandoned run (BaseException: no solver catches it)."""
-
-
-class _Failed(NamedTuple):
-    error: BaseException
-
-
-class _Slot:
-    """A one-item handoff between two threads: a lock used as a binary semaphore (CPython's cheapest wakeup)."""
-
-    __slots__ = ("_ready", "_value")
-
-    def __init__(self) -> None:
-        self._ready = threading.Lock()
-        self._ready.acquire()
-        self._value: Any = None
-
-    def put(self, value: Any) -> None:
-        self._value = value
-        self._ready.release()
-
-    def get(self) -> Any:
-        self._ready.acquire()
-        value, self._value = self._value, None
-        return value
-
-
-class _Threaded:
-    """A program whose steps read past outputs (multistep history), advanced one evaluation at a time.
-
-    Such a program cannot be re-entered at step i without replaying every step before it, so its unchanged
-    ``run`` executes in a worker thread whose denoiser hands each request out and waits for D (two thread
-    switches per model call). The worker inherits the caller's grad / inference mode and CUDA stream (all
-    thread-local in torch), holds no reference to the scheduler, and is cancelled when the scheduler starts
-    another run or is garbage-collected.
-    """
-
-    def __init__(self, program: Program, x0: Tensor, noise: Any, steps: int) -> None:
-        self._out = _Slot()
-        self._in = _Slot()
-        self._iter = _Steps(steps)
-        modes = (torch.is_grad_enabled(), torch.is_inference_mode_enabled())
-        stream = torch.cuda.current_stream(x0.device) if x0.is_cuda else None
-        self._thread = threading.Thread(
-            target=self._work, args=(program, x0, noise, modes, stream), daemon=True, name="EDMSamplerScheduler"
-        )
-        self._thread.start()
-
-    def _den(self, x: Tensor, sigma: Tensor, /, **cond: Any) -> Tensor:
-        del cond
-        self._out.put(_Request(x, sigma, self._iter.current))
-        d: Tensor | None = self._in.get()
-        if d is None:
-            raise _Cancelled
-        return d
-
-    def _work(self, program: Program, x0: Tensor, noise: Any, modes: tuple[bool, bool], stream: Any) -> None:
-        with ExitStack() as stack:
-            stack.enter_context(torch.inference_mode(modes[1]))
-            stack.enter_context(torch.set_grad_enabled(modes[0]))
-            if stream is not None:
-                stack.enter_context(torch.cuda.device(x0.device))
-                stack.enter_context(torch.cuda.stream(stream))
-            try:
-                self._out.put(program.run(self._den, x0, {}, noise if program.stochastic else None, None, self._iter))
-            except _Cancelled:
-                pass
-            except BaseException as e:  # handed to the pipeline's thread, raised there
-                self._out.put(_Failed(e))
-
-    def advance(self) -> _Request | Tensor:
-        msg = self._out.get()
-        if isinstance(msg, _Failed):
-            raise msg.error
-        out: _Request | Tensor = msg
-        return out
-
-    def answer(self, denoised: Tensor) -> None:
-        self._in.put(denoised)
-
-    def cancel(self) -> None:
-        if self._thread.is_alive():
-            self._in.put(None)
-
-
-def _probe(x: Tensor, sigma: Tensor, /, **cond: Any) -> Tensor:
-    """A smooth, non-trivial stand-in denoiser for the probe runs."""
-    del cond
-    return torch.tanh(x) * 0.5 + 0.01 * torch.log(sigma).reshape(-1, *([1] * (x.ndim - 1)))
-
-
-def _steppable(program: Program, x0: Tensor, steps: int) -> bool:
-    """Whether :class:`_Stepper` reproduces the program's own run: its state between steps is x alone.
-
-    Decided by trying, on a [1, 1] state: the uninterrupted run with a stand-in denoiser and fixed per-step
-    noise against the step-by-step run. Single-step solvers qualify; multistep ones (their steps read past
-    outputs) fail, with an IndexError or a different result.
-    """
-    stepper = _Stepper(program, x0, _StepNoise(), steps)
-    try:
-        for _ in range(4 * steps + 8):  # a bound: more evaluations per step than any solver takes
-            req = stepper.advance()
-            if isinstance(req, Tensor):
-                break
-            stepper.answer(_probe(req.x, req.sigma))
-        else:
-            return False
-    except (IndexError, KeyError, RuntimeError, ValueError):
-        return False
-
-    class _Keyed:  # the same draws, in the uninterrupted run, keyed by the step being run
-        def __init__(self) -> None:
-            self.i, self.j = -1, 0
-
-        def steps(self) -> Iterator[int]:
-            for i in range(steps):
-                self.i, self.j = i, 0
-                yield i
-
-        def randn(self, shape: Sequence[int], *, dtype: torch.dtype, device: torch.device) -> Tensor:
-            self.j += 1
-            return _StepNoise().randn(shape, dtype=dtype, device=device, key=7 * self.i + self.j - 1)
-
-    keyed = _Keyed()
-    reference = program.run(_probe, x0, {}, keyed if program.stochastic else None, None, keyed.steps())
-    return torch.equal(req, reference)
-
-
-def _probe_program(
-    spec: SolverSpec, levels: Tensor, knobs: Mapping[str, Any], dtype: torch.dtype
-) -> tuple[bool, list[_Request]]:
-    """Probe runs of the program on a [1, 1] state (x = 0.7): whether it can be re-entered step by step, and
-    each model call it makes (its sigma row, solver step and state)."""
-    n = levels.numel() - 1
-    x0 = torch.full((1, 1), 0.7, dtype=dtype)
-    program = prepare(spec, _identity, x0, levels, knobs, dtype=dtype).program
-    steppable = _steppable(program, x0, n)
-    probe = _Stepper(program, x0, _StepNoise(), n) if steppable else _Threaded(program, x0, _StepNoise(), n)
-    calls: list[_Request] = []
-    while not isinstance(req := probe.advance(), Tensor):
-        calls.append(req)
-        probe.answer(_probe(req.x, req.sigma))
-    return steppable, calls
-
-
-_PROBES = TableCache(16)
-"""(sampler, levels, knobs, dtype) -> :func:`_probe_program`'s answer: pipelines set the same timesteps on
-every call, and the probes cost a few sampling runs on a [1, 1] state."""
-
-
 # ---- the schedule --------------------------------------------------------------------------------------
 
 
@@ -433,7 +173,7 @@ class _Plan(NamedTuple):
     call_sigma: list[float]  # per model call, the state-dtype value as a float
     call_scale: list[float]  # per model call, s(sigma): sample = s x
     call_step: list[int]  # per model call, the solver step it belongs to
-    steppable: bool  # the program can be re-entered step by step (_Stepper), else it runs in a thread
+    steppable: bool  # the program can be re-entered step by step (Stepper), else it runs in a thread
 
 
 def _check_choice(value: object, name: str, choices: Sequence[str]) -> str:
@@ -501,9 +241,9 @@ class _SchedulerCore:
         if self._model_config is not None:
             self._hooks = self._build_hooks(self._model_config)
         self._plan: _Plan | None = None
-        self._run: _Stepper | _Threaded | None = None
+        self._run: Stepper | Threaded | None = None
         self._finalizer: weakref.finalize[[], _SchedulerCore] | None = None
-        self._pending: _Request | None = None
+        self._pending: Request | None = None
         self._noise = _PipelineNoise()
         self._step_index: int | None = None
         self._begin_index: int | None = None
@@ -644,9 +384,9 @@ class _SchedulerCore:
         self._cancel()
         hooks = self._require_hooks()
         levels = schedule(self._levels(num_inference_steps, sigmas, mu), strict=self._spec.strict).sigmas
-        steppable, calls = _PROBES.get(
+        steppable, calls = PROBES.get(
             (self._spec, tuple(levels.tolist()), tuple(self._knobs.items()), self._dtype),
-            lambda: _probe_program(self._spec, levels, self._knobs, self._dtype),
+            lambda: probe_program(self._spec, levels, self._knobs, self._dtype),
         )
         if not torch.equal(calls[0].x, torch.full((1, 1), 0.7, dtype=self._dtype)):
             raise ValueError(
@@ -676,15 +416,15 @@ class _SchedulerCore:
         k = self._begin_index or 0
         levels = plan.levels[plan.call_step[k] :]
         x0 = sample.detach().to(self._dtype) * (1.0 / plan.call_scale[k])
-        program = prepare(self._spec, _identity, x0, levels, self._knobs, dtype=self._dtype).program
+        program = prepare(self._spec, identity, x0, levels, self._knobs, dtype=self._dtype).program
         if not plan.steppable:  # re-entering it would replay every earlier step: a worker thread instead
-            run = _Threaded(program, x0, self._noise, levels.numel() - 1)
+            run = Threaded(program, x0, self._noise, levels.numel() - 1)
             self._finalizer = weakref.finalize(self, run.cancel)
             self._run = run
         else:
-            self._run = _Stepper(program, x0, self._noise, levels.numel() - 1)
+            self._run = Stepper(program, x0, self._noise, levels.numel() - 1)
         first = self._run.advance()
-        if not isinstance(first, _Request):  # pragma: no cover (every solver evaluates the model)
+        if not isinstance(first, Request):  # pragma: no cover (every solver evaluates the model)
             raise RuntimeError(f"sampler {self._spec.name} returned without evaluating the model")
         self._pending = first
         self._step_index = k
