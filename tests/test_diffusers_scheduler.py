@@ -262,10 +262,14 @@ def test_per_sample_generators_make_each_sample_depend_on_its_own_seed() -> None
     # Row 1 of the pair and the single run draw the same latents and step noise from the same seed; only the
     # network's batch (2 vs 1) differs, which changes float32 reductions by round-off.
     close(both[1:], alone)
-    with pytest.raises(ValueError, match="one generator per sample"):
-        pipe.scheduler.set_timesteps(2)
-        x = torch.zeros(2, 3, 8, 8)
-        pipe.scheduler.step(x, pipe.scheduler.timesteps[0], x, generator=[torch.Generator()])
+    x = torch.zeros(2, 3, 8, 8)
+    for sampler in ("euler_ancestral", "dpmpp_2m_sde"):  # on the caller's thread, and in a worker thread
+        sched = Scheduler.from_config(ddpm_scheduler(), sampler=sampler)
+        sched.set_timesteps(2)
+        with pytest.raises(ValueError, match="one generator per sample"):
+            sched.step(x, sched.timesteps[0], x, generator=[torch.Generator()])
+        # The failed run is dropped (its worker has ended): the next call starts over instead of waiting.
+        sched.step(x, sched.timesteps[0], x, generator=[torch.Generator(), torch.Generator()])
 
 
 @pytest.mark.parametrize("sampler", ["euler_ancestral", "dpmpp_2m_sde", "stochastic:s_churn=20,s_tmax=10"])

@@ -54,7 +54,7 @@ from .schedules import karras_sigmas, loglinear_sigmas
 from .solvers.registry import SolverSpec, get, label, parse_label
 from .solvers.runtime import prepare, schedule
 
-__all__ = ["FAMILIES", "SCHEDULES", "Family", "scheduler_class"]
+__all__ = ["FAMILIES", "SCHEDULES", "Family", "Hooks", "scheduler_class"]
 
 SCHEDULES = ("karras", "loglinear", "scheduler")
 """Named schedules (besides a schedule file or a list of levels): EDM's rho schedule on the model's range,
@@ -315,7 +315,7 @@ class _SchedulerCore:
             raise RuntimeError("call set_timesteps(num_inference_steps) before using the scheduler's steps")
         return self._plan
 
-    def _replaced(self, n: int | None, device: object, sigmas: object, mu: float | None) -> Tensor:
+    def _replaced(self, n: int | None, sigmas: object, mu: float | None) -> Tensor:
         """The replaced scheduler's own levels for these set_timesteps arguments (EDM units, float64)."""
         import diffusers
 
@@ -354,7 +354,7 @@ class _SchedulerCore:
         if n is None and sigmas is None:
             raise ValueError("set_timesteps needs num_inference_steps (or sigmas)")
         if opt == "scheduler" or sigmas is not None or mu is not None:
-            own = self._replaced(n, None, sigmas, mu)
+            own = self._replaced(n, sigmas, mu)
             if opt == "scheduler":
                 return own
             pos = own[own > 0]
@@ -470,7 +470,12 @@ class _SchedulerCore:
         denoised = hooks.to_denoised(x, sb, out if out.dtype == x.dtype else out.to(x.dtype))
         self._noise.generator = generator
         run.answer(denoised)
-        nxt = run.advance()
+        try:
+            nxt = run.advance()
+        except BaseException:
+            self._cancel()  # a failed run cannot continue (a worker thread has ended): set_timesteps starts over
+            self._step_index = None
+            raise
         self._step_index = k + 1
         if isinstance(nxt, Tensor):  # the run's result: at the last level (0, or sigma_min without a final 0)
             self._cancel()
