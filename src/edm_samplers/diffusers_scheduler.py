@@ -85,11 +85,15 @@ class Family(NamedTuple):
             sample, in the model's input coordinates (the family's starting state).
         scheduler_sigmas: ``(replaced scheduler after set_timesteps) -> [N + 1]`` float64 levels in EDM
             units (``schedule="scheduler"``).
+        to_state: ``(sample, sigma, scale) -> x``: the sampler's state (EDM units) from the pipeline's first
+            sample at noise level ``sigma`` (a float), where ``scale`` = s(sigma) is the model input's factor
+            (sample = s x); the place for a start at sigma = inf, where s = 0.
     """
 
     timesteps: Callable[[Hooks, Tensor], Tensor]
     init_noise_sigma: Callable[[Hooks, float], float]
     scheduler_sigmas: Callable[[Any], Tensor]
+    to_state: Callable[[Tensor, float, float], Tensor]
 
 
 def _vp_scheduler_sigmas(sched: Any) -> Tensor:
@@ -116,6 +120,7 @@ FAMILIES: dict[str, Family] = {
         timesteps=lambda hooks, sigma: hooks.sigma_to_t(sigma),
         init_noise_sigma=lambda hooks, sigma0: 1.0,
         scheduler_sigmas=_vp_scheduler_sigmas,
+        to_state=lambda sample, sigma, scale: sample * (1.0 / scale),
     ),
 }
 """Adapter class name (what :func:`~edm_samplers.from_diffusers` returns for a family) -> :class:`Family`."""
@@ -415,7 +420,8 @@ class _SchedulerCore:
         plan = self._require_plan()
         k = self._begin_index or 0
         levels = plan.levels[plan.call_step[k] :]
-        x0 = sample.detach().to(self._dtype) * (1.0 / plan.call_scale[k])
+        hooks = self._require_hooks()
+        x0 = _family(hooks).to_state(sample.detach().to(self._dtype), plan.call_sigma[k], plan.call_scale[k])
         program = prepare(self._spec, identity, x0, levels, self._knobs, dtype=self._dtype).program
         if not plan.steppable:  # re-entering it would replay every earlier step: a worker thread instead
             run = Threaded(program, x0, self._noise, levels.numel() - 1)
