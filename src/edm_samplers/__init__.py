@@ -1,9 +1,13 @@
 """edm_samplers: the design space of EDM (Karras et al. 2022) in one small, fast, tested package.
 
 The public API is exactly what this module exports; everything in ``_``-prefixed modules is private.
+Names that need an optional dependency are exported lazily (built on first access, so ``import
+edm_samplers`` never imports it, and left out of ``__all__`` so that ``from edm_samplers import *`` works
+without it): ``EDMSamplerScheduler`` (the diffusers extra).
 """
 
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 from . import evaluation as evaluation
 from . import models as models
@@ -68,6 +72,25 @@ from .solvers import ipndm_sample as ipndm_sample
 from .solvers import lms_sample as lms_sample
 from .solvers import stochastic_sample as stochastic_sample
 from .solvers import unipc_sample as unipc_sample
+
+if TYPE_CHECKING:
+    from .diffusers_scheduler import EDMSamplerScheduler as EDMSamplerScheduler
+
+_LAZY = {"EDMSamplerScheduler": "diffusers_scheduler"}
+"""Lazily exported name -> the module that builds it (on first access; it imports an optional dependency)."""
+
+if not TYPE_CHECKING:  # a module __getattr__ seen by mypy would make every attribute of the package valid
+
+    def __getattr__(name: str) -> Any:
+        if name in _LAZY:
+            import importlib
+
+            return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *_LAZY})
+
 
 try:
     __version__ = version("edm-samplers")
