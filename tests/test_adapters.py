@@ -178,7 +178,7 @@ def test_adapter_errors() -> None:
     with pytest.raises(ValueError, match="alphas_cumprod must be strictly decreasing"):
         DDPMDenoiser(lambda x, t: x, ok.flip(0))
     with pytest.raises(ValueError, match=r"alphas_cumprod must lie in \(0, 1\]"):
-        DDPMDenoiser(lambda x, t: x, torch.cat([ok, torch.zeros(1, dtype=torch.float64)]))
+        DDPMDenoiser(lambda x, t: x, torch.cat([ok[:5], torch.zeros(1, dtype=torch.float64), ok[5:]]))
     with pytest.raises(ValueError, match=r"alphas_cumprod must lie in \(0, 1\]"):
         DDPMDenoiser(lambda x, t: x, ok + 0.5)
     with pytest.raises(ValueError, match="alphas_cumprod must be 1-D"):
@@ -187,7 +187,7 @@ def test_adapter_errors() -> None:
         DDPMDenoiser(lambda x, t: x, "abc")
     with pytest.raises(ValueError, match="prediction must be one of"):
         DDPMDenoiser(lambda x, t: x, ok, prediction="score")
-    with pytest.raises(ValueError, match="timestep must be 'interpolate' or 'quantize'"):
+    with pytest.raises(ValueError, match="timestep must be 'interpolate', 'linear' or 'quantize'"):
         DDPMDenoiser(lambda x, t: x, ok, timestep="round")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="prediction='v' needs a VP model"):
         ContinuousDenoiser(lambda x, t: x, prediction="v", parameterization="ve")
@@ -230,3 +230,21 @@ def test_sigmas_from_sequences_are_computed_in_float64() -> None:
 def test_learned_variance_must_be_a_bool() -> None:
     with pytest.raises(TypeError, match="learned_variance must be True or False, got str 'no'"):
         DDPMDenoiser(lambda x, t: x, linear_abar(10), learned_variance="no")  # type: ignore[arg-type]
+
+
+def test_ddpm_zero_terminal_snr_and_linear_time() -> None:
+    # abar_{T-1} = 0 (zero terminal SNR): sigma = inf is step T-1; finite sigmas above sigma_{T-2} map to T-2.
+    abar = torch.cat([linear_abar(10)[:-1], torch.zeros(1, dtype=torch.float64)])
+    den = DDPMDenoiser(lambda x, t: x, abar, prediction="v")
+    assert den.sigma_max == math.inf and den.sigmas[-1] == math.inf
+    s = torch.tensor([math.inf, 1e6, float(den.sigmas[4])], dtype=torch.float64)
+    torch.testing.assert_close(den.sigma_to_t(s), torch.tensor([9.0, 8.0, 4.0], dtype=torch.float64))
+    for mode in ("interpolate", "linear", "quantize"):  # inf is the last step in every mode, with or without 0
+        for a in (abar, linear_abar(10)):
+            t = DDPMDenoiser(lambda x, t: x, a, prediction="v", timestep=mode).sigma_to_t(torch.tensor([math.inf]))  # type: ignore[arg-type]
+            assert t.item() == 9.0
+    # "linear": t = k + (sigma - sigma_k) / (sigma_{k+1} - sigma_k), the inverse of np.interp(t, arange, sigmas).
+    lin = DDPMDenoiser(lambda x, t: x, linear_abar(10), timestep="linear")
+    sg = lin.sigmas
+    mid = 0.25 * sg[3] + 0.75 * sg[4]
+    torch.testing.assert_close(lin.sigma_to_t(mid.reshape(1)), torch.tensor([3.75], dtype=torch.float64))

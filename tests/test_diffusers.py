@@ -7,7 +7,7 @@ import torch
 
 from edm_samplers import euler_sample, heun_sample, karras_sigmas
 from edm_samplers.adapters import DDPMDenoiser
-from edm_samplers.diffusers_adapter import from_diffusers
+from edm_samplers.diffusers_adapter import from_diffusers, scheduler_sigmas, start_state
 
 diffusers = pytest.importorskip("diffusers")  # a test extra; CI installs it (pip install 'edm-samplers[test]')
 
@@ -91,10 +91,30 @@ def test_timesteps_and_scaling_match_diffusers() -> None:
         torch.testing.assert_close(x_in, sched.scale_model_input(x, t), rtol=1e-6, atol=1e-7)
 
 
-def test_heun_on_adapter_runs_and_halves_nfe_error() -> None:
-    # diffusers' HeunDiscreteScheduler with Karras sigmas feeds timesteps that do not match its sigmas
-    # (diffusers 0.42.1), so it is no reference. Instead: Heun on the adapter is the core's Heun (tested
-    # there); here we check it is consistent with a fine Euler solution of the same ODE.
+@pytest.mark.parametrize("karras", [False, True])
+def test_heun_matches_diffusers_heun(karras: bool) -> None:
+    # With its own betas (linear 0.00085 .. 0.012), HeunDiscreteScheduler evaluates the network at t(sigma) for
+    # every sigma it visits (log-sigma interpolation with Karras sigmas; linear in sigma without): sigma = 25.15 is
+    # its sigma_max, at t = 999. heun_sample on the adapter reproduces its loop to float32 round-off.
+    unet = tiny_unet()
+    sched = diffusers.HeunDiscreteScheduler(use_karras_sigmas=karras)
+    n = 6
+    latents = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    sched.set_timesteps(n)
+    x = latents * sched.init_noise_sigma
+    with torch.no_grad():
+        for t in sched.timesteps:
+            x = sched.step(unet(sched.scale_model_input(x, t), t).sample, t, x).prev_sample
+        den = from_diffusers(unet, sched)
+        sigmas = scheduler_sigmas(sched, n)
+        ours = heun_sample(den, start_state(sched, latents, sigmas), sigmas, dtype=torch.float32)
+    assert den.sigma_max == pytest.approx(25.1461, abs=1e-4)
+    # float32 round-off of two equivalent loops (11 network evaluations): measured ~2e-7 relative.
+    assert float((ours - x).abs().max() / x.abs().max()) <= 1e-5
+
+
+def test_heun_on_adapter_halves_nfe_error() -> None:
+    # Heun on the adapter is the core's Heun; here it is consistent with a fine Euler solution of the same ODE.
     unet = tiny_unet()
     # The UNet is float32; sampling in float64 runs it through net_dtype (D and the state stay float64).
     den = from_diffusers(unet, diffusers.DDPMScheduler(**ddpm_config()), net_dtype=torch.float32)
@@ -128,45 +148,16 @@ def test_from_diffusers_errors() -> None:
         from_diffusers(tiny_unet(), {**ddpm_config(), "prediction_type": "flow"})
 
 
-@pytest.mark.parametrize(
-    ("name", "family"),
-    [
-        ("ScoreSdeVeScheduler", "variance-exploding"),
-        ("EDMEulerScheduler", "EDM-preconditioned"),
-        ("FlowMatchLCMScheduler", "flow-matching"),  # FlowMatchEuler/Heun are supported (tests/test_flow.py)
-        ("LCMScheduler", "consistency-distilled"),
-        ("MyScheduler", "not a known scheduler"),
-    ],
-)
-def test_config_of_another_model_family_is_rejected(name: str, family: str) -> None:
-    # These used to build a DDPM linear-beta denoiser (a VE config with 2000 steps got sigma_max 24777).
-    cfg = {"_class_name": name, "num_train_timesteps": 2000, "sigma_min": 0.01, "sigma_max": 348.0}
-    with pytest.raises(ValueError, match=rf"_class_name'\] = '{name}': {name} .*{family}.*DDPM-family"):
-        from_diffusers(lambda x, t: x, cfg)
-
-
-@pytest.mark.parametrize(
-    "cls",
-    ["ScoreSdeVeScheduler", "EDMEulerScheduler", "FlowMatchLCMScheduler", "LCMScheduler", "TCDScheduler"],
-)
-def test_scheduler_of_another_model_family_is_rejected(cls: str) -> None:
-    sched = getattr(diffusers, cls)()
-    with pytest.raises(TypeError, match=rf"scheduler_or_config is an instance of {cls}: {cls} schedules"):
-        from_diffusers(lambda x, t: x, sched)
-
-
 def test_config_is_read_by_its_own_class() -> None:
     # HeunDiscreteScheduler's defaults (beta 0.00085 .. 0.012) differ from DDPMScheduler's (1e-4 .. 0.02).
     den = from_diffusers(lambda x, t: x, {"_class_name": "HeunDiscreteScheduler"})
     ref = diffusers.HeunDiscreteScheduler().alphas_cumprod.double()
     torch.testing.assert_close(den.sigmas, torch.sqrt((1 - ref) / ref), rtol=0, atol=0)
     assert den.prediction == "eps"
-    # A scheduler instance's own config (no _class_name) states every key: read as a DDPM config, same levels.
-    # (diffusers' from_config would replace the values it lists in _use_default_values by DDPM's defaults.)
+    # A scheduler instance's own config (no _class_name) is recognised by its keys and read by its own class.
+    # (Read as a DDPM config, diffusers' from_config would replace the values listed in _use_default_values.)
     sched = diffusers.HeunDiscreteScheduler()
     torch.testing.assert_close(from_diffusers(lambda x, t: x, sched.config).sigmas, den.sigmas, rtol=0, atol=0)
-    with pytest.raises(ValueError, match="keys of a consistency-model scheduler"):
-        from_diffusers(lambda x, t: x, diffusers.LCMScheduler().config)
 
 
 def test_config_without_class_name_must_state_its_schedule() -> None:
@@ -190,32 +181,30 @@ def test_config_without_class_name_must_state_its_schedule() -> None:
 
 
 def test_options_that_switch_the_model_family_are_rejected() -> None:
-    # Both flow options give a flow model (tests/test_flow.py); one of them alone is a contradiction.
-    flow = {"_class_name": "DPMSolverMultistepScheduler", "use_flow_sigmas": True}
-    with pytest.raises(ValueError, match="mixes a flow-matching option with a diffusion one"):
-        from_diffusers(lambda x, t: x, flow)
-    with pytest.raises(ValueError, match="mixes a flow-matching option with a diffusion one"):
-        from_diffusers(lambda x, t: x, diffusers.UniPCMultistepScheduler(use_flow_sigmas=True))
-    # A class-less config is read as a DDPM config, and a flow option there is rejected.
-    with pytest.raises(ValueError, match="configured for a flow-matching model"):
-        from_diffusers(lambda x, t: x, {**ddpm_config(), "prediction_type": "flow_prediction"})
+    from edm_samplers import _diffusers_families as fam
+
+    if fam.flow_hook("flow_from_scheduler") is None:  # until the flow adapter exists (edm_samplers.flow)
+        flow = {"_class_name": "DPMSolverMultistepScheduler", "use_flow_sigmas": True}
+        with pytest.raises(ValueError, match="schedules a flow-matching"):
+            from_diffusers(lambda x, t: x, flow)
+        with pytest.raises(TypeError, match="schedules a flow-matching"):
+            from_diffusers(lambda x, t: x, diffusers.UniPCMultistepScheduler(use_flow_sigmas=True))
     cont = {"_class_name": "EulerDiscreteScheduler", "timestep_type": "continuous", "prediction_type": "v_prediction"}
     with pytest.raises(ValueError, match="timestep_type='continuous'"):
         from_diffusers(lambda x, t: x, cont)
     with pytest.raises(TypeError, match=r"_class_name'\] must be a str"):
         from_diffusers(lambda x, t: x, {"_class_name": 3})
-    with pytest.raises(TypeError, match="scheduler_or_config must be a diffusers DDPM-family scheduler"):
+    with pytest.raises(TypeError, match="scheduler_or_config must be a diffusers scheduler"):
         from_diffusers(lambda x, t: x, "DDPMScheduler")
 
 
-def test_zero_terminal_snr_is_named() -> None:
-    # abar_T = 0 (DDIM), or clipped to 2**-24 (Euler, then not even decreasing): sigma_T is infinite.
-    for name in ("DDIMScheduler", "EulerDiscreteScheduler"):
-        cfg = {**ddpm_config(), "_class_name": name, "rescale_betas_zero_snr": True}
-        with pytest.raises(ValueError, match="zero terminal SNR"):
-            from_diffusers(lambda x, t: x, cfg)
-        with pytest.raises(ValueError, match="zero terminal SNR"):
-            from_diffusers(lambda x, t: x, getattr(diffusers, name)(**ddpm_config(), rescale_betas_zero_snr=True))
+def test_zero_terminal_snr_is_accepted() -> None:
+    # abar_T = 0 (DDIM): sigma_max = inf, and t = T-1 there; eps-prediction cannot give x0 from pure noise.
+    cfg = {**ddpm_config(), "_class_name": "DDIMScheduler", "rescale_betas_zero_snr": True}
+    den = from_diffusers(lambda x, t: x, {**cfg, "prediction_type": "v_prediction"})
+    assert den.sigma_max == float("inf") and den.sigma_to_t(torch.tensor([float("inf")])).item() == 999
+    with pytest.raises(ValueError, match="zero terminal SNR"):
+        from_diffusers(lambda x, t: x, cfg)
 
 
 def test_missing_diffusers_gives_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -117,6 +117,8 @@ TOP = {
     "DDPMDenoiser",
     "sigmas_from_alphas_cumprod",
     "from_diffusers",
+    "scheduler_sigmas",
+    "start_state",
     "FlowDenoiser",
     "flow_sigmas",
     "flow_shift_mu",

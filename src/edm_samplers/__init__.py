@@ -1,9 +1,13 @@
 """edm_samplers: the design space of EDM (Karras et al. 2022) in one small, fast, tested package.
 
 The public API is exactly what this module exports; everything in ``_``-prefixed modules is private.
+Names that need an optional dependency are exported lazily (built on first access, so ``import
+edm_samplers`` never imports it, and left out of ``__all__`` so that ``from edm_samplers import *`` works
+without it): ``EDMSamplerScheduler`` (the diffusers extra).
 """
 
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 from . import evaluation as evaluation
 from . import models as models
@@ -16,6 +20,8 @@ from .adapters import ContinuousDenoiser as ContinuousDenoiser
 from .adapters import DDPMDenoiser as DDPMDenoiser
 from .adapters import sigmas_from_alphas_cumprod as sigmas_from_alphas_cumprod
 from .diffusers_adapter import from_diffusers as from_diffusers
+from .diffusers_adapter import scheduler_sigmas as scheduler_sigmas
+from .diffusers_adapter import start_state as start_state
 from .flow import FlowDenoiser as FlowDenoiser
 from .flow import flow_initial_x as flow_initial_x
 from .flow import flow_scheduler_sigmas as flow_scheduler_sigmas
@@ -71,6 +77,25 @@ from .solvers import ipndm_sample as ipndm_sample
 from .solvers import lms_sample as lms_sample
 from .solvers import stochastic_sample as stochastic_sample
 from .solvers import unipc_sample as unipc_sample
+
+if TYPE_CHECKING:
+    from .diffusers_scheduler import EDMSamplerScheduler as EDMSamplerScheduler
+
+_LAZY = {"EDMSamplerScheduler": "diffusers_scheduler"}
+"""Lazily exported name -> the module that builds it (on first access; it imports an optional dependency)."""
+
+if not TYPE_CHECKING:  # a module __getattr__ seen by mypy would make every attribute of the package valid
+
+    def __getattr__(name: str) -> Any:
+        if name in _LAZY:
+            import importlib
+
+            return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *_LAZY})
+
 
 try:
     __version__ = version("edm-samplers")
@@ -135,7 +160,9 @@ __all__ = [
     "null_condition",
     "optimize_schedule",
     "save_schedule",
+    "scheduler_sigmas",
     "sigmas_from_alphas_cumprod",
+    "start_state",
     "stochastic_sample",
     "training",
     "unipc_sample",

@@ -351,11 +351,12 @@ def sigmas_from_alphas_cumprod(alphas_cumprod: object) -> Tensor:
     """sigma_t = sqrt((1 - abar_t) / abar_t) (float64) after validating ``alphas_cumprod``.
 
     A tensor keeps its own precision (float32 values are widened exactly); a sequence of Python numbers or a
-    NumPy array is read directly in float64.
+    NumPy array is read directly in float64. The last entry may be exactly 0 (zero terminal SNR,
+    ``rescale_betas_zero_snr=True``): its sigma is ``inf``.
 
     Raises:
         TypeError / ValueError: unless ``alphas_cumprod`` is a 1-D sequence of at least 2 finite values in
-            (0, 1], strictly decreasing.
+            (0, 1] (the last one in [0, 1]), strictly decreasing.
     """
     try:
         if isinstance(alphas_cumprod, Tensor):
@@ -370,10 +371,11 @@ def sigmas_from_alphas_cumprod(alphas_cumprod: object) -> Tensor:
         raise TypeError(f"alphas_cumprod must be a 1-D tensor or sequence of numbers: {e}") from None
     if a.ndim != 1 or a.numel() < 2:
         raise ValueError(f"alphas_cumprod must be 1-D with at least 2 entries, got shape {tuple(a.shape)}")
-    if not bool(torch.isfinite(a).all()) or bool((a <= 0).any()) or bool((a > 1).any()):
+    # Zero terminal SNR: abar_{T-1} = 0 exactly (sigma = inf, pure noise); anywhere else 0 is an error.
+    if not bool(torch.isfinite(a).all()) or bool((a[:-1] <= 0).any()) or bool(a[-1] < 0) or bool((a > 1).any()):
         raise ValueError(
-            f"alphas_cumprod must lie in (0, 1] (abar_t = prod_s (1 - beta_s)), got min {a.min().item()}, "
-            f"max {a.max().item()}"
+            f"alphas_cumprod must lie in (0, 1] (abar_t = prod_s (1 - beta_s); only the last entry may be 0, zero "
+            f"terminal SNR), got min {a.min().item()}, max {a.max().item()}"
         )
     if bool((a[1:] >= a[:-1]).any()):
         i = int(torch.nonzero(a[1:] >= a[:-1])[0])
@@ -394,13 +396,19 @@ class DDPMDenoiser(_Adapter):
     Conditioning (``encoder_hidden_states``, ``class_labels``, ``added_cond_kwargs``, attention masks) is
     passed through by keyword from the denoiser's ``**cond``.
 
+    Zero terminal SNR (``abar_{T-1} = 0``, e.g. diffusers' ``rescale_betas_zero_snr=True``): the last level is
+    sigma = inf (``sigma_max = inf``) and maps to t = T-1; a finite sigma above the last finite level maps to
+    t = T-2 (the model was trained at no level in between).
+
     Args:
         model: the network (nn.Module, held itself) or any callable; an output with ``.sample`` (diffusers)
             or a tuple is unwrapped.
-        alphas_cumprod: ``[T]`` cumulative products abar_t, strictly decreasing in (0, 1].
+        alphas_cumprod: ``[T]`` cumulative products abar_t, strictly decreasing in (0, 1] (the last may be 0).
         prediction: "eps" ("epsilon"), "v" ("v_prediction") or "x0" ("sample").
-        timestep: "interpolate" (fractional t, linear in log sigma between trained steps) or "quantize"
-            (nearest trained step in log sigma, an integer-valued float).
+        timestep: "interpolate" (fractional t, linear in log sigma between trained steps), "linear" (fractional
+            t, linear in sigma: the inverse of diffusers' ``np.interp`` of sigmas at fractional timesteps, used by
+            its Euler/Heun/LMS schedulers without Karras sigmas) or "quantize" (nearest trained step in log sigma,
+            an integer-valued float).
         learned_variance: the model returns 2C channels on dim 1 (mean and variance); keep the first C.
             "auto": do so when the output has twice x's channels (a static shape test, no sync).
         net_dtype: the precision the model runs in. None: the dtype of its parameters (a bf16 model gets bf16
@@ -413,7 +421,7 @@ class DDPMDenoiser(_Adapter):
             is unwrapped and checked as the model's.
 
     Attributes:
-        sigma_min, sigma_max: the smallest positive and the largest trained sigma_t.
+        sigma_min, sigma_max: the smallest positive and the largest trained sigma_t (inf at zero terminal SNR).
         sigmas: ``[T]`` float64 trained levels (a non-persistent buffer; not in ``state_dict()``).
     """
 
@@ -426,18 +434,20 @@ class DDPMDenoiser(_Adapter):
         alphas_cumprod: object,
         *,
         prediction: str = "eps",
-        timestep: Literal["interpolate", "quantize"] = "interpolate",
+        timestep: Literal["interpolate", "linear", "quantize"] = "interpolate",
         learned_variance: LearnedVariance = False,
         net_dtype: torch.dtype | None = None,
         call: ModelCall | None = None,
     ) -> None:
         sig = sigmas_from_alphas_cumprod(alphas_cumprod)
-        if timestep not in ("interpolate", "quantize"):
-            raise ValueError(f"timestep must be 'interpolate' or 'quantize', got {timestep!r}")
-        # abar_0 may be exactly 1 (sigma_0 = 0, log = -inf): only positive levels take part in the mapping.
+        if timestep not in ("interpolate", "linear", "quantize"):
+            raise ValueError(f"timestep must be 'interpolate', 'linear' or 'quantize', got {timestep!r}")
+        # abar_0 may be exactly 1 (sigma_0 = 0, log = -inf): only positive levels take part in the mapping;
+        # abar_{T-1} may be 0 (sigma = inf): only finite levels take part in the interpolation.
         k0 = int((sig == 0).sum())
-        if sig.numel() - k0 < 2:
-            raise ValueError("alphas_cumprod must have at least 2 entries below 1 (two positive noise levels)")
+        finite = int(torch.isfinite(sig).sum())
+        if finite - k0 < 2:
+            raise ValueError("alphas_cumprod must have at least 2 entries in (0, 1) (two positive finite noise levels)")
         super().__init__(
             model,
             prediction=prediction,
@@ -451,25 +461,35 @@ class DDPMDenoiser(_Adapter):
         self.timestep = timestep
         self.t_offset = k0
         self.register_buffer("sigmas", sig, persistent=False)
-        self.register_buffer("log_sigmas", torch.log(sig[k0:]), persistent=False)
+        self.register_buffer("log_sigmas", torch.log(sig[k0:finite]), persistent=False)
 
     def sigma_to_t(self, sigma: Tensor) -> Tensor:
-        """Timestep(s) for sigma: fractional (log-sigma interpolation) or the nearest trained step.
+        """Timestep(s) for sigma: fractional (log-sigma or sigma interpolation) or the nearest trained step.
 
-        Out-of-range sigmas map to the end steps (0 / T-1). Computed in float64; no host sync.
+        Out-of-range sigmas map to the end steps (0 / T-1); sigma = inf maps to T-1. Computed in float64; no
+        host sync.
         """
         ls = self.log_sigmas.to(device=sigma.device, dtype=torch.float64)
-        # Capped at the last trained level (no sync): sigma = inf then maps to the last step in both modes (the
-        # nearest level of an infinite log sigma would otherwise be the first); larger sigmas mapped there already.
-        log_s = torch.minimum(torch.log(sigma.to(torch.float64).clamp_min(1e-30)), ls[-1])
-        if self.timestep == "quantize":
-            idx = torch.argmin(torch.abs(log_s.unsqueeze(-1) - ls), dim=-1)
-            return (idx + self.t_offset).to(torch.float64)
+        s64 = sigma.to(torch.float64)
+        # Capped at the last finite level (no sync): an infinite or larger sigma maps to the last finite step in
+        # every mode (the nearest level of an infinite log sigma would otherwise be the first).
+        log_s = torch.minimum(torch.log(s64.clamp_min(1e-30)), ls[-1])
         n = ls.numel()
-        low = (torch.searchsorted(ls, log_s.contiguous(), right=True) - 1).clamp(0, n - 2)
-        lo, hi = ls[low], ls[low + 1]
-        w = ((log_s - lo) / (hi - lo)).clamp(0, 1)
-        return low.to(torch.float64) + w + self.t_offset
+        if self.timestep == "quantize":
+            t = torch.argmin(torch.abs(log_s.unsqueeze(-1) - ls), dim=-1).to(torch.float64)
+        elif self.timestep == "linear":
+            sg = torch.exp(ls)
+            low = (torch.searchsorted(sg, s64.contiguous(), right=True) - 1).clamp(0, n - 2)
+            lo, hi = sg[low], sg[low + 1]
+            t = low.to(torch.float64) + ((s64 - lo) / (hi - lo)).clamp(0, 1)
+        else:
+            low = (torch.searchsorted(ls, log_s.contiguous(), right=True) - 1).clamp(0, n - 2)
+            lo, hi = ls[low], ls[low + 1]
+            t = low.to(torch.float64) + ((log_s - lo) / (hi - lo)).clamp(0, 1)
+        t = t + self.t_offset
+        if self.t_offset + n < self.sigmas.numel():  # zero terminal SNR: the infinite level is step T-1
+            t = torch.where(torch.isinf(s64), torch.full_like(t, self.sigmas.numel() - 1), t)
+        return t
 
     def round_sigma(self, sigma: Tensor | float) -> Tensor:
         """With ``timestep="quantize"``: sigma of the nearest trained step (in log sigma); else the identity."""

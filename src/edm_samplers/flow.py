@@ -343,6 +343,11 @@ def flow_initial_x(latents: Tensor, sigmas: Tensor) -> Tensor:
 # ---- diffusers schedulers --------------------------------------------------------------------------------
 
 _FLOW_NATIVE = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
+_FLOW_UNSUPPORTED = {
+    "FlowMatchLCMScheduler": "a consistency-distilled flow model",
+    "FlowMapEulerDiscreteScheduler": "a flow-map model, conditioned on two times",
+    "LTXEulerAncestralRFScheduler": "an ancestral sampler with its own noise injection",
+}
 _FLOW_OPTION = ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler")
 
 
@@ -404,6 +409,14 @@ def _scheduler_and_config(
     scheduler_or_config: object, what: str, *, need_class: bool
 ) -> tuple[Any, Mapping[str, Any], str]:
     found = _flow_class(scheduler_or_config)
+    got = type(scheduler_or_config).__name__
+    if found is None and got in _FLOW_UNSUPPORTED:
+        raise TypeError(
+            f"{what} is a {got}, a flow scheduler whose model this adapter does not read ({_FLOW_UNSUPPORTED[got]}); "
+            "supported: FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler, DPM-Solver/UniPC with "
+            "flow sigmas. (A config without '_class_name' whose keys several classes take, such as "
+            "FlowMatchHeunDiscreteScheduler's, can be read as it: pass the scheduler or add '_class_name'.)"
+        )
     if found is None:
         raise TypeError(
             f"{what} must be a diffusers flow-matching scheduler (FlowMatchEulerDiscreteScheduler, "
@@ -483,8 +496,9 @@ def flow_scheduler_sigmas(scheduler_or_config: object, num_steps: int, *, mu: fl
     dynamic = bool(cfg.get("use_dynamic_shifting", False))
     if dynamic and mu is None:
         raise ValueError(
-            f"{name} has use_dynamic_shifting=True: pass mu= (for example flow_shift_mu(image_seq_len, "
-            "base_seq_len=config.base_image_seq_len, ...))"
+            f"{name} has use_dynamic_shifting=True: its levels depend on the resolution; call "
+            "edm_samplers.flow_scheduler_sigmas(scheduler, num_steps, mu=...) with mu = flow_shift_mu(image_seq_len, "
+            "base_seq_len=config.base_image_seq_len, ...)"
         )
     if mu is not None and not dynamic:
         raise ValueError(f"mu is given but {name} has use_dynamic_shifting=False (it would be ignored)")
@@ -514,10 +528,10 @@ def flow_from_scheduler(
     model: Callable[..., Any],
     scheduler_or_config: object,
     *,
-    time_scale: float | None,
-    learned_variance: LearnedVariance | None,
-    net_dtype: torch.dtype | None,
-    call: ModelCall | None,
+    time_scale: float | None = None,
+    learned_variance: LearnedVariance | None = None,
+    net_dtype: torch.dtype | None = None,
+    call: ModelCall | None = None,
 ) -> FlowDenoiser:
     """:func:`~edm_samplers.from_diffusers` for flow schedulers (private to the package).
 
@@ -540,7 +554,8 @@ def flow_from_scheduler(
         rule = _TIME_SCALES.get(cls)
         if rule is None:
             raise ValueError(
-                f"from_diffusers cannot tell the time input of a {cls} model for {name}: pass time_scale= (the "
+                f"from_diffusers cannot tell the time input of a {cls} model for {name} (a flow-matching "
+                "scheduler): pass time_scale= (the "
                 "model's timestep per unit flow time t: 1000 if its pipeline passes scheduler.timesteps, as SD3 "
                 "and Sana do; 1 if it passes timestep / 1000, as Flux and AuraFlow do)"
             )

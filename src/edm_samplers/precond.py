@@ -151,7 +151,9 @@ class Precond(nn.Module, metaclass=abc.ABCMeta):
         x_in, c_noise, cond = _net_inputs(precision, cdt, x_in, sc.c_noise, cond)
         with _net_autocast(x.device, precision.autocast_dtype):
             f_out = self._call_net(x_in, c_noise, cond)
-        f = check_denoised_on(f_out, x, "net", shape_fix=_NET_SHAPE_FIX)
+        # A diffusers model returns an output dataclass (UNet2DOutput.sample); F is its tensor.
+        sample = getattr(f_out, "sample", None)
+        f = check_denoised_on(sample if isinstance(sample, Tensor) else f_out, x, "net", shape_fix=_NET_SHAPE_FIX)
         return _append_dims(sc.c_skip, x.ndim) * xc + _append_dims(sc.c_out, x.ndim) * f.to(cdt)
 
     def _call_net(self, x_in: Tensor, c_noise: Tensor, cond: dict[str, Any]) -> Any:
@@ -164,11 +166,17 @@ class EDMPrecond(Precond):
     D(x; sigma) = c_skip x + c_out F(c_in x, ln(sigma)/4) with c_skip = sigma_data^2/(sigma^2+sigma_data^2),
     c_out = sigma sigma_data/sqrt(sigma^2+sigma_data^2), c_in = 1/sqrt(sigma^2+sigma_data^2).
 
+    ``prediction="v"`` is the v-prediction form of diffusers' EDM schedulers (``EDMEulerScheduler`` /
+    ``EDMDPMSolverMultistepScheduler`` with ``prediction_type="v_prediction"``, e.g. CosXL): c_out changes sign,
+    D = c_skip x - c_out F. A diffusers output with ``.sample`` is unwrapped.
+
     Args:
         net: F(x_in, c_noise, **cond), an ``nn.Module`` (held itself, not copied) or any callable.
         sigma_data: standard deviation of the training data (0.5 for images in [-1, 1]).
         sigma_min, sigma_max: valid range (default: all of (0, inf)).
         net_dtype: run F in this dtype (e.g. ``torch.float16``/``torch.bfloat16``); D stays float32+.
+        prediction: "edm" (alias "epsilon", diffusers' name for it): D = c_skip x + c_out F, the paper's form;
+            or "v" (alias "v_prediction"): D = c_skip x - c_out F.
     """
 
     def __init__(
@@ -179,15 +187,24 @@ class EDMPrecond(Precond):
         sigma_min: float = 0.0,
         sigma_max: float = float("inf"),
         net_dtype: torch.dtype | None = None,
+        prediction: str = "edm",
     ) -> None:
         super().__init__(net, sigma_min=sigma_min, sigma_max=sigma_max, net_dtype=net_dtype)
         self.sigma_data = check_float(sigma_data, "sigma_data", positive=True)
+        if prediction not in ("edm", "epsilon", "v", "v_prediction"):
+            raise ValueError(
+                f"prediction must be 'edm' (alias 'epsilon': D = c_skip x + c_out F) or 'v' (alias 'v_prediction': "
+                f"D = c_skip x - c_out F), got {prediction!r}"
+            )
+        self.prediction = "v" if prediction in ("v", "v_prediction") else "edm"
 
     def scalings(self, sigma: Tensor) -> Scalings:
-        return edm_scalings(sigma, self.sigma_data)
+        sc = edm_scalings(sigma, self.sigma_data)
+        return sc._replace(c_out=-sc.c_out) if self.prediction == "v" else sc
 
     def _scalings_checked_sigma(self, s: Tensor) -> Scalings:
-        return _edm(s, self.sigma_data)
+        sc = _edm(s, self.sigma_data)
+        return sc._replace(c_out=-sc.c_out) if self.prediction == "v" else sc
 
 
 class VPPrecond(Precond):

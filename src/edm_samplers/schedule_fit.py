@@ -6,6 +6,7 @@ repeats, once on the host before sampling. The samplers never clamp on their own
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -13,7 +14,7 @@ from torch import Tensor
 
 from ._validate import check_float, check_sigmas, check_strict_schedule
 
-__all__ = ["clamp_sigmas"]
+__all__ = ["clamp_sigmas", "warn_above_range"]
 
 
 def _range_attr(denoiser: object, name: str, default: float) -> float:
@@ -117,3 +118,28 @@ def clamp_sigmas(
         )
         return out.to(device=sigmas.device)
     return out
+
+
+def warn_above_range(denoiser: object, host_sigmas: Sequence[float], *, stacklevel: int = 2) -> None:
+    """Warn (a ``UserWarning``) when a schedule starts above the denoiser's ``sigma_max``.
+
+    Run once at a sampler's entry on the host copy of the schedule (no device sync). A model evaluated above
+    the noise it was trained on (``karras_sigmas(18)``, sigma_max 80, on a model trained up to 14.6) gives
+    poor samples without any error; ``clamp_sigmas(sigmas, denoiser=den)`` or, for a diffusers model,
+    ``scheduler_sigmas(scheduler, n)`` gives a schedule inside the range. Levels below ``sigma_min`` are left
+    alone (the last steps of the library's schedules often go below a discrete model's first level, where
+    D is nearly x). Denoisers without a numeric ``sigma_max`` are not checked.
+    """
+    hi = getattr(denoiser, "sigma_max", None)
+    if isinstance(hi, bool) or not isinstance(hi, (int, float)) or not host_sigmas:
+        return
+    top = float(host_sigmas[0])
+    # 1e-6 relative slack: a scheduler's own float32 levels may round just above a float64 sigma_max.
+    if top > float(hi) * (1 + 1e-6):
+        warnings.warn(
+            f"the schedule starts at sigma = {top:g}, above the denoiser's sigma_max = {float(hi):g} (the highest "
+            "noise level its model was trained on); fit it with clamp_sigmas(sigmas, denoiser=den), or for a "
+            "diffusers model use scheduler_sigmas(scheduler, num_steps)",
+            UserWarning,
+            stacklevel=stacklevel + 1,
+        )

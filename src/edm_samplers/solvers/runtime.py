@@ -44,6 +44,7 @@ from .._validate import (
     state_dtype,
 )
 from ..noise import as_noise_source
+from ..schedule_fit import warn_above_range
 
 if TYPE_CHECKING:
     from .registry import SolverSpec
@@ -278,6 +279,7 @@ def prepare(
     sched = schedule(sigmas, strict=spec.strict)
     if math.isinf(sched.host[0]):
         check_infinite_sigma(denoiser)
+    warn_above_range(denoiser, sched.host, stacklevel=4)  # host floats: no sync
     sdt = state_dtype(x, dtype)
     check_sigmas_fit(sched.sigmas, sdt)
     batch, dev = x.shape[0], x.device

@@ -1,0 +1,647 @@
+"""The library's samplers inside any diffusers pipeline: :class:`EDMSamplerScheduler`, a drop-in scheduler.
+
+One line swaps it in, reading the model family from the scheduler it replaces::
+
+    pipe.scheduler = EDMSamplerScheduler.from_config(pipe.scheduler.config, sampler="dpmpp_2m", schedule="karras")
+
+**Inversion of control.** A sampler of the library is a *program* (:mod:`.solvers.runtime`) whose ``run``
+loops over its steps and calls ``den(x, sigma)``; a pipeline instead calls the model itself and then
+``step()``. Each ``step()`` converts the model's output to D with the model family's hooks (those of the
+adapter :func:`~edm_samplers.from_diffusers` builds for the replaced scheduler's config), hands D to the
+unchanged program, and returns the state of the program's *next* evaluation in the model's input
+coordinates. Two drivers (:mod:`._reentry`) re-enter a program, chosen by probing it once per schedule:
+
+- single-step solvers (Euler, Heun, churn, DPM-Solver-2, Euler ancestral, ...), whose state between steps
+  is x alone, run one step at a time on the caller's thread; within a step the run is repeated with the
+  evaluations answered so far until it asks for the next one (:class:`Stepper`; no thread switch);
+- multistep solvers, whose steps read past outputs, run in a worker thread whose denoiser hands each
+  ``(x, sigma)`` out and waits for D (:class:`Threaded`; two thread switches per model call). An abandoned
+  worker (the pipeline raised) is ended by the next ``set_timesteps`` or when the scheduler is collected.
+
+Either way every registered sampler, present or future, runs its own code: the pipeline's result is what
+``<name>_sample`` computes on the same evaluations. Multi-evaluation solvers (Heun, DPM-Solver-2) list one
+timestep per model call, as diffusers' ``HeunDiscreteScheduler`` does (``2N - 1`` entries).
+
+**Coordinates.** The pipeline's ``sample`` is always the model's own input (x_t = x / sqrt(1 + sigma^2) for
+VP models), so ``scale_model_input`` is the identity and pipelines that never call it (``DDPMPipeline``,
+flow pipelines) work too; ``init_noise_sigma`` is the family's start (1 for VP: the first state is
+``latents * sqrt(1 + sigma_0^2)`` in EDM units, like DPM-Solver, UniPC and DDIM). Between calls the
+scheduler keeps its own state in ``dtype`` (float32 by default, whatever the model's dtype); the pipeline's
+``sample`` is read at the first ``step`` only (the start, e.g. img2img's noised image), so pipelines that
+edit the latents between steps (legacy inpainting with a 4-channel UNet) are not followed.
+
+**Model families** are one entry of :data:`FAMILIES`, keyed by the adapter class ``from_diffusers`` returns:
+its pipeline timesteps for given noise levels, its ``init_noise_sigma`` and the replaced scheduler's own
+levels (``schedule="scheduler"``). diffusers is imported lazily (the ``diffusers`` extra): the class is
+built on first access of ``EDMSamplerScheduler``.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple, Protocol, cast
+
+import torch
+from torch import Tensor
+
+from ._network import append_dims
+from ._reentry import PROBES, Request, Stepper, Threaded, identity, probe_program
+from .diffusers_adapter import from_diffusers
+from .schedule_opt import load_schedule
+from .schedules import karras_sigmas, loglinear_sigmas
+from .solvers.registry import SolverSpec, get, label, names, parse_label
+from .solvers.runtime import prepare, schedule
+
+__all__ = ["FAMILIES", "SCHEDULES", "Family", "Hooks", "scheduler_class"]
+
+SCHEDULES = ("karras", "loglinear", "scheduler")
+"""Named schedules (besides a schedule file or a list of levels): EDM's rho schedule on the model's range,
+levels uniform in log sigma, or the replaced scheduler's own levels for the same arguments."""
+
+
+def _plain_names() -> list[str]:
+    """The registry samplers a pipeline can drive (not the CFG++ ones, which need both estimates)."""
+    return [n for n in names() if not get(n).guided]
+
+
+class Hooks(Protocol):
+    """What the scheduler uses of an adapter (``adapters._Adapter``): the steps of its forward."""
+
+    learned_variance: bool
+    sigma_min: float
+    sigma_max: float
+
+    def model_input(self, x: Tensor, sigma: Tensor) -> Tensor: ...
+
+    def sigma_to_t(self, sigma: Tensor) -> Tensor: ...
+
+    def to_denoised(self, x: Tensor, sigma: Tensor, out: Tensor) -> Tensor: ...
+
+
+class Family(NamedTuple):
+    """How the models of one family meet a pipeline (one entry of :data:`FAMILIES`).
+
+    Attributes:
+        timesteps: ``(hooks, sigma [K] in the state dtype) -> [K]``: the ``timesteps`` the pipeline passes to
+            the model for those noise levels (the replaced scheduler's units).
+        init_noise_sigma: ``(hooks, sigma_0) -> float``: the standard deviation of the pipeline's first
+            sample, in the model's input coordinates (the family's starting state).
+        scheduler_sigmas: ``(replaced scheduler after set_timesteps) -> [N + 1]`` float64 levels in EDM
+            units (``schedule="scheduler"``).
+        to_state: ``(sample, sigma, scale) -> x``: the sampler's state (EDM units) from the pipeline's first
+            sample at noise level ``sigma`` (a float), where ``scale`` = s(sigma) is the model input's factor
+            (sample = s x); the place for a start at sigma = inf, where s = 0.
+    """
+
+    timesteps: Callable[[Hooks, Tensor], Tensor]
+    init_noise_sigma: Callable[[Hooks, float], float]
+    scheduler_sigmas: Callable[[Any], Tensor]
+    to_state: Callable[[Tensor, float, float], Tensor]
+
+
+def _vp_scheduler_sigmas(sched: Any) -> Tensor:
+    """A DDPM-family scheduler's levels for its current timesteps, in EDM units, float64, ending in 0.
+
+    Euler-, Heun-, DPM-Solver- and UniPC-type schedulers store them (``sigmas``; Heun and KDPM2 interleave
+    repeated levels, which are dropped); DDPM, DDIM and PNDM give sigma_t = sqrt((1 - abar_t) / abar_t) at
+    their integer timesteps, followed by 0.
+    """
+    own = getattr(sched, "sigmas", None)
+    if isinstance(own, Tensor):
+        s = torch.unique_consecutive(own.detach().to("cpu", torch.float64))
+    else:
+        abar = torch.as_tensor(sched.alphas_cumprod).to(torch.float64)
+        t = torch.as_tensor(sched.timesteps).to("cpu", torch.long)
+        s = torch.sqrt((1 - abar[t]) / abar[t])
+    return s if float(s[-1]) == 0 else torch.cat([s, s.new_zeros(1)])
+
+
+FAMILIES: dict[str, Family] = {
+    # Discrete-time VP (DDPM-family) models: eps, v and sample prediction. The timesteps are the adapter's own
+    # (fractional trained steps by log-sigma interpolation); the first sample is unit noise (x_t at sigma_0).
+    "DDPMDenoiser": Family(
+        timesteps=lambda hooks, sigma: hooks.sigma_to_t(sigma),
+        init_noise_sigma=lambda hooks, sigma0: 1.0,
+        scheduler_sigmas=_vp_scheduler_sigmas,
+        to_state=lambda sample, sigma, scale: sample * (1.0 / scale),
+    ),
+}
+"""Adapter class name (what :func:`~edm_samplers.from_diffusers` returns for a family) -> :class:`Family`."""
+
+
+def _family(hooks: object) -> Family:
+    name = type(hooks).__name__
+    fam = FAMILIES.get(name)
+    if fam is None:
+        raise ValueError(
+            f"EDMSamplerScheduler has no family entry for {name} (the adapter from_diffusers built for this "
+            f"config); known: {', '.join(FAMILIES)}"
+        )
+    return fam
+
+
+class _PipelineModel:
+    """Stands in for the model in the adapter the scheduler builds: the pipeline calls the real one."""
+
+    def __call__(self, *args: object, **kwargs: object) -> Tensor:
+        del args, kwargs
+        raise RuntimeError("EDMSamplerScheduler's adapter is used for its hooks only; the pipeline calls the model")
+
+
+class _PipelineNoise:
+    """The noise of stochastic samplers, drawn from the ``generator`` the pipeline passed to ``step``.
+
+    A list of generators draws row by row (row k from generator k: per-sample seeds), as diffusers'
+    ``randn_tensor`` does; None draws from torch's global RNG.
+    """
+
+    def __init__(self) -> None:
+        self.generator: torch.Generator | list[torch.Generator] | None = None
+
+    def randn(self, shape: Sequence[int], *, dtype: torch.dtype, device: torch.device) -> Tensor:
+        from diffusers.utils.torch_utils import randn_tensor
+
+        gen = self.generator
+        if isinstance(gen, list) and len(gen) != shape[0]:
+            raise ValueError(
+                f"step() got a list of {len(gen)} generators for a batch of {shape[0]}; pass one generator per "
+                "sample (or a single generator)"
+            )
+        out: Tensor = randn_tensor(tuple(shape), generator=gen, device=torch.device(device), dtype=torch.float32)
+        return out.to(dtype)
+
+
+# ---- the schedule --------------------------------------------------------------------------------------
+
+
+class _Plan(NamedTuple):
+    """What ``set_timesteps`` fixes: the levels, and per model call its sigma row, scale and step."""
+
+    levels: Tensor  # [N + 1] float64 CPU
+    call_sigma: list[float]  # per model call, the state-dtype value as a float
+    call_scale: list[float]  # per model call, s(sigma): sample = s x
+    call_step: list[int]  # per model call, the solver step it belongs to
+    steppable: bool  # the program can be re-entered step by step (Stepper), else it runs in a thread
+
+
+def _check_choice(value: object, name: str, choices: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def _check_schedule_option(schedule_opt: object) -> str | list[float]:
+    if isinstance(schedule_opt, (list, tuple)):
+        return [float(v) for v in schedule_opt]
+    if isinstance(schedule_opt, os.PathLike):
+        schedule_opt = os.fspath(schedule_opt)
+    if not isinstance(schedule_opt, str) or not (schedule_opt in SCHEDULES or schedule_opt.endswith(".json")):
+        raise ValueError(
+            f"schedule must be one of {', '.join(map(repr, SCHEDULES))}, the path of a schedule file written by "
+            f"save_schedule (ending in .json) or a list of noise levels, got {schedule_opt!r}"
+        )
+    return schedule_opt
+
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class _SchedulerCore:
+    """The scheduler's logic, independent of diffusers' base classes (see :func:`scheduler_class`)."""
+
+    order: int
+
+    def _setup(
+        self,
+        sampler: str,
+        knobs: Mapping[str, Any] | None,
+        schedule: str | Sequence[float],
+        rho: float,
+        sigma_min: float | None,
+        sigma_max: float | None,
+        model_config: Mapping[str, Any] | None,
+        dtype: str,
+    ) -> None:
+        if not isinstance(sampler, str):
+            raise TypeError(f"sampler must be a registry name or label such as 'unipc:order=2', got {sampler!r}")
+        name, from_label = parse_label(sampler)  # ValueError listing the registered names
+        if knobs is not None and not isinstance(knobs, Mapping):
+            raise TypeError(f"knobs must be a dict of the sampler's options, got {type(knobs).__name__}")
+        given = {**from_label, **dict(knobs or {})}
+        self._spec: SolverSpec = get(name)
+        if self._spec.guided:
+            raise ValueError(
+                f"sampler={name!r} (CFG++) needs the conditional and unconditional estimates separately, but a "
+                "pipeline combines them before it calls the scheduler; use it through the library (guided(...) and "
+                f"{name}_sample), or pick a sampler for the pipeline: {', '.join(_plain_names())}"
+            )
+        self._knobs = self._spec.resolve(given)  # TypeError / ValueError listing the valid knobs
+        if any(callable(v) for v in self._knobs.values()):
+            raise TypeError("knobs holding callables (round_sigma) cannot be stored in a scheduler config")
+        self._given = given
+        self._schedule = _check_schedule_option(schedule)
+        from ._validate import check_float
+
+        self._rho = check_float(rho, "rho", positive=True)
+        self._range = (
+            None if sigma_min is None else check_float(sigma_min, "sigma_min", positive=True),
+            None if sigma_max is None else check_float(sigma_max, "sigma_max", positive=True),
+        )
+        self._dtype = _DTYPES[_check_choice(dtype, "dtype", tuple(_DTYPES))]
+        # Evaluations per (non-final) step: what diffusers' pipelines read as the scheduler's order.
+        self.order = self._spec.nfe(1, False, self._knobs)
+        self._model_config = None if model_config is None else dict(model_config)
+        self._hooks: Hooks | None = None
+        if self._model_config is not None:
+            self._hooks = self._build_hooks(self._model_config)
+        self._plan: _Plan | None = None
+        self._run: Stepper | Threaded | None = None
+        self._finalizer: weakref.finalize[[], _SchedulerCore] | None = None
+        self._pending: Request | None = None
+        self._noise = _PipelineNoise()
+        self._step_index: int | None = None
+        self._begin_index: int | None = None
+        self.num_inference_steps: int | None = None
+        self.timesteps = torch.zeros(0)
+        self.sigmas = torch.zeros(0)
+
+    @staticmethod
+    def _build_hooks(cfg: dict[str, Any]) -> Hooks:
+        if not isinstance(cfg, Mapping):
+            raise TypeError(
+                "model_config must be the config of the diffusers scheduler the model was trained with "
+                f"(use EDMSamplerScheduler.from_config(pipe.scheduler.config, ...)), got {type(cfg).__name__}"
+            )
+        den = from_diffusers(_PipelineModel(), cfg)
+        _family(den)  # a ValueError naming the family when it has no entry (before the Hooks protocol is relied on)
+        return cast(Hooks, den)
+
+    # ---- the diffusers protocol ----
+
+    @property
+    def sampler_label(self) -> str:
+        """The sampler and its given knobs as one label, e.g. ``"unipc:order=2"``."""
+        return label(self._spec.name, self._given)
+
+    @property
+    def init_noise_sigma(self) -> float:
+        """Standard deviation of the pipeline's first sample (model input coordinates; 1 for VP models)."""
+        hooks = self._require_hooks()
+        s0 = self._plan.call_sigma[0] if self._plan is not None else hooks.sigma_max
+        return _family(hooks).init_noise_sigma(hooks, s0)
+
+    @property
+    def step_index(self) -> int | None:
+        """The index of the next model call in ``timesteps`` (None before the first ``step``)."""
+        return self._step_index
+
+    @property
+    def begin_index(self) -> int | None:
+        """The first model call a pipeline runs (``set_begin_index``; img2img), or None."""
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start at model call ``begin_index`` of ``timesteps`` (img2img: ``t_start * order``)."""
+        plan = self._require_plan()
+        k = int(begin_index)
+        if not 0 <= k < len(plan.call_step) or (k > 0 and plan.call_step[k] == plan.call_step[k - 1]):
+            starts = [i for i in range(len(plan.call_step)) if i == 0 or plan.call_step[i] != plan.call_step[i - 1]]
+            raise ValueError(
+                f"begin_index must be the first model call of a step, one of {starts[:20]}, got {begin_index}"
+            )
+        self._begin_index = k
+
+    def scale_model_input(self, sample: Tensor, timestep: object = None) -> Tensor:
+        """The identity: ``sample`` already is the model's input."""
+        del timestep
+        return sample
+
+    def _require_hooks(self) -> Hooks:
+        if self._hooks is None:
+            raise ValueError(
+                "this EDMSamplerScheduler has no model_config: build it from the pipeline's scheduler, "
+                "EDMSamplerScheduler.from_config(pipe.scheduler.config, sampler=..., schedule=...)"
+            )
+        return self._hooks
+
+    def _require_plan(self) -> _Plan:
+        if self._plan is None:
+            raise RuntimeError("call set_timesteps(num_inference_steps) before using the scheduler's steps")
+        return self._plan
+
+    def _replaced(self, n: int | None, sigmas: object, mu: float | None) -> Tensor:
+        """The replaced scheduler's own levels for these set_timesteps arguments (EDM units, float64)."""
+        import diffusers
+
+        cfg = dict(self._model_config or {})
+        name = cfg.get("_class_name")
+        if not isinstance(name, str) or not hasattr(diffusers, name):
+            raise ValueError(
+                f"schedule='scheduler' and the pipeline's sigmas / mu are read by the replaced scheduler's class, but "
+                f"model_config['_class_name'] is {name!r} (a scheduler built in code has none in its config): "
+                "build this scheduler from the scheduler itself, EDMSamplerScheduler.from_config(pipe.scheduler, ...)"
+            )
+        cls = getattr(diffusers, name)
+        sched = cls.from_config(cfg)
+        kwargs: dict[str, Any] = {}
+        if sigmas is not None:
+            kwargs["sigmas"] = sigmas
+        if mu is not None:
+            kwargs["mu"] = mu
+        sched.set_timesteps(n, **kwargs)
+        return _family(self._require_hooks()).scheduler_sigmas(sched)
+
+    def _levels(self, n: int | None, sigmas: object, mu: float | None) -> Tensor:
+        hooks = self._require_hooks()
+        opt = self._schedule
+        if isinstance(opt, list) or opt not in SCHEDULES:
+            levels = torch.tensor(opt, dtype=torch.float64) if isinstance(opt, list) else load_schedule(opt)
+            if float(levels[-1]) != 0:
+                levels = torch.cat([levels, levels.new_zeros(1)])
+            if n is not None and n != levels.numel() - 1:
+                raise ValueError(
+                    f"the schedule {opt if isinstance(opt, str) else 'given'} has {levels.numel() - 1} steps, but "
+                    f"set_timesteps got num_inference_steps={n}; call the pipeline with "
+                    f"num_inference_steps={levels.numel() - 1}"
+                )
+            return levels
+        if n is None and sigmas is None:
+            raise ValueError("set_timesteps needs num_inference_steps (or sigmas)")
+        if opt == "scheduler" or sigmas is not None or mu is not None:
+            own = self._replaced(n, sigmas, mu)
+            if opt == "scheduler":
+                return own
+            pos = own[own > 0]
+            lo, hi = float(pos[-1]), float(pos[0])
+        else:
+            lo, hi = hooks.sigma_min, hooks.sigma_max
+        lo = self._range[0] if self._range[0] is not None else lo
+        hi = self._range[1] if self._range[1] is not None else hi
+        steps = n if n is not None else int(torch.as_tensor(sigmas).numel())
+        if opt == "karras":
+            return karras_sigmas(steps, lo, hi, self._rho)
+        return loglinear_sigmas(steps, lo, hi)
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        sigmas: Sequence[float] | Tensor | None = None,
+        mu: float | None = None,
+    ) -> None:
+        """Fix the schedule: ``num_inference_steps`` levels of ``schedule`` (or the pipeline's ``sigmas`` / ``mu``
+        read as the replaced scheduler reads them), and one timestep per model call on ``device``."""
+        if num_inference_steps is not None and (
+            isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1
+        ):
+            raise ValueError(f"num_inference_steps must be an int >= 1, got {num_inference_steps!r}")
+        self._cancel()
+        hooks = self._require_hooks()
+        levels = schedule(self._levels(num_inference_steps, sigmas, mu), strict=self._spec.strict).sigmas
+        steppable, calls = PROBES.get(
+            (self._spec, tuple(levels.tolist()), tuple(self._knobs.items()), self._dtype),
+            lambda: probe_program(self._spec, levels, self._knobs, self._dtype),
+        )
+        if not torch.equal(calls[0].x, torch.full((1, 1), 0.7, dtype=self._dtype)):
+            raise ValueError(
+                f"sampler {self.sampler_label!r} changes the state before its first model call (churn at sigma_0 = "
+                f"{float(levels[0]):.4g}), but the pipeline evaluates its first sample as it is; keep sigma_0 out of "
+                "the churn range (s_tmax below sigma_0) or use s_churn=0"
+            )
+        rows = torch.cat([c.sigma.reshape(1) for c in calls])
+        scale = hooks.model_input(torch.ones_like(rows), rows)
+        t = _family(hooks).timesteps(hooks, rows).to(self._dtype)
+        self._plan = _Plan(levels, rows.tolist(), scale.tolist(), [c.step for c in calls], steppable)
+        dev = torch.device(device) if device is not None else None
+        self.timesteps = t.to(device=dev, dtype=torch.float32)
+        self.sigmas = levels.to(device=dev, dtype=torch.float32)
+        self.num_inference_steps = levels.numel() - 1
+        self._step_index = None
+        self._begin_index = None
+
+    def _cancel(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer()  # ends an abandoned worker thread, if any
+        self._run, self._pending, self._finalizer = None, None, None
+
+    def _start(self, sample: Tensor) -> None:
+        """Start the program at model call ``begin_index`` from the pipeline's ``sample``."""
+        plan = self._require_plan()
+        k = self._begin_index or 0
+        levels = plan.levels[plan.call_step[k] :]
+        hooks = self._require_hooks()
+        x0 = _family(hooks).to_state(sample.detach().to(self._dtype), plan.call_sigma[k], plan.call_scale[k])
+        program = prepare(self._spec, identity, x0, levels, self._knobs, dtype=self._dtype).program
+        if not plan.steppable:  # re-entering it would replay every earlier step: a worker thread instead
+            run = Threaded(program, x0, self._noise, levels.numel() - 1)
+            self._finalizer = weakref.finalize(self, run.cancel)
+            self._run = run
+        else:
+            self._run = Stepper(program, x0, self._noise, levels.numel() - 1)
+        first = self._run.advance()
+        if not isinstance(first, Request):  # pragma: no cover (every solver evaluates the model)
+            raise RuntimeError(f"sampler {self._spec.name} returned without evaluating the model")
+        self._pending = first
+        self._step_index = k
+
+    def step(
+        self,
+        model_output: Tensor,
+        timestep: object,
+        sample: Tensor,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        return_dict: bool = True,
+    ) -> Any:
+        """Take the model's output at ``timesteps[step_index]``; return the sample for the next model call.
+
+        ``prev_sample`` is the state of the sampler's next evaluation in the model's input coordinates (after
+        the last call: the result), in ``model_output``'s dtype; ``pred_original_sample`` is D, the denoised
+        estimate (in the state dtype). ``generator`` (one, or one per sample) feeds stochastic samplers.
+        """
+        del timestep  # the scheduler counts the calls itself (the pipeline passes timesteps[step_index])
+        plan = self._require_plan()
+        if self._run is None:
+            if self._step_index is not None and self._step_index >= len(plan.call_step):
+                raise RuntimeError(
+                    f"step() was called more often than the {len(plan.call_step)} model calls of the schedule; "
+                    "call set_timesteps to sample again"
+                )
+            self._noise.generator = generator
+            self._start(sample)
+        req, run, k = self._pending, self._run, self._step_index
+        if req is None or run is None or k is None:  # pragma: no cover (set by _start)
+            raise RuntimeError("internal: no pending model call")
+        hooks = self._require_hooks()
+        out = model_output
+        x = req.x
+        if hooks.learned_variance and out.ndim >= 2 and out.shape[1] == 2 * x.shape[1]:
+            out = out[:, : x.shape[1]]
+        if out.shape != x.shape:
+            raise ValueError(
+                f"model_output has shape {tuple(model_output.shape)} but the sample has shape {tuple(x.shape)}; "
+                "the scheduler needs the model's prediction for the sample it returned"
+            )
+        sb = append_dims(req.sigma, x.ndim)
+        denoised = hooks.to_denoised(x, sb, out if out.dtype == x.dtype else out.to(x.dtype))
+        self._noise.generator = generator
+        run.answer(denoised)
+        try:
+            nxt = run.advance()
+        except BaseException:
+            self._cancel()  # a failed run cannot continue (a worker thread has ended): set_timesteps starts over
+            self._step_index = None
+            raise
+        self._step_index = k + 1
+        if isinstance(nxt, Tensor):  # the run's result: at the last level (0, or sigma_min without a final 0)
+            self._cancel()
+            last = plan.levels[-1].item()
+            row = torch.full((nxt.shape[0],), last, dtype=nxt.dtype, device=nxt.device)
+            prev = hooks.model_input(nxt, append_dims(row, nxt.ndim)) if last > 0 else nxt
+        else:
+            self._pending = nxt
+            prev = hooks.model_input(nxt.x, append_dims(nxt.sigma, nxt.x.ndim))
+        prev = prev.to(model_output.dtype)
+        if not return_dict:
+            return (prev, denoised)
+        return _output_class()(prev_sample=prev, pred_original_sample=denoised)
+
+    def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        """``s(sigma) (x_0 + sigma noise)`` at the noise level of ``timesteps`` (img2img's starting latents).
+
+        As diffusers' schedulers: at ``begin_index`` when the pipeline set one (before the first step), at the
+        current model call after the first step, else at each timestep's first occurrence in ``timesteps``.
+        """
+        plan = self._require_plan()
+        if self._begin_index is None:
+            schedule_t = self.timesteps.to(original_samples.device)
+            idx = []
+            for t in torch.as_tensor(timesteps).reshape(-1).to(original_samples.device):
+                hits = (schedule_t == t).nonzero()
+                if hits.numel() == 0:
+                    raise ValueError(f"add_noise: timestep {float(t)} is not one of the scheduler's timesteps")
+                idx.append(int(hits[0]))
+        else:
+            k = self._step_index if self._step_index is not None else self._begin_index
+            idx = [k] * int(torch.as_tensor(timesteps).reshape(-1).numel())
+        sig = torch.tensor([plan.call_sigma[i] for i in idx], dtype=original_samples.dtype)
+        scale = torch.tensor([plan.call_scale[i] for i in idx], dtype=original_samples.dtype)
+        sig = append_dims(sig.to(original_samples.device), original_samples.ndim)
+        scale = append_dims(scale.to(original_samples.device), original_samples.ndim)
+        return (original_samples + noise * sig) * scale
+
+    def __len__(self) -> int:
+        return int((self._model_config or {}).get("num_train_timesteps", 1000))
+
+
+_CLASS: type | None = None
+_OUTPUT: type | None = None
+
+
+def _output_class() -> type:
+    global _OUTPUT
+    if _OUTPUT is None:
+        from dataclasses import dataclass
+
+        from diffusers.utils.outputs import BaseOutput
+
+        @dataclass
+        class EDMSamplerSchedulerOutput(BaseOutput):
+            """``step``'s result: ``prev_sample`` for the next model call, ``pred_original_sample`` (D)."""
+
+            prev_sample: Tensor
+            pred_original_sample: Tensor | None = None
+
+        EDMSamplerSchedulerOutput.__module__ = __name__
+        EDMSamplerSchedulerOutput.__qualname__ = "EDMSamplerSchedulerOutput"
+        _OUTPUT = EDMSamplerSchedulerOutput
+    return _OUTPUT
+
+
+def scheduler_class() -> type:
+    """The :class:`EDMSamplerScheduler` class, built on first use (imports diffusers: the ``diffusers`` extra)."""
+    global _CLASS
+    if _CLASS is not None:
+        return _CLASS
+    try:
+        from diffusers.configuration_utils import ConfigMixin, register_to_config
+        from diffusers.schedulers.scheduling_utils import SchedulerMixin
+    except ImportError:
+        raise ImportError(
+            "EDMSamplerScheduler needs the diffusers package: pip install 'edm-samplers[diffusers]' "
+            "(or pip install diffusers)"
+        ) from None
+
+    class EDMSamplerScheduler(_SchedulerCore, SchedulerMixin, ConfigMixin):  # type: ignore[misc]
+        """Any sampler of the library, with any of its schedules, as a diffusers scheduler.
+
+        Build it from the pipeline's scheduler, whose config describes the model (family, noise schedule,
+        prediction type)::
+
+            pipe.scheduler = EDMSamplerScheduler.from_config(pipe.scheduler.config, sampler="dpmpp_2m")
+
+        Args:
+            sampler: a registry name (``edm_samplers.solvers.registry.names()``) or a label with knobs,
+                e.g. ``"unipc:order=2,order_rule=final"``.
+            knobs: the sampler's knobs as a dict (merged over the label's); checked like the sampler's own.
+            schedule: ``"karras"`` (EDM's rho schedule on the model's range, or on ``sigma_min``/``sigma_max``),
+                ``"loglinear"``, ``"scheduler"`` (the replaced scheduler's own levels), the path of a schedule
+                file written by :func:`~edm_samplers.save_schedule` (e.g. a tuned one), or a list of levels
+                (EDM units; a final 0 is appended if missing).
+            rho: the karras schedule's exponent.
+            sigma_min, sigma_max: the range of "karras" / "loglinear" (default: the model's trained range, or
+                the range of the pipeline's ``sigmas`` / ``mu`` when it passes them).
+            model_config: the replaced scheduler's config (``from_config`` fills it in).
+            dtype: the sampler's state dtype, "float32" or "float64".
+
+        Raises:
+            ValueError / TypeError: for an unknown sampler, schedule or knob (the message lists the valid
+                ones), or a model_config of an unsupported model family.
+        """
+
+        @register_to_config  # type: ignore[untyped-decorator]
+        def __init__(
+            self,
+            sampler: str = "euler",
+            knobs: dict[str, Any] | None = None,
+            schedule: str | list[float] = "karras",
+            rho: float = 7.0,
+            sigma_min: float | None = None,
+            sigma_max: float | None = None,
+            model_config: dict[str, Any] | None = None,
+            dtype: str = "float32",
+        ) -> None:
+            self._setup(sampler, knobs, schedule, rho, sigma_min, sigma_max, model_config, dtype)
+
+        @classmethod
+        def from_config(cls, config: Any = None, return_unused_kwargs: bool = False, **kwargs: Any) -> Any:
+            """From the replaced scheduler's config (kept whole as ``model_config``), from the replaced scheduler
+            itself (its class name included, which a scheduler built in code lacks in its config), or from one of
+            our own configs.
+
+            ``EDMSamplerScheduler.from_config(pipe.scheduler.config, sampler="heun", schedule="karras")``.
+            """
+            if hasattr(config, "config") and not isinstance(config, Mapping):  # the replaced scheduler itself
+                config = {**config.config, "_class_name": type(config).__name__}
+            cfg = dict(config or {})
+            ours = cfg.get("_class_name") == cls.__name__ or "model_config" in cfg or "model_config" in kwargs
+            if not ours:
+                model_config = {k: v for k, v in cfg.items() if k not in ("_use_default_values", "_diffusers_version")}
+                return super().from_config({}, return_unused_kwargs, model_config=model_config, **kwargs)
+            if "sampler" in kwargs and "knobs" not in kwargs:
+                kwargs["knobs"] = None  # another sampler: the stored knobs were the old one's
+            return super().from_config(config, return_unused_kwargs, **kwargs)
+
+    EDMSamplerScheduler.__module__ = __name__
+    EDMSamplerScheduler.__qualname__ = "EDMSamplerScheduler"  # pickles, and diffusers saves it by this name
+    _CLASS = EDMSamplerScheduler
+    return _CLASS
+
+
+def __getattr__(name: str) -> Any:
+    if name == "EDMSamplerScheduler":
+        return scheduler_class()
+    if name == "EDMSamplerSchedulerOutput":
+        return _output_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
