@@ -531,6 +531,18 @@ def test_flow_options_and_arguments_are_checked(sd3: Any, diffusers_mod: Any) ->
         flow_scheduler_sigmas(diffusers_mod.EulerDiscreteScheduler(), 4)
 
 
+@diffusers_mark
+def test_scheduler_sigmas_and_start_state_answer_for_flow_schedulers(diffusers_mod: Any) -> None:
+    lat = torch.randn(1, 4, 2, 2)
+    fm = diffusers_mod.FlowMatchEulerDiscreteScheduler(shift=3.0)
+    torch.testing.assert_close(es.scheduler_sigmas(fm, 6), flow_scheduler_sigmas(fm, 6), rtol=0, atol=0)
+    dpm = diffusers_mod.DPMSolverMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction")
+    sig = es.scheduler_sigmas(dpm, 6)
+    torch.testing.assert_close(es.start_state(dpm, lat, sig), lat * (1 + float(sig[0])), rtol=0, atol=0)
+    with pytest.raises(TypeError, match="FlowMatchLCMScheduler, a flow scheduler whose model this adapter does not"):
+        es.from_diffusers(lambda x, t: x, diffusers_mod.FlowMatchLCMScheduler())
+
+
 # ---- docs/diffusers.md ------------------------------------------------------------------------------------
 
 
