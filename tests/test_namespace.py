@@ -119,6 +119,7 @@ TOP = {
     "guided",
     # noise
     "PerSampleNoise",
+    "CounterNoise",
     "GlobalNoise",
     "PrecomputedNoise",
 }

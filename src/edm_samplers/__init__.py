@@ -18,6 +18,7 @@ from .adapters import sigmas_from_alphas_cumprod as sigmas_from_alphas_cumprod
 from .diffusers_adapter import from_diffusers as from_diffusers
 from .guidance import Guided as Guided
 from .guidance import guided as guided
+from .noise import CounterNoise as CounterNoise
 from .noise import GlobalNoise as GlobalNoise
 from .noise import PerSampleNoise as PerSampleNoise
 from .noise import PrecomputedNoise as PrecomputedNoise
@@ -75,6 +76,7 @@ __all__ = [
     "DDPMDenoiser",
     "Denoiser",
     "EDMPrecond",
+    "CounterNoise",
     "GlobalNoise",
     "GraphedSampler",
     "Guided",

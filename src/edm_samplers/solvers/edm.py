@@ -2,9 +2,11 @@
 
 The loop reads the per-step scalars of :func:`.steps.step_table` (float64 on the host, cast once to the
 state dtype on x's device) and calls the pure steps of :mod:`.steps`; which step runs (Heun, or Euler on
-the last step to sigma = 0) is decided on the host copy of the schedule. Stochastic sampling draws noise
-on every step, whatever the churn settings (zero churn adds exactly nothing), so the random stream never
-depends on them.
+the last step to sigma = 0) is decided on the host copy of the schedule, and so is which steps add churn noise
+(``used``: gamma_i > 0 and S_noise > 0). Those steps read draw i of an indexed source
+(:class:`~edm_samplers.CounterNoise`) and the others draw nothing; a stream (a generator) is drawn on every
+step, so that its stream never depends on the churn settings. Settings that add no noise at all make the
+program deterministic (it equals Heun / Euler and draws nothing).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch import Tensor
 
 from .._types import Callback, Denoiser, NoiseSource, StepInfo
 from .._validate import check_round_sigma
+from ..noise import step_drawer
 from .runtime import Schedule
 from .steps import (
     StepCoeffs,
@@ -41,20 +44,21 @@ class EDMProgram:
 
     def __init__(
         self, table: list[StepCoeffs], host: tuple[float, ...], host_hat: list[float], method: Literal["euler", "heun"],
-        stochastic: bool,
+        used: tuple[bool, ...],
     ) -> None:  # fmt: skip
+        self.used = used  # which steps add churn noise (host bools)
+        self.stochastic = any(used)
         self.table = table
         self.host = host
         self.host_hat = host_hat
         self.method = method
-        self.stochastic = stochastic
         self.compiled_steps = False
         self._churn: Callable[..., Tensor] = churn
         self._euler: Callable[..., tuple[Tensor, Tensor]] = euler_step
         self._heun: Callable[..., tuple[Tensor, Tensor]] = heun_step
 
     def compiled(self) -> EDMProgram:
-        out = EDMProgram(self.table, self.host, self.host_hat, self.method, self.stochastic)
+        out = EDMProgram(self.table, self.host, self.host_hat, self.method, self.used)
         out.compiled_steps = True
         # Own, contiguous copies of the coefficients: the shared table rows are views at different storage
         # offsets, which would make the compiled steps re-specialise (recompile) per step.
@@ -81,10 +85,11 @@ class EDMProgram:
             out = torch.empty(x.shape, dtype=sdt, device=device)
             if self.num_buffers() == 3:
                 bufs = (out, torch.empty_like(out), torch.empty_like(out))
+        draw = None if noise is None else step_drawer(noise)
         for i in steps:
             c: StepCoeffs = table[i]
-            if noise is not None:
-                eps = noise.randn(x.shape, dtype=sdt, device=device)
+            eps = None if draw is None else draw(i, self.used[i], x.shape, sdt, device)
+            if eps is not None:
                 x_hat = self._churn(x, eps, c.noise_scale, out=out)
                 del eps  # free the draw before the next one: one noise tensor alive at a time
             else:
@@ -118,6 +123,7 @@ def build_edm(
             step_table(s.sigmas, batch=batch, dtype=dtype, device=device, sigma_hat=sigma_hat, s_noise=s_noise)
         )
         host_hat = list(s.host[:-1]) if sigma_hat is None else sigma_hat.tolist()
-        return EDMProgram(table, s.host, host_hat, knobs["solver"] if method is None else method, stochastic)
+        used = tuple(s_noise > 0 and h > v for h, v in zip(host_hat, s.host[:-1], strict=True))  # noise_scale > 0
+        return EDMProgram(table, s.host, host_hat, knobs["solver"] if method is None else method, used)
 
     return build
