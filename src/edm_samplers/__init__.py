@@ -73,10 +73,10 @@ except PackageNotFoundError:  # running from a source tree without installation
 __all__ = [
     "Callback",
     "ContinuousDenoiser",
+    "CounterNoise",
     "DDPMDenoiser",
     "Denoiser",
     "EDMPrecond",
-    "CounterNoise",
     "GlobalNoise",
     "GraphedSampler",
     "Guided",

@@ -29,7 +29,8 @@ fresh multi-megabyte intermediates cost page faults that, on CPU, can exceed the
 
 from __future__ import annotations
 
-import numpy as np
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -64,19 +65,10 @@ def _mix64_int(z: int) -> int:
     return z ^ (z >> 31)
 
 
-def _mix64_np(z: np.ndarray) -> np.ndarray:
-    with np.errstate(over="ignore"):
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(_M1)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(_M2)
-        out: np.ndarray = z ^ (z >> np.uint64(31))
-    return out
-
-
-def row_keys(seeds: np.ndarray, key: int) -> Tensor:
-    """``mix64(seed ^ mix64(key ^ SALT))`` per seed (uint64 array), as an int64 CPU tensor."""
-    k = np.uint64(_mix64_int(key ^ _SALT))
-    keys = _mix64_np(seeds.astype(np.uint64) ^ k)
-    return torch.from_numpy(keys.view(np.int64).copy())
+def row_keys(seeds: Sequence[int], key: int, device: torch.device | None = None) -> Tensor:
+    """``mix64(seed ^ mix64(key ^ SALT))`` per seed, as int64 (Python integers: traceable by torch.compile)."""
+    k = _mix64_int(key ^ _SALT)
+    return torch.tensor([_signed(_mix64_int(s ^ k)) for s in seeds], dtype=torch.int64, device=device)
 
 
 # ---- the quantile table ---------------------------------------------------------------------------------

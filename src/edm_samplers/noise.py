@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -215,9 +214,9 @@ class CounterNoise:
                 raise ValueError(
                     f"seeds has {len(self.seeds)} seeds but the batch has {batch} rows; pass exactly one seed per row"
                 )
-            seeds = np.arange(batch, dtype=np.uint64) if self.seeds is None else np.array(self.seeds, dtype=np.uint64)
+            seeds = range(batch) if self.seeds is None else self.seeds
             with torch.inference_mode(False):
-                got = _counter.row_keys(seeds, self.resolved_key()).to(device)
+                got = _counter.row_keys(seeds, self.resolved_key(), device)
             self._keys[(batch, device)] = got
         return got
 
