@@ -123,11 +123,9 @@ def test_work_buffer_path_equals_the_functional_path() -> None:
     keys = counter.row_keys([0, 1, 2**63, 2**64 - 1], 3) + counter.draw_offset(9)
     pos = counter.positions(777, torch.device("cpu"))
     tab = counter.tables(torch.device("cpu"))
-    out = torch.empty(4, 2 * 777)
-    counter.normals_into(
-        keys, pos, tab, out, (torch.empty(4, 777, dtype=torch.int64), torch.empty(4, 777, dtype=torch.int64))
-    )
-    assert torch.equal(out, counter.normals(keys, pos, tab))
+    work = counter.Work(4, 777)
+    assert torch.equal(counter.normals_into(keys, pos, tab, work), counter.normals(keys, pos, tab))
+    assert torch.equal(counter.normals_into(keys + 1, pos, tab, work), counter.normals(keys + 1, pos, tab))
 
 
 def test_compiles_fullgraph_to_the_same_bits() -> None:
@@ -141,6 +139,15 @@ def test_compiles_fullgraph_to_the_same_bits() -> None:
     # one-time start of torch._dynamo, shared with tests/test_graph.py's compile tests.
     compiled = torch.compile(f, fullgraph=True, backend="eager")
     assert torch.equal(compiled(x), f(x))
+
+
+def test_compile_option_gives_the_same_bits(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the option's plumbing, traced by dynamo without a C++ build (inductor's bits: benchmarks/noise_cost.py)
+    monkeypatch.setattr(counter, "COMPILE_BACKEND", "eager")
+    a = CounterNoise([5, 6], compile=True).randn_at(3, (2, 3, 9), **F32)
+    assert torch.equal(a, CounterNoise([5, 6]).randn_at(3, (2, 3, 9), **F32))
+    with pytest.raises(TypeError, match="compile must be True or False"):
+        CounterNoise([1], compile=1)  # type: ignore[arg-type]
 
 
 # ---- through the samplers -------------------------------------------------------------------------------------

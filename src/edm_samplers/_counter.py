@@ -23,13 +23,13 @@ interpolated quantile is within 3e-7 of the exact one (tests/test_counter_noise.
 
 **Speed** (why these choices; benchmarks/noise_cost.py). Twenty-three elementwise passes over 4-byte words, no
 transcendental function (the trigonometry and logarithm of Box-Muller cost more than the whole table path on
-CPU). On CPU the eager path writes into three reused state-sized buffers with ``out=`` and in-place kernels:
+CPU). On CPU the eager path works in three reused state-sized buffers with ``out=`` and in-place kernels:
 fresh multi-megabyte intermediates cost page faults that, on CPU, can exceed the arithmetic.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -149,27 +149,52 @@ def normals(base: Tensor, pos: Tensor, tab: tuple[Tensor, Tensor]) -> Tensor:
     return val * _SCALE
 
 
-def normals_into(base: Tensor, pos: Tensor, tab: tuple[Tensor, Tensor], out: Tensor, work: tuple[Tensor, ...]) -> None:
-    """:func:`normals` written into ``out`` (``[B, 2 * npairs]`` float32, contiguous) with two reused
-    buffers ``work`` (each ``[B, npairs]`` int64): the same operations, hence the same bits."""
-    za, zb = work
-    t = out.view(torch.int64)
-    torch.add(base[:, None], pos[None, :], out=za)
+COMPILE_BACKEND = "inductor"
+"""The ``torch.compile`` backend of :func:`compiled_normals` (tests swap in ``"eager"``: no C++ build)."""
+_COMPILED: dict[str, Callable[[Tensor, Tensor, tuple[Tensor, Tensor]], Tensor]] = {}
+
+
+def compiled_normals() -> Callable[[Tensor, Tensor, tuple[Tensor, Tensor]], Tensor]:
+    """:func:`normals` through ``torch.compile`` (one fused pass; integer operations and exactly rounded
+    conversions only, so the same bits as eager: benchmarks/noise_cost.py checks it); compiled once per shape."""
+    fn = _COMPILED.get(COMPILE_BACKEND)
+    if fn is None:
+        fn = torch.compile(normals, fullgraph=True, dynamic=False, backend=COMPILE_BACKEND)
+        _COMPILED[COMPILE_BACKEND] = fn
+    return fn
+
+
+class Work:
+    """Three reused ``[B, npairs]`` int64 buffers and the views :func:`normals_into` reads them through (made
+    once: on CPU each view is a few microseconds of dispatch, and a draw makes two dozen calls)."""
+
+    def __init__(self, batch: int, npairs: int) -> None:
+        za, zb, zc = (torch.empty(batch, npairs, dtype=torch.int64) for _ in range(3))
+        self.z, self.t = za, zc
+        self.bits, self.bits_f = za.view(torch.int32), za.view(torch.float32)
+        self.frac = zb.view(torch.int32)
+        self.frac_flat = self.frac.view(-1)
+        self.index_flat = self.bits.view(-1)
+        self.val = zc.view(torch.int32)
+        self.val_flat = self.val.view(-1)
+
+
+def normals_into(base: Tensor, pos: Tensor, tab: tuple[Tensor, Tensor], w: Work) -> Tensor:
+    """:func:`normals` computed in the reused buffers of ``w`` (CPU): the same operations, hence the same bits;
+    only the returned ``[B, 2 * npairs]`` float32 tensor is new."""
+    z, t = w.z, w.t
+    torch.add(base[:, None], pos[None, :], out=z)
     for shift, mult in _SHIFTS:
-        torch.bitwise_right_shift(za, shift, out=t)
+        torch.bitwise_right_shift(z, shift, out=t)
         t.bitwise_and_(_mask(shift))
-        za.bitwise_xor_(t)
+        z.bitwise_xor_(t)
         if mult is not None:
-            za.mul_(mult)
-    bits = za.view(torch.int32)
-    torch.add(bits, _HALF, out=za.view(torch.float32))  # in place: int32 w -> the bits of float32 w + 1/2
-    frac = zb.view(torch.int32)
-    torch.bitwise_and(bits, _FRAC_MASK, out=frac)
-    bits.bitwise_right_shift_(_FRAC_BITS).bitwise_and_(_INDEX_MASK)  # now the table index
-    flat = bits.view(-1)
-    val = out.view(torch.int32)
-    torch.index_select(tab[1], 0, flat, out=val.view(-1))
-    val.mul_(frac).bitwise_right_shift_(_FRAC_BITS)
-    torch.index_select(tab[0], 0, flat, out=frac.view(-1))  # frac is spent: its buffer takes T
-    val.add_(frac)
-    torch.mul(val, _SCALE, out=out)  # in place: fixed point -> float32
+            z.mul_(mult)
+    torch.add(w.bits, _HALF, out=w.bits_f)  # in place: int32 w -> the bits of float32 w + 1/2
+    torch.bitwise_and(w.bits, _FRAC_MASK, out=w.frac)
+    w.bits.bitwise_right_shift_(_FRAC_BITS).bitwise_and_(_INDEX_MASK)  # now the table index
+    torch.index_select(tab[1], 0, w.index_flat, out=w.val_flat)
+    w.val.mul_(w.frac).bitwise_right_shift_(_FRAC_BITS)
+    torch.index_select(tab[0], 0, w.index_flat, out=w.frac_flat)  # frac is spent: its buffer takes T
+    w.val.add_(w.frac)
+    return torch.mul(w.val, _SCALE)  # fixed point -> float32

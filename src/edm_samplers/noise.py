@@ -32,7 +32,7 @@ from torch import Tensor
 
 from . import _counter
 from ._types import NoiseSource
-from ._validate import check_device, check_float_dtype, check_int_range
+from ._validate import check_device, check_flag, check_float_dtype, check_int_range
 
 __all__ = ["CounterNoise", "GlobalNoise", "PerSampleNoise", "PrecomputedNoise", "as_noise_source", "step_drawer"]
 
@@ -160,20 +160,24 @@ class CounterNoise:
 
     The object keeps no random state: :meth:`randn` (for code that draws without an index) hands out draws
     0, 1, 2, ... in turn and :meth:`reset` restarts that count. On CPU it reuses two state-sized work buffers
-    between draws (like a ``torch.Generator``, one instance should not draw from two threads at once).
+    between draws (three state-sized int64 buffers; like a ``torch.Generator``, one instance should not draw from
+    two threads at once).
 
     Args:
         seeds: one int in [0, 2**64) per batch row (e.g. ``range(16)``); None: row k uses seed k (samples then
             depend on their batch position; what ``noise=None`` gives, with a random ``key``).
         key: a second 64-bit key in [0, 2**64) for independent families of streams (default 0); None: drawn once
             from torch's global CPU RNG at the first draw (so ``torch.manual_seed`` reproduces it).
+        compile: draw through ``torch.compile`` (inductor fuses the ~23 passes into one: on CPU about twice as
+            fast as eager, then cheaper than ``torch.randn``; the same bits). The first draw of each shape compiles
+            (seconds; a C++ compiler on CPU).
 
     Raises:
         TypeError: for non-iterable ``seeds`` or a seed / key that is not an int (bool and float included).
         ValueError: for no seeds, or a seed or key outside [0, 2**64).
     """
 
-    def __init__(self, seeds: Iterable[int] | None = None, *, key: int | None = 0) -> None:
+    def __init__(self, seeds: Iterable[int] | None = None, *, key: int | None = 0, compile: bool = False) -> None:
         if seeds is None:
             self.seeds: tuple[int, ...] | None = None
         else:
@@ -187,10 +191,11 @@ class CounterNoise:
                 raise TypeError(f"key must be an int in [0, 2**64) or None, got {type(key).__name__} {key!r}")
             key = check_int_range(key, "key", minimum=0, maximum=_SEED_MAX)
         self.key = key
+        self.compile = check_flag(compile, "compile")
         self.index = 0
         self._keys: dict[tuple[int, torch.device], Tensor] = {}
         self._pos: dict[tuple[int, torch.device], Tensor] = {}
-        self._work: dict[tuple[int, int], tuple[Tensor, ...]] = {}
+        self._work: dict[tuple[int, int], _counter.Work] = {}
 
     def __repr__(self) -> str:
         seeds = "None" if self.seeds is None else repr(list(self.seeds))
@@ -248,14 +253,15 @@ class CounterNoise:
                 self._pos[(npairs, device)] = pos
         base = keys + _counter.draw_offset(draw)
         tab = _counter.tables(device)
-        if device.type == "cpu" and batch * npairs > 0 and not torch.compiler.is_compiling():
+        if self.compile and not torch.compiler.is_compiling():
+            out = _counter.compiled_normals()(base, pos, tab)
+        elif device.type == "cpu" and batch * npairs > 0 and not torch.compiler.is_compiling():
             work = self._work.get((batch, npairs))
             if work is None:
                 with torch.inference_mode(False):
-                    work = tuple(torch.empty(batch, npairs, dtype=torch.int64) for _ in range(2))
+                    work = _counter.Work(batch, npairs)
                 self._work[(batch, npairs)] = work
-            out = torch.empty(batch, 2 * npairs, dtype=torch.float32)
-            _counter.normals_into(base, pos, tab, out, work)
+            out = _counter.normals_into(base, pos, tab, work)
         else:
             out = _counter.normals(base, pos, tab)
         if 2 * npairs != size:
