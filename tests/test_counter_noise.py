@@ -52,10 +52,10 @@ def reference(seed: int, key: int, draw: int, position: int) -> float:
     return math.copysign(-NormalDist().inv_cdf(abs(f) / 2**32), f)
 
 
-# The table inversion: linear interpolation over 1024 bins per octave of u (error ~ 1 / (8 x 4**10) in the
-# tail, below 1e-7 in the centre), 24-bit fixed point (6e-8) and the float32 table entries' rounding: 3e-7 covers
-# them with room; a wrong hash or a wrong half would be off by O(1).
-TOL = 3e-7
+# The table inversion: linear interpolation over 256 bins per octave of u (h^2 / 8 max |x''(u)|: ~1 / (8 x 4**8 x)
+# in the tail, 9.3e-7 at worst near |x| = 1.1 over 12.8 million values) and 24-bit fixed point (6e-8): 1e-6 covers
+# them; a wrong hash or a wrong half would be off by O(1).
+TOL = 1e-6
 
 
 @settings(max_examples=30, deadline=None)

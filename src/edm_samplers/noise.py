@@ -148,7 +148,7 @@ class CounterNoise:
 
     Row ``k`` of draw ``d`` holds seed ``seeds[k]``'s draw ``d``, computed for the whole batch at once (no
     loop over rows) from SplitMix64 bits and an exact table inversion of the normal CDF (:mod:`._counter`:
-    float32 values within 3e-7 of the exact quantile of their bits, magnitudes up to 6.2). Consequences:
+    float32 values within 1e-6 of the exact quantile of their bits, magnitudes up to 6.2). Consequences:
 
     - a sample depends only on its seed: the same bits in any batch, at any position, on any number of
       processes (shard the seeds);
