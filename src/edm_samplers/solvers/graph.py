@@ -27,9 +27,10 @@ loop is built: validation, precomputing per-step coefficients in float64 and cop
   branch only on Python ints/floats and on host flags (``requires_grad``, shapes);
 - no host-to-device copies (``torch.tensor(...)``, ``.to(device)`` of CPU data): read coefficients from
   the precomputed device tables;
-- draw randomness only through ``noise.randn(shape, dtype=..., device=...)``, the same number and shapes
-  of draws on every run (the graphed sampler records them during warm-up and replaces them by slices of
-  a static buffer);
+- draw randomness only through ``noise.randn(shape, dtype=..., device=...)`` or, for step i of a source with
+  ``randn_at``, ``noise.randn_at(i, ...)`` (:func:`~edm_samplers.noise.step_drawer`), the same number and shapes
+  of draws on every run (for streams the graphed sampler records them during warm-up and replaces them by
+  slices of a static buffer; a ``CounterNoise`` is computed inside the graph);
 - never write to ``x``, to cond tensors or to denoiser outputs; reuse private state-sized buffers with
   ``out=``/in-place kernels when autograd is not recording (see :mod:`.steps`).
 
