@@ -14,14 +14,15 @@ and samples of at most 2**33 positions.
 f = w + 1/2 in float32, so that u = |f| / 2**32 lies in (0, 1/2] and the sign of f is the normal's sign;
 |x| = -Phi^{-1}(u) is read from a table indexed by the top bits of |f|'s float32 pattern (its exponent and
 :data:`MANT_BITS` leading mantissa bits: equal bins in each octave of u, hence ever finer towards the tail,
-where the quantile function is steep) and linearly interpolated in the remaining bits. The interpolation runs
-in 24-bit fixed point on integers, and the result is converted and scaled by 2**-24. Every step is integer
-arithmetic, a gather, a correctly rounded int-to-float conversion or addition of 1/2, a multiplication by a
-power of two or ``copysign``: CPU, CUDA and compiled code give the same bits, whatever their FMA contraction.
-The largest magnitude is -Phi^{-1}(2**-33) = 6.2 (``torch.randn``'s float32 Box-Muller stops at 5.8), and the
-interpolated quantile is within 1e-6 of the exact one (9.3e-7 over 12.8 million values; tests/test_counter_noise.py).
+where the quantile function is steep) and linearly interpolated in the remaining bits; the sign bit is part of
+the index (the table holds both signs). The interpolation runs in 24-bit fixed point on integers, and the result
+is converted and scaled by 2**-24. Every step is integer arithmetic, a gather, a correctly rounded int-to-float
+conversion (or addition of 1/2) or a multiplication by a power of two: CPU, CUDA and compiled code give the same
+bits, whatever their FMA contraction. The largest magnitude is -Phi^{-1}(2**-33) = 6.2 (``torch.randn``'s
+float32 Box-Muller stops at 5.8), and the interpolated quantile is within 1e-6 of the exact one (9.3e-7 over
+12.8 million values; tests/test_counter_noise.py).
 
-**Speed** (why these choices; benchmarks/noise_cost.py). Twenty-three elementwise passes over 4-byte words, no
+**Speed** (why these choices; benchmarks/noise_cost.py). Twenty-two elementwise passes over 4-byte words, no
 transcendental function (the trigonometry and logarithm of Box-Muller cost more than the whole table path on
 CPU). On CPU the eager path works in three reused state-sized buffers with ``out=`` and in-place kernels:
 fresh multi-megabyte intermediates cost page faults that, on CPU, can exceed the arithmetic.
