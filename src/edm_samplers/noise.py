@@ -159,16 +159,16 @@ class CounterNoise:
       conversions only); the draws are capturable in a CUDA graph and compile with ``fullgraph=True``.
 
     The object keeps no random state: :meth:`randn` (for code that draws without an index) hands out draws
-    0, 1, 2, ... in turn and :meth:`reset` restarts that count. On CPU it reuses two state-sized work buffers
-    between draws (three state-sized int64 buffers; like a ``torch.Generator``, one instance should not draw from
-    two threads at once).
+    0, 1, 2, ... in turn and :meth:`reset` restarts that count. On CPU it reuses three work buffers between draws
+    (each the size of a float32 draw; like a ``torch.Generator``, one instance should not draw from two threads
+    at once).
 
     Args:
         seeds: one int in [0, 2**64) per batch row (e.g. ``range(16)``); None: row k uses seed k (samples then
             depend on their batch position; what ``noise=None`` gives, with a random ``key``).
         key: a second 64-bit key in [0, 2**64) for independent families of streams (default 0); None: drawn once
             from torch's global CPU RNG at the first draw (so ``torch.manual_seed`` reproduces it).
-        compile: draw through ``torch.compile`` (inductor fuses the ~23 passes into one: on CPU about twice as
+        compile: draw through ``torch.compile`` (inductor fuses the 22 passes into one: on CPU about twice as
             fast as eager, then cheaper than ``torch.randn``; the same bits). The first draw of each shape compiles
             (seconds; a C++ compiler on CPU).
 
