@@ -269,6 +269,10 @@ def test_graph_default_noise_is_keyed_per_call(fake_cuda: FakeCuda) -> None:  # 
     assert torch.equal(gs(x), a)
     assert not torch.equal(gs(x), a)
     _the_graph(fake_cuda, replays=3)
+    heun = GraphedSampler(_gm(), karras_sigmas(5), (2, 4), sampler="stochastic", s_churn=0.0)
+    state = torch.random.get_rng_state()
+    heun(x)  # draws nothing: the default source is never keyed, the global RNG untouched
+    assert torch.equal(torch.random.get_rng_state(), state) and heun._counter is None
 
 
 # ---- statistics: margins that hold for >= 999/1000 keys ----------------------------------------------------------

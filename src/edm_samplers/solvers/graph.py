@@ -216,6 +216,9 @@ class GraphedSampler:
         self.warmup = check_int(warmup, "warmup", minimum=1)
         self._name = name
         self._loop = loop
+        # Whether the loop may draw: a deterministic program never reads its source (so a default CounterNoise is
+        # never keyed from the global RNG); a loop of from_loop may.
+        self._draws = bool(getattr(loop, "stochastic", True))
         self._cond_example = check_cond(None if cond_example is None else dict(cond_example))
         check_cond_batch(self._cond_example, shape[0], "cond_example")
         for k, v in self._cond_example.items():
@@ -299,7 +302,7 @@ class GraphedSampler:
         with torch.no_grad():
             if not self.graphed:
                 out = self._loop(x, c, src)
-            elif isinstance(src, CounterNoise):
+            elif self._draws and isinstance(src, CounterNoise):
                 keys = src.row_keys(self.shape[0], self.device)  # checks the seeds against the batch
                 if self._counter is None:
                     self._counter = self._capture_counter(x, c, keys)
