@@ -44,6 +44,7 @@ SAMPLERS: dict[str, dict[str, Any]] = {
     "dpmpp_2m": {},
     "unipc": {"order": 3},
     "dpmpp_2m_sde": {"eta": 1.0},
+    "euler_ancestral": {},
 }
 """Registry names and the knobs measured."""
 
@@ -81,16 +82,18 @@ def timed(fn: Callable[[], Any], device: torch.device, reps: int) -> float:
 
 
 def run_case(
-    den: torch.nn.Module, shape: tuple[int, ...], sampler: str, steps: int, device: torch.device, rounds: int, reps: int
-) -> dict[str, Any]:
+    den: torch.nn.Module, shape: tuple[int, ...], sampler: str, steps: int, device: torch.device, rounds: int,
+    reps: int, noise_kind: str = "per_sample",
+) -> dict[str, Any]:  # fmt: skip
     knobs = SAMPLERS[sampler]
+    make_noise = E.CounterNoise if noise_kind == "counter" else E.PerSampleNoise
     fn = sampler_function(sampler)
     sig = E.karras_sigmas(steps)
     x = torch.randn(shape, device=device, generator=torch.Generator(device).manual_seed(0)) * float(sig[0])
     seeds = list(range(shape[0]))
     rec = Recorder(den)
     with torch.no_grad():
-        fn(rec, x, sig, noise=E.PerSampleNoise(seeds), **knobs)
+        fn(rec, x, sig, noise=make_noise(seeds), **knobs)
     calls = rec.sigmas
 
     def bare(x: torch.Tensor, cond: Mapping[str, Any], noise: Any) -> torch.Tensor:
@@ -103,20 +106,20 @@ def run_case(
     gs = E.GraphedSampler(den, sig, shape, sampler=sampler, device=device, check_finite=False, **knobs)
 
     def eager() -> torch.Tensor:
-        return fn(den, x, sig, noise=E.PerSampleNoise(seeds), check_finite=False, **knobs)
+        return fn(den, x, sig, noise=make_noise(seeds), check_finite=False, **knobs)
 
     cands: dict[str, Callable[[], Any]] = {
         "net_eager": lambda: bare(x, {}, None),
         "net_graph": lambda: net_graph(x),
         "sampler_eager": eager,
-        "sampler_graphed": lambda: gs(x, noise=E.PerSampleNoise(seeds)),
+        "sampler_graphed": lambda: gs(x, noise=make_noise(seeds)),
     }
     with torch.no_grad():
         for c in cands.values():  # warm-up: capture, cuDNN autotuning, allocator pools
             c()
             c()
         if gs.graphed:
-            graph = gs._graph
+            graph = gs._counter.graph if noise_kind == "counter" and gs._counter is not None else gs._graph
             assert graph is not None
             cands["replay_only"] = graph.replay
         times: dict[str, list[float]] = {k: [] for k in cands}
@@ -145,6 +148,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--reps", type=int, default=3, help="calls per timing")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument(
+        "--noise",
+        default="per_sample",
+        choices=["per_sample", "counter"],
+        help="the stochastic samplers' noise: PerSampleNoise (static buffers) or CounterNoise (in-graph)",
+    )
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     device = torch.device(a.device)
@@ -157,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
         params = sum(q.numel() for q in den.parameters())
         for b in a.batches:
             for sampler in a.samplers:
-                r = run_case(den, (b, *img), sampler, a.steps, device, a.rounds, a.reps)
+                r = run_case(den, (b, *img), sampler, a.steps, device, a.rounds, a.reps, a.noise)
                 r.update(net=net_name, params=params, batch=b)
                 report["cases"].append(r)
                 ms = r["ms"]

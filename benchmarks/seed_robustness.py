@@ -35,6 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import test_augment
+import test_counter_noise
 import test_loss
 import test_metrics
 from edm_samplers import edm_scalings, heun_sample, karras_sigmas
@@ -106,6 +107,7 @@ def _checks() -> dict[str, Check]:
     for name in test_augment.GEOMETRIC:
         c[f"augment.geometric[{name}]"] = lambda seed, name=name: test_augment.check_geometric_statistics(name, seed)
     c["augment.resampling_labels"] = test_augment.check_resampling_labels
+    c["counter_noise.statistics"] = test_counter_noise.check_statistics  # the seed is CounterNoise's key
     c["replica.guidance_std"] = replica_guidance_std
     c["replica.precond_target_variance"] = replica_precond_target_variance
     c["replica.models_frechet"] = replica_models_frechet

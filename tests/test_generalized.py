@@ -150,11 +150,11 @@ def test_round_sigma_and_float32() -> None:
     r = generalized_sample(MIX, x.double(), sig, s_churn=5.0, round_sigma=lambda s: s, noise=torch.Generator())
     assert r.dtype == torch.float64
     assert generalized_sample(MIX, x, sig).dtype == torch.float32
-    # One draw per step whatever the churn: the stream never depends on s_churn.
-    for churn in (0.0, 3.0):
+    # A stream: one draw per step whatever the churn (and its range); none without churn (issue 15).
+    for churn, drawn in ((0.0, 0), (3.0, 6)):
         src = PrecomputedNoise(torch.randn(6, *x.shape))
-        generalized_sample(MIX, x, sig, s_churn=churn, noise=src)
-        assert src.index == 6
+        generalized_sample(MIX, x, sig, s_churn=churn, s_tmin=1.0, noise=src)
+        assert src.index == drawn
     # With a noise source, torch's global RNG is untouched.
     st0 = torch.random.get_rng_state()
     generalized_sample(MIX, x, sig, noise=PerSampleNoise(range(x.shape[0])))

@@ -65,6 +65,7 @@ class FakeGraph:
         self.ops: list[tuple[Any, tuple[Any, ...], dict[str, Any], Any]] = []
         self.captured = False
         self.replays = 0
+        self.used: tuple[bool, ...] | None = None  # the program's steps that add noise (set by the tests)
 
     def replay(self) -> None:
         assert self.captured, "replay() before capture"
@@ -231,6 +232,7 @@ def _replays_match_eager(fake: FakeCuda, gs: GraphedSampler, eager: Callable[...
     """Three calls with new x and new seeds each: every replay equals the eager driver bitwise."""
     side_calls: list[FakeStream] = []
     loop = gs._loop
+    used = getattr(loop.program, "used", ())  # type: ignore[attr-defined]  # dpm2: deterministic, no table
     gs._loop = lambda x, cond, noise: (side_calls.append(fake.current), loop(x, cond, noise))[1]  # type: ignore[method-assign]
     outs = []
     for i, (xs, seeds) in enumerate(CALLS):
@@ -245,6 +247,7 @@ def _replays_match_eager(fake: FakeCuda, gs: GraphedSampler, eager: Callable[...
         assert len(gs._static_noise) == counted.draws  # one static buffer per draw of the eager loop
         outs.append(got)
         g = _the_graph(fake, replays=i + 1)
+        g.used = used
     for out, (xs, seeds) in zip(outs, CALLS, strict=True):
         assert torch.equal(out, eager(start(xs), PerSampleNoise(seeds)))  # returned copies, not the static output
     # warm-up runs (2) on the side stream, then the capture on the default stream; Python ran only then
@@ -278,7 +281,10 @@ def _check_buffers(gs: GraphedSampler, g: FakeGraph) -> None:
     assert gs._static_x is not None and gs._static_out is not None
     reads, writes = g.read_ptrs(), g.written_ptrs()
     assert _storage(gs._static_x) in reads
-    assert all(_storage(b) in reads for b in gs._static_noise)  # every draw is used
+    # every draw of a step that adds noise is used; a stream's draws on the others are made and dropped (issue 15)
+    used = g.used
+    assert used is not None and len(gs._static_noise) == (len(used) if any(used) else 0)
+    assert all((_storage(b) in reads) == u for b, u in zip(gs._static_noise, used, strict=False))
     assert _storage(gs._static_out) in writes
     assert _storage(gs._static_x) not in writes  # the input buffer is never written by the loop
     assert not any(_storage(b) in writes for b in gs._static_noise)
@@ -381,7 +387,7 @@ def test_capture_checks_the_loop_contract(fake_cuda: FakeCuda) -> None:
         return x + sum(noise.randn(x.shape, dtype=x.dtype, device=x.device) for _ in range(runs[0]))
 
     with pytest.raises(RuntimeError, match="drew more noise than during warm-up"):
-        GraphedSampler.from_loop(changing, (3,))(x)
+        GraphedSampler.from_loop(changing, (3,))(x, noise=torch.Generator())  # a stream: static buffers
 
     def reshaped(x: torch.Tensor, cond: Mapping[str, Any], noise: Any) -> torch.Tensor:
         runs[0] += 1
@@ -389,7 +395,7 @@ def test_capture_checks_the_loop_contract(fake_cuda: FakeCuda) -> None:
 
     runs[0] = 8
     with pytest.raises(RuntimeError, match="changed its noise draws"):
-        GraphedSampler.from_loop(reshaped, (3,))(x)
+        GraphedSampler.from_loop(reshaped, (3,))(x, noise=torch.Generator())
 
     def identity(x: torch.Tensor, cond: Mapping[str, Any], noise: Any) -> torch.Tensor:
         return x

@@ -376,7 +376,7 @@ def test_plans_are_consistent() -> None:
         np.testing.assert_allclose(p.b[:-1].sum(1), s[1:-1] - s[:-2], rtol=1e-13)
 
 
-def test_sde_with_eta_zero_is_the_ode_and_draws_anyway() -> None:
+def test_sde_with_eta_zero_is_the_ode_and_draws_nothing() -> None:
     gm = mixture()
     sig = karras_sigmas(7)
     x = x_init()
@@ -392,10 +392,13 @@ def test_sde_with_eta_zero_is_the_ode_and_draws_anyway() -> None:
     for sde, ode in [(dpmpp_2m_sde_sample, dpmpp_2m_sample), (dpmpp_3m_sde_sample, dpmpp_3m_sample)]:
         c = Counting()
         torch.testing.assert_close(sde(gm, x, sig, eta=0.0, noise=c), ode(gm, x, sig), rtol=1e-13, atol=1e-12)
-        assert c.calls == 7  # one draw per step whatever eta
+        assert c.calls == 0  # no step adds noise: a deterministic program, nothing drawn (issue 15)
+        c = Counting()
+        sde(gm, x, sig, eta=0.5, noise=c)
+        assert c.calls == 7  # a stream: one draw per step, also on the last step, which adds none
     c = Counting()
     euler_ancestral_sample(gm, x, sig, eta=0.0, s_noise=0.0, noise=c)
-    assert c.calls == 7
+    assert c.calls == 0
     torch.testing.assert_close(
         euler_ancestral_sample(gm, x, sig, eta=0.0), es.euler_sample(gm, x, sig), rtol=1e-13, atol=1e-12
     )

@@ -129,6 +129,7 @@ TOP = {
     "null_condition",
     # noise
     "PerSampleNoise",
+    "CounterNoise",
     "GlobalNoise",
     "PrecomputedNoise",
 }

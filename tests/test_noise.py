@@ -7,7 +7,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edm_samplers import GlobalNoise, PerSampleNoise, PrecomputedNoise
+from edm_samplers import CounterNoise, GlobalNoise, PerSampleNoise, PrecomputedNoise
 from edm_samplers.noise import as_noise_source
 
 F32 = {"dtype": torch.float32, "device": torch.device("cpu")}
@@ -74,7 +74,8 @@ def test_precomputed_noise_replays_and_exhausts() -> None:
 
 
 def test_as_noise_source() -> None:
-    assert isinstance(as_noise_source(None), GlobalNoise)
+    default = as_noise_source(None)  # issue 15: counter-based, keyed from the global RNG at its first draw
+    assert isinstance(default, CounterNoise) and default.seeds is None and default.key is None
     assert isinstance(as_noise_source(torch.Generator()), GlobalNoise)
     src = PerSampleNoise([1])
     assert as_noise_source(src) is src

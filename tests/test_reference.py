@@ -103,9 +103,9 @@ def test_stochastic_matches_algorithm_2(method: str) -> None:
     )  # fmt: skip
     # Same noise values; float64 round-off only (see test above).
     torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
-    # And the one-call generate() draws latents then churn noise from the same per-seed streams.
+    # And the one-call generate(noise="per_sample") draws latents then churn noise from the same per-seed streams.
     gen = generate(
-        gm, seeds, (2, 3, 3), sig, sampler=stochastic_sample, dtype=torch.float64,
+        gm, seeds, (2, 3, 3), sig, sampler=stochastic_sample, dtype=torch.float64, noise="per_sample",
         s_churn=40, s_tmin=0.05, s_tmax=50, s_noise=1.003, solver=method,
     )  # fmt: skip
     torch.testing.assert_close(gen, ref, rtol=1e-12, atol=1e-12)

@@ -30,6 +30,7 @@ from .flow import flow_sigmas as flow_sigmas
 from .guidance import Guided as Guided
 from .guidance import guided as guided
 from .guidance import null_condition as null_condition
+from .noise import CounterNoise as CounterNoise
 from .noise import GlobalNoise as GlobalNoise
 from .noise import PerSampleNoise as PerSampleNoise
 from .noise import PrecomputedNoise as PrecomputedNoise
@@ -105,6 +106,7 @@ except PackageNotFoundError:  # running from a source tree without installation
 __all__ = [
     "Callback",
     "ContinuousDenoiser",
+    "CounterNoise",
     "DDPMDenoiser",
     "Denoiser",
     "EDMPrecond",

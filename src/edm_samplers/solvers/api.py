@@ -105,7 +105,11 @@ def public(name: str) -> Callable[[_F], _F]:
         positional = [p for p in sig.parameters.values() if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
         fn.__signature__ = sig.replace(parameters=[*positional, *own, *_RUN_PARAMS])  # type: ignore[attr-defined]
         schedule = "strictly decreasing schedule" if spec.strict else "non-increasing schedule"
-        noise = "Draws one state-shaped tensor per step." if spec.stochastic else "Unused: the method draws nothing."
+        noise = (
+            "Draws one state-shaped tensor per step that adds noise (a stream: every step)."
+            if spec.stochastic
+            else "Unused: the method draws nothing."
+        )
         knobs = "".join(f"\n        {k.doc_line()}" for k in spec.knobs)
         head = _HEAD.format(schedule=schedule)
         fn.__doc__ = (fn.__doc__ or "").rstrip() + "\n" + head + knobs + _RUN_DOC.format(noise=noise, name=name)

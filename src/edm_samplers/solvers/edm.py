@@ -2,9 +2,11 @@
 
 The loop reads the per-step scalars of :func:`.steps.step_table` (float64 on the host, cast once to the
 state dtype on x's device) and calls the pure steps of :mod:`.steps`; which step runs (Heun, or Euler on
-the last step to sigma = 0) is decided on the host copy of the schedule. Stochastic sampling draws noise
-on every step, whatever the churn settings (zero churn adds exactly nothing), so the random stream never
-depends on them.
+the last step to sigma = 0) is decided on the host copy of the schedule, and so is which steps add churn noise
+(``used``: gamma_i > 0 and S_noise > 0). Those steps read draw i of an indexed source
+(:class:`~edm_samplers.CounterNoise`) and the others draw nothing; a stream (a generator) is drawn on every
+step, so that its stream never depends on the churn settings. Settings that add no noise at all make the
+program deterministic (it equals Heun / Euler and draws nothing).
 
 A schedule may start at sigma = inf (pure noise; the state is then unit-variance noise n, the limit of
 x / sigma): the first step is :func:`.steps.inf_step`, x_1 = D(n; inf) + sigma_1 n, the exact limit of the Euler
@@ -23,6 +25,7 @@ from torch import Tensor
 
 from .._types import Callback, Denoiser, NoiseSource, StepInfo
 from .._validate import check_round_sigma
+from ..noise import step_drawer
 from .runtime import Schedule
 from .steps import (
     InfStart,
@@ -50,14 +53,15 @@ class EDMProgram:
 
     def __init__(
         self, table: list[StepCoeffs], host: tuple[float, ...], host_hat: list[float], method: Literal["euler", "heun"],
-        stochastic: bool, start: InfStart | None = None,
+        used: tuple[bool, ...], start: InfStart | None = None,
     ) -> None:  # fmt: skip
+        self.used = used  # which steps add churn noise (host bools)
+        self.stochastic = any(used)
         self.table = table  # with ``start`` (sigmas[0] = inf), table[0] is a placeholder: step 0 reads ``start``
         self.start = start
         self.host = host
         self.host_hat = host_hat
         self.method = method
-        self.stochastic = stochastic
         self.compiled_steps = False
         self._churn: Callable[..., Tensor] = churn
         self._euler: Callable[..., tuple[Tensor, Tensor]] = euler_step
@@ -65,7 +69,7 @@ class EDMProgram:
 
     def compiled(self) -> EDMProgram:
         start = None if self.start is None else InfStart(*(f.clone() for f in self.start))
-        out = EDMProgram(self.table, self.host, self.host_hat, self.method, self.stochastic, start)
+        out = EDMProgram(self.table, self.host, self.host_hat, self.method, self.used, start)
         out.compiled_steps = True
         # Own, contiguous copies of the coefficients: the shared table rows are views at different storage
         # offsets, which would make the compiled steps re-specialise (recompile) per step.
@@ -92,9 +96,10 @@ class EDMProgram:
             out = torch.empty(x.shape, dtype=sdt, device=device)
             if self.num_buffers() == 3:
                 bufs = (out, torch.empty_like(out), torch.empty_like(out))
+        draw = None if noise is None else step_drawer(noise)
         for i in steps:
             if i == 0 and self.start is not None:  # from sigma = inf: x is the unit noise n (decided on the host)
-                eps = None if noise is None else noise.randn(x.shape, dtype=sdt, device=device)
+                eps = None if draw is None else draw(i, self.used[i], x.shape, sdt, device)
                 x_next, x_hat, denoised = inf_step(den, x, eps, self.start, cond)
                 del eps
                 if callback is not None:
@@ -102,8 +107,8 @@ class EDMProgram:
                 x = x_next
                 continue
             c: StepCoeffs = table[i]
-            if noise is not None:
-                eps = noise.randn(x.shape, dtype=sdt, device=device)
+            eps = None if draw is None else draw(i, self.used[i], x.shape, sdt, device)
+            if eps is not None:
                 x_hat = self._churn(x, eps, c.noise_scale, out=out)
                 del eps  # free the draw before the next one: one noise tensor alive at a time
             else:
@@ -155,7 +160,12 @@ def build_edm(
             start = inf_start(s.host[1], g0, s_noise, batch=batch, dtype=dtype, device=device)
             table = [table[0] if table else _placeholder(start), *table]
         host_hat = list(s.host[:-1]) if sigma_hat is None else sigma_hat.tolist()
-        return EDMProgram(table, s.host, host_hat, knobs["solver"] if method is None else method, stochastic, start)
+        # Which steps add churn noise (noise_scale > 0); from sigma = inf, step 0 re-mixes the noise when gamma_0 > 0.
+        used = tuple(
+            s_noise > 0 and (h > v if math.isfinite(v) else gammas is not None and float(gammas[0]) > 0)
+            for h, v in zip(host_hat, s.host[:-1], strict=True)
+        )
+        return EDMProgram(table, s.host, host_hat, knobs["solver"] if method is None else method, used, start)
 
     return build
 

@@ -49,6 +49,7 @@ from torch import Tensor
 
 from .._types import Callback, Denoiser, NoiseSource, StepInfo
 from .._validate import check_round_sigma
+from ..noise import step_drawer
 from ..schedules import vp_sigma, vp_sigma_inv
 from .runtime import Schedule, sigma_rows, to_device
 from .steps import InfStart, churn_gammas, inf_start, inf_step
@@ -98,25 +99,25 @@ class GeneralizedProgram(NamedTuple):
     heun: bool
     host: tuple[float, ...]
     host_hat: list[float]
-    stochastic: bool = True  # noise is drawn on every step, also with zero churn
+    used: tuple[bool, ...]  # which steps add churn noise (host bools)
+    stochastic: bool  # some step does
     start: InfStart | None = None  # sigmas[0] = inf: step 0 is inf_step (the table's row 0 is then unused)
 
     def run(self, den: Denoiser, x: Tensor, cond: Mapping[str, Any], noise: NoiseSource | None,
             callback: Callback | None, steps: Iterable[int]) -> Tensor:  # fmt: skip
         host = self.host
-        if noise is None:
-            raise RuntimeError("the generalized sampler draws noise on every step: run it with a noise source")
         xs = x * self.s_first  # scaled state s(t_0) x_0 (from sigma = inf: x, the unit noise, s_first = 1)
+        draw = None if noise is None else step_drawer(noise)
         for i in steps:
-            # Drawn on every step, also with zero churn (then noise_scale = 0 and keep = 1 exactly).
-            eps = noise.randn(xs.shape, dtype=xs.dtype, device=xs.device)
+            # Step i's draw where it adds noise (a stream is drawn on every step: see noise.step_drawer).
+            eps = None if draw is None else draw(i, self.used[i], xs.shape, xs.dtype, xs.device)
             if i == 0 and self.start is not None:  # from sigma = inf (decided on the host)
                 x_next_u, x_hat_u, denoised = inf_step(den, xs, eps, self.start, cond)
                 if callback is not None:
                     callback(StepInfo(i, host[i], self.host_hat[i], host[i + 1], x_hat_u, denoised, x_next_u))
                 xs = x_next_u / self.inv_s_next[i]  # the scaled state s(t_1) x_1
                 continue
-            x_hat = torch.addcmul(xs * self.keep[i], eps, self.noise_scale[i])
+            x_hat = xs * self.keep[i] if eps is None else torch.addcmul(xs * self.keep[i], eps, self.noise_scale[i])
             x_hat_u = x_hat * self.inv_s_hat[i]
             denoised = den(x_hat_u, self.sig_hat[i], **cond)
             d = x_hat * self.a_hat[i] - denoised * self.b_hat[i]
@@ -179,6 +180,7 @@ def build_generalized(
     a_p, b_p = slope_coeffs(t_prime, sig_prime)
     s_cur, s_hat, s_prime, s_next = scale(sig_cur), scale(sig_hat), scale(sig_prime), scale(sig_next)
     noise_scale = s_hat * torch.sqrt((sig_hat**2 - sig_cur**2).clamp_min(0)) * knobs["s_noise"]
+    used = tuple(bool(v) for v in (noise_scale != 0).tolist())
     ones = torch.ones_like(h)
     columns = [
         s_hat / s_cur, noise_scale, 1 / s_hat, sig_hat, a_hat, b_hat, h, alpha * h, 1 / s_prime, sig_prime, a_p, b_p,
@@ -195,5 +197,6 @@ def build_generalized(
     return GeneralizedProgram(
         per_step[0], per_step[1], per_step[2], sigma_rows(dev[3], batch), per_step[4], per_step[5], per_step[6],
         per_step[7], per_step[8], sigma_rows(dev[9], batch), per_step[10], per_step[11], per_step[12], per_step[13],
-        per_step[14], s_first, float(s_next[-1]), knobs["solver"] == "heun", sched.host, host_hat, True, start,
+        per_step[14], s_first, float(s_next[-1]), knobs["solver"] == "heun", sched.host, host_hat, used, any(used),
+        start,
     )  # fmt: skip

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from .._types import Denoiser
 from .._validate import check_has_data, check_shape, check_sigmas, check_x, state_dtype
-from ..noise import PerSampleNoise
+from ..noise import CounterNoise, PerSampleNoise
 from .api import sampler_function
 
 __all__ = ["generate", "initial_x"]
@@ -47,16 +47,22 @@ def generate(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
     cond: Mapping[str, Any] | None = None,
+    noise: Literal["counter", "per_sample"] = "counter",
     **knobs: Any,
 ) -> Tensor:
     """Sample one image per seed, like EDM's ``generate.py``: latents, scaling and sampling in one call.
 
-    Each seed gets its own generator (:class:`~edm_samplers.PerSampleNoise`) on ``device``: its unit latent
-    is drawn first, scaled by ``sigmas[0]`` (not scaled when it is inf: see :func:`initial_x`), and the same
-    generator feeds any noise the sampler draws, so every sample depends only on its seed (and the device: CPU
-    and CUDA generators differ). The command line's ``edm-samplers generate`` calls this function. Sampling
-    runs under ``torch.no_grad()``: the result carries no autograd graph (call a ``*_sample`` function
-    directly to differentiate through sampling).
+    Each seed's unit latent comes from its own ``torch.Generator`` (:class:`~edm_samplers.PerSampleNoise`, EDM's
+    exact initial latents) on ``device``, scaled by ``sigmas[0]`` (not scaled when it is inf: see
+    :func:`initial_x`). The noise a stochastic sampler adds comes
+    from :class:`~edm_samplers.CounterNoise` keyed by the same seeds (step i reads the seed's draw i, drawn for
+    the whole batch at once and only on the steps that add noise), or, with ``noise="per_sample"``, from the
+    latents' generators, one state-sized draw per step as EDM's ``generate.py`` does (its stochastic samples bit
+    for bit, slower). Either way every sample depends only on its seed (and the device: the latents' CPU and
+    CUDA generators differ). The command
+    line's ``edm-samplers generate`` calls this function. Sampling runs under ``torch.no_grad()``: the
+    result carries no autograd graph (call a ``*_sample`` function directly to differentiate through
+    sampling).
 
     Args:
         denoiser: D(x, sigma, **cond).
@@ -68,6 +74,7 @@ def generate(
         device: where to sample (default CPU).
         dtype: integration dtype (float64 reproduces the reference numerics).
         cond: keyword arguments for the denoiser.
+        noise: ``"counter"`` or ``"per_sample"``: where a stochastic sampler's noise comes from (see above).
         **knobs: the sampler's knobs (e.g. ``s_churn=40`` for ``"stochastic"``, ``order=2`` for ``"unipc"``).
 
     Returns:
@@ -76,8 +83,15 @@ def generate(
     fn = sampler_function(sampler)
     src = PerSampleNoise(seeds)
     shp = check_shape(shape)
-    if "noise" in knobs:
-        raise TypeError("generate() builds the noise source from seeds; do not pass noise=")
+    if isinstance(noise, str) and noise == "counter":
+        steps_noise: CounterNoise | PerSampleNoise = CounterNoise(src.seeds)
+    elif isinstance(noise, str) and noise == "per_sample":
+        steps_noise = src
+    else:
+        raise TypeError(
+            f'noise must be "counter" or "per_sample": generate() builds the noise source from seeds; do not pass '
+            f"noise={type(noise).__name__}(...)"
+        )
     dev = torch.device(device) if device is not None else torch.device("cpu")
     check_has_data(dev, "device")
     dtype = state_dtype(torch.empty(0), dtype)
@@ -86,4 +100,4 @@ def generate(
     with torch.no_grad():
         latents = src.randn((len(src), *shp), dtype=dtype, device=dev)
         x = latents if math.isinf(float(s[0])) else latents * s[0].to(dtype)
-        return fn(denoiser, x, s, cond=cond, noise=src, dtype=dtype, **knobs)
+        return fn(denoiser, x, s, cond=cond, noise=steps_noise, dtype=dtype, **knobs)

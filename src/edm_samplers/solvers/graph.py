@@ -6,8 +6,11 @@ every time; only the initial state, the conditioning and the churn noise change.
 
 1. validates the inputs on the host (shape, dtype, device, cond keys),
 2. copies x and the cond tensors into static input buffers,
-3. fills a static noise buffer from the caller's :class:`~edm_samplers.NoiseSource` (the same draws, in
-   the same order and shapes, as the eager driver makes, so a seed gives the same sample),
+3. provides the noise: for a :class:`~edm_samplers.CounterNoise` (the default) the noise is computed inside
+   the graph from a static buffer of row keys, which the call fills (one ``[batch]`` copy: no per-step host
+   work); for any other source it fills one static buffer per draw from the caller's
+   :class:`~edm_samplers.NoiseSource` (the same draws, in the same order and shapes, as the eager driver
+   makes). Either way a seed gives the same sample as the eager driver,
 4. replays the graph (one launch for the whole loop) and returns a copy of the static output.
 
 On CPU (or any non-CUDA device) the same prepared loop runs eagerly: identical results to the drivers,
@@ -24,9 +27,10 @@ loop is built: validation, precomputing per-step coefficients in float64 and cop
   branch only on Python ints/floats and on host flags (``requires_grad``, shapes);
 - no host-to-device copies (``torch.tensor(...)``, ``.to(device)`` of CPU data): read coefficients from
   the precomputed device tables;
-- draw randomness only through ``noise.randn(shape, dtype=..., device=...)``, the same number and shapes
-  of draws on every run (the graphed sampler records them during warm-up and replaces them by slices of
-  a static buffer);
+- draw randomness only through ``noise.randn(shape, dtype=..., device=...)`` or, for step i of a source with
+  ``randn_at``, ``noise.randn_at(i, ...)`` (:func:`~edm_samplers.noise.step_drawer`), the same number and shapes
+  of draws on every run (for streams the graphed sampler records them during warm-up and replaces them by
+  slices of a static buffer; a ``CounterNoise`` is computed inside the graph);
 - never write to ``x``, to cond tensors or to denoiser outputs; reuse private state-sized buffers with
   ``out=``/in-place kernels when autograd is not recording (see :mod:`.steps`).
 
@@ -45,7 +49,7 @@ from torch import Tensor
 
 from .._types import Denoiser, NoiseSource
 from .._validate import check_cond, check_cond_batch, check_has_data, check_int, state_dtype
-from ..noise import as_noise_source
+from ..noise import CounterNoise, as_noise_source
 from .registry import get
 from .runtime import finite_or_raise, prepare
 
@@ -84,6 +88,25 @@ class _StaticNoise:
             raise RuntimeError("the sampling loop changed its noise draws between warm-up and capture")
         self.index += 1
         return b
+
+
+class _StaticCounter(CounterNoise):
+    """Counter noise whose row keys are a static device buffer: the graph computes every draw from it."""
+
+    def __init__(self, keys: Tensor) -> None:
+        super().__init__(None)
+        self.static_keys = keys
+
+    def row_keys(self, batch: int, device: torch.device) -> Tensor:
+        del batch, device
+        return self.static_keys
+
+
+class _CounterGraph:
+    """The capture for counter noise: its graph and static buffers (x, cond, row keys, output)."""
+
+    def __init__(self, graph: torch.cuda.CUDAGraph, x: Tensor, cond: dict[str, Any], keys: Tensor, out: Tensor) -> None:
+        self.graph, self.x, self.cond, self.keys, self.out = graph, x, cond, keys, out
 
 
 class GraphedSampler:
@@ -193,6 +216,9 @@ class GraphedSampler:
         self.warmup = check_int(warmup, "warmup", minimum=1)
         self._name = name
         self._loop = loop
+        # Whether the loop may draw: a deterministic program never reads its source (so a default CounterNoise is
+        # never keyed from the global RNG); a loop of from_loop may.
+        self._draws = bool(getattr(loop, "stochastic", True))
         self._cond_example = check_cond(None if cond_example is None else dict(cond_example))
         check_cond_batch(self._cond_example, shape[0], "cond_example")
         for k, v in self._cond_example.items():
@@ -203,6 +229,7 @@ class GraphedSampler:
         self._static_cond: dict[str, Any] = {}
         self._static_noise: list[Tensor] = []
         self._static_out: Tensor | None = None
+        self._counter: _CounterGraph | None = None
 
     @property
     def graphed(self) -> bool:
@@ -264,8 +291,9 @@ class GraphedSampler:
 
         Args:
             x: initial state, exactly the built shape, dtype and device (not modified).
-            noise: NoiseSource, ``torch.Generator`` or None (torch's global RNG), used by stochastic
-                sampling only; its draws match the eager driver's draw for draw.
+            noise: NoiseSource, ``torch.Generator`` or None (:class:`~edm_samplers.CounterNoise` keyed from torch's
+                global RNG), used by stochastic sampling only; its draws match the eager driver's draw for draw.
+                A ``CounterNoise`` is computed inside the graph; any other source fills static buffers.
             cond: keyword arguments for the denoiser, matching ``cond_example``.
         """
         x = self._check_x(x)
@@ -274,6 +302,11 @@ class GraphedSampler:
         with torch.no_grad():
             if not self.graphed:
                 out = self._loop(x, c, src)
+            elif self._draws and isinstance(src, CounterNoise):
+                keys = src.row_keys(self.shape[0], self.device)  # checks the seeds against the batch
+                if self._counter is None:
+                    self._counter = self._capture_counter(x, c, keys)
+                out = self._replay_counter(x, c, keys)
             else:
                 if self._graph is None:
                     self._capture(x, c)
@@ -302,6 +335,40 @@ class GraphedSampler:
         if out is static_x:
             raise RuntimeError("the sampling loop returned its input x; it must return a tensor it owns")
         self._graph, self._static_x, self._static_cond, self._static_out = graph, static_x, static_cond, out
+
+    def _warm_up_and_capture(self, x: Tensor, cond: dict[str, Any], noise: NoiseSource) -> tuple[Any, Tensor]:
+        # Warm-up on a side stream (torch.cuda.graphs docs): lazy initialisation (cuBLAS handles, compilation,
+        # allocator pools, the counter noise's tables and position constants) must not happen during capture.
+        side = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup):
+                self._loop(x, cond, noise)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = self._loop(x, cond, noise)
+        if out is x:
+            raise RuntimeError("the sampling loop returned its input x; it must return a tensor it owns")
+        return graph, out
+
+    def _capture_counter(self, x: Tensor, cond: dict[str, Any], keys: Tensor) -> _CounterGraph:
+        static_x = x.clone()
+        static_cond = {k: v.clone() if isinstance(v, Tensor) else v for k, v in cond.items()}
+        static_keys = keys.clone()
+        graph, out = self._warm_up_and_capture(static_x, static_cond, _StaticCounter(static_keys))
+        return _CounterGraph(graph, static_x, static_cond, static_keys, out)
+
+    def _replay_counter(self, x: Tensor, cond: dict[str, Any], keys: Tensor) -> Tensor:
+        cg = self._counter
+        assert cg is not None
+        cg.x.copy_(x)
+        for k, v in cond.items():
+            if isinstance(v, Tensor):
+                cg.cond[k].copy_(v)
+        cg.keys.copy_(keys)  # the only noise input: every draw is computed inside the graph
+        cg.graph.replay()
+        return cg.out.clone()
 
     def _replay(self, x: Tensor, cond: dict[str, Any], src: NoiseSource) -> Tensor:
         assert self._graph is not None and self._static_x is not None and self._static_out is not None

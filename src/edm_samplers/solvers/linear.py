@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .._types import Callback, Denoiser, NoiseSource, StepInfo
+from ..noise import step_drawer
 from .plans import PLANS, MultistepPlan
 from .runtime import Builder, Schedule, sigma_rows, to_device
 
@@ -38,8 +39,9 @@ class LinearProgram(NamedTuple):
     ncorr: tuple[int, ...]
     keep: int
     derivative: bool
-    stochastic: bool
+    stochastic: bool  # some step adds noise
     host: tuple[float, ...]
+    used: tuple[bool, ...]  # which steps add noise (noise scale != 0, host floats): the SDEs' last step does not
     inf_start: bool = False  # sigmas[0] = inf: x is the unit noise n, and d_0 = lim (x_0 - D_0) / sigma_0 = n
 
     @classmethod
@@ -55,13 +57,15 @@ class LinearProgram(NamedTuple):
             sigma_rows(sig, batch), list(a.unbind(0)), list(e.unbind(0)), list(nz.unbind(0)),
             [list(r.unbind(0)) for r in b], [list(r.unbind(0)) for r in corr], list(inv_t.unbind(0)),
             [bool(v != 0) for v in plan.e], plan.nb, plan.ncorr, max(max(plan.nb), max(plan.ncorr), 1),
-            plan.family == "derivative", plan.stochastic, s.host, math.isinf(s.host[0]),
+            plan.family == "derivative", plan.stochastic and bool(np.any(plan.noise != 0)), s.host,
+            tuple(bool(v) for v in plan.noise != 0), math.isinf(s.host[0]),
         )  # fmt: skip
 
     def run(self, den: Denoiser, x: Tensor, cond: Mapping[str, Any], noise: NoiseSource | None,
             callback: Callback | None, steps: Iterable[int]) -> Tensor:  # fmt: skip
         host = self.host
         hist: list[Tensor] = []  # newest first; Python-level ring of at most `keep` tensors
+        draw = None if noise is None else step_drawer(noise)
         for i in steps:
             denoised = den(x, self.rows[i], **cond)
             # From sigma = inf the derivative d_0 is x (= n) itself; hist entries are never written in place.
@@ -77,8 +81,9 @@ class LinearProgram(NamedTuple):
                 x_next.addcmul_(denoised, self.e[i])
             for j in range(self.nb[i]):
                 x_next.addcmul_(hist[j], self.b[i][j])
-            if noise is not None:  # drawn on every step, whatever eta / s_noise (settings never shift the stream)
-                eps = noise.randn(x.shape, dtype=x.dtype, device=x.device)
+            # Step i's draw where it adds noise (a stream is drawn on every step: see noise.step_drawer).
+            eps = None if draw is None else draw(i, self.used[i], x.shape, x.dtype, x.device)
+            if eps is not None:
                 x_next.addcmul_(eps, self.nz[i])
             if callback is not None:
                 callback(StepInfo(i, host[i], host[i], host[i + 1], x_eval, denoised, x_next))

@@ -90,8 +90,8 @@ def dpmpp_2m_sde_sample(denoiser: Denoiser, x: Tensor, sigmas: Sigmas, *, eta: f
     With H = (1 + eta) h: x_{i+1} = (sigma_{i+1}/sigma_i) e^{-eta h} x_i
     + (1 - e^{-H}) [(1 + 1/(2r)) D_i - 1/(2r) D_{i-1}] + s_noise sigma_{i+1} sqrt(1 - e^{-2 eta h}) eps_i.
     eta = 1 is the reverse SDE, eta = 0 the ODE (then equal to :func:`dpmpp_2m_sample`). Strong order 1 for
-    eta > 0 (weak order 2 for the drift); 1 NFE per step; one noise draw per step always (also at eta = 0 and
-    on the final step to 0, which is Euler and returns D exactly). With
+    eta > 0 (weak order 2 for the drift); 1 NFE per step; draw i at step i (from a stream on every step; from
+    ``CounterNoise`` not on the final step to 0, which is Euler and returns D exactly; nothing at eta = 0). With
     :class:`~edm_samplers.PerSampleNoise` each sample depends on its own seed only.
     """
     return call("dpmpp_2m_sde", denoiser, x, sigmas, run, eta=eta, s_noise=s_noise,
@@ -104,8 +104,8 @@ def dpmpp_3m_sde_sample(denoiser: Denoiser, x: Tensor, sigmas: Sigmas, *, eta: f
     """DPM-Solver++(3M) SDE: the drift integral int_0^h (1 + eta) e^{-(1 + eta)(h - tau)} D(tau) dtau taken
     exactly over the quadratic through the last three outputs, plus noise as in :func:`dpmpp_2m_sde_sample`.
 
-    eta = 0 gives :func:`dpmpp_3m_sample` (order 3). 1 NFE per step; one noise draw per step always; the
-    final step to 0 is Euler (returns D exactly).
+    eta = 0 gives :func:`dpmpp_3m_sample` (order 3). 1 NFE per step; noise draws as in
+    :func:`dpmpp_2m_sde_sample`; the final step to 0 is Euler (returns D exactly).
     """
     return call("dpmpp_3m_sde", denoiser, x, sigmas, run, eta=eta, s_noise=s_noise,
                 order_rule=order_rule)  # fmt: skip

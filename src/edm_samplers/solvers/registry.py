@@ -71,7 +71,7 @@ class SolverSpec:
         summary: one line (the command line's help, docs tables).
         order: the convergence order with default knobs.
         nfe: the NFE rule ``nfe(steps, ends_in_zero, knobs)``.
-        stochastic: whether it draws noise (one state-shaped draw per step, whatever the knobs).
+        stochastic: whether it may draw noise (one state-shaped draw per step that adds noise; see noise.step_drawer).
         knobs: its typed options, in signature order.
         build: ``build(schedule, knobs, batch, dtype, device) -> Program`` (see :mod:`.runtime`).
         strict: whether schedules must be strictly decreasing (interpolating solvers).

@@ -15,7 +15,9 @@ All samplers share one signature and one contract::
 - The state integrates in x's dtype promoted to at least float32 (``dtype=`` overrides; float64 reproduces
   the paper's reference numerics). The result is returned in that dtype.
 - Randomness only through ``noise`` (a NoiseSource, a ``torch.Generator`` or None for torch's global RNG).
-  Deterministic samplers draw nothing; stochastic ones draw once per step, whatever their knobs.
+  Deterministic samplers draw nothing. Stochastic ones read draw i of a ``CounterNoise`` (the default) at step i,
+  only on the steps that add noise; a stream (a generator, ``PerSampleNoise``) is drawn once per step, whatever
+  the knobs, unless they add no noise at all (then nothing is drawn).
 - Gradient mode is the caller's: nothing here disables autograd.
 
 Each function is its registry entry's signature and description; the shared argument docs and the run
@@ -76,9 +78,10 @@ def stochastic_sample(denoiser: Denoiser, x: Tensor, sigmas: Sigmas, *, s_churn:
     state is raised to sigma_hat = sigma_i (1 + gamma_i) by adding fresh noise
     x_hat = x + s_noise sqrt(sigma_hat^2 - sigma_i^2) eps_i, then one ODE step (Heun, or Euler with
     ``solver="euler"``) goes from sigma_hat to sigma_{i+1}; the step to 0 is Euler. Order 2 (Heun: 2N - 1
-    NFE) or 1 (Euler: N NFE). Noise is drawn on every step, so the random stream does not depend on the
-    churn settings, and ``s_churn = 0`` returns bit for bit what :func:`heun_sample` / :func:`euler_sample`
-    return. ``round_sigma`` (e.g. a preconditioner's) maps sigma_hat onto the levels a discrete model supports.
+    NFE) or 1 (Euler: N NFE). Only steps with gamma_i > 0 read their draw i of a ``CounterNoise`` (the
+    default); a stream is drawn on every step, so that it does not depend on the churn settings. ``s_churn = 0``
+    draws nothing and returns bit for bit what :func:`heun_sample` / :func:`euler_sample` return.
+    ``round_sigma`` (e.g. a preconditioner's) maps sigma_hat onto the levels a discrete model supports.
     From ``sigmas[0] = inf`` (x = unit noise n) churn tends to re-mixing the noise,
     n_hat = (n + s_noise sqrt((1 + gamma_0)^2 - 1) eps_0) / (1 + gamma_0), and the step to
     x_1 = D(n_hat; inf) + sigma_1 n_hat (1 NFE; Heun has no limit there); inf is never passed to ``round_sigma``.
@@ -99,10 +102,11 @@ def generalized_sample(denoiser: Denoiser, x: Tensor, sigmas: Sigmas, *,
     NFE). With ``schedule="edm"``, ``scaling="none"``, ``alpha=1`` it computes what :func:`heun_sample` /
     :func:`euler_sample` (and, with churn, :func:`stochastic_sample`) compute, up to round-off. ``x`` and the
     result are unscaled (x = y + sigmas[0] n), like every sampler of the library; so are the states the
-    callback receives. Noise is drawn once per step whatever the churn settings (like the paper's code), so
-    sweeping ``s_churn`` never shifts the random stream; pass ``noise=`` to keep torch's global RNG
-    untouched. See :mod:`edm_samplers.solvers.generalized` for sigma(t), s(t) and the alpha rule. From
-    ``sigmas[0] = inf`` the first step is x_1 = D(n_hat; inf) + sigma_1 n_hat as in :func:`stochastic_sample`
+    callback receives. A stream (``PerSampleNoise``, a generator) is drawn once per step whatever the churn
+    range (like the paper's code), so sweeping it never shifts the stream; a ``CounterNoise`` (the default) is
+    read only on churning steps, draw i at step i; zero churn draws nothing. Pass ``noise=`` to keep torch's
+    global RNG untouched. See :mod:`edm_samplers.solvers.generalized` for sigma(t), s(t) and the alpha rule.
+    From ``sigmas[0] = inf`` the first step is x_1 = D(n_hat; inf) + sigma_1 n_hat as in :func:`stochastic_sample`
     for every sigma(t), s(t) (an Euler step in t from t = inf diverges or ignores D; see the module).
     """
     return call("generalized", denoiser, x, sigmas, run, schedule=schedule, scaling=scaling, solver=solver,
@@ -132,8 +136,9 @@ def euler_ancestral_sample(denoiser: Denoiser, x: Tensor, sigmas: Sigmas, *, eta
 
     sigma_up = min(sigma_{i+1}, eta sqrt(sigma_{i+1}^2 (sigma_i^2 - sigma_{i+1}^2) / sigma_i^2)),
     sigma_down = sqrt(sigma_{i+1}^2 - sigma_up^2); an Euler step to sigma_down, then
-    x_{i+1} = x' + s_noise sigma_up eps_i. Order 1 (strong order 1/2 for eta > 0); 1 NFE per step; one noise
-    draw per step always; the step to a final 0 has sigma_up = 0 and returns D exactly. ``eta = 0`` is Euler.
+    x_{i+1} = x' + s_noise sigma_up eps_i. Order 1 (strong order 1/2 for eta > 0); 1 NFE per step; draw i at step i
+    (a stream: every step); the step to a final 0 has sigma_up = 0, draws no ``CounterNoise`` and returns D
+    exactly. ``eta = 0`` is Euler.
     From ``sigmas[0] = inf`` (x = unit noise n): x_1 = D(n; inf) + sigma_1 sqrt(1 - eta^2) n + s_noise eta sigma_1
     eps_0 (eta <= 1), the limit of the step.
     """

@@ -156,8 +156,7 @@ def _records(*ts: Tensor) -> bool:
 def churn(x: Tensor, eps: Tensor, noise_scale: Tensor, *, out: Tensor | None = None) -> Tensor:
     """EDM Algorithm 2 lines 5-6: x_hat = x + sqrt(sigma_hat^2 - sigma^2) S_noise eps.
 
-    Always executed, also with zero churn (noise_scale = 0 then gives x_hat == x exactly), so
-    control flow and random draws never depend on the churn settings.
+    The samplers skip it on steps without churn (x_hat = x; adding noise_scale = 0 would give the same values).
 
     Args:
         out: optional state-sized buffer to write x_hat into (may be ``x`` itself); ignored when
