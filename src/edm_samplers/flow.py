@@ -45,7 +45,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from .adapters import LearnedVariance, ModelCall, _Adapter, learned_variance_for
+from ._adapter import Adapter, LearnedVariance, ModelCall, learned_variance_for
 from ._flow_diffusers import FLOW_OPTION, scheduler_and_config
 from ._flow_diffusers import flow_scheduler_name as flow_scheduler_name
 from ._flow_diffusers import flow_scheduler_sigmas as flow_scheduler_sigmas
@@ -66,7 +66,7 @@ def _t_of_sigma(sigma: Tensor) -> Tensor:
     return torch.reciprocal(1 + torch.reciprocal(sigma))
 
 
-class FlowDenoiser(_Adapter):
+class FlowDenoiser(Adapter):
     """A velocity-predicting flow-matching model (x_t = (1 - t) x_0 + t n, v = n - x_0) as a denoiser.
 
     ``D(x; sigma) = x_t - t v`` with t = sigma / (1 + sigma) and model input x_t = x / (1 + sigma); at
