@@ -47,6 +47,7 @@ from torch import Tensor
 from ._adapter import Adapter
 from ._adapter import LearnedVariance as LearnedVariance
 from ._adapter import ModelCall as ModelCall
+from ._adapter import Prediction as Prediction
 from ._adapter import learned_variance_for as learned_variance_for
 from ._network import as_sigma as _as_sigma
 from ._validate import check_float
