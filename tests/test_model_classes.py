@@ -194,11 +194,11 @@ def test_call_by_signature_passes_time_by_name_and_unwraps() -> None:
 
 
 def test_the_signature_is_read_once_at_construction(monkeypatch: pytest.MonkeyPatch) -> None:
-    import edm_samplers.adapters as adapters
+    import edm_samplers._adapter as adapter_base
 
     model, shape, cond = built("PixArt")
     reads: list[object] = []
-    monkeypatch.setattr(adapters, "_time_keyword_of", lambda m: reads.append(m) or time_keyword_of(m))
+    monkeypatch.setattr(adapter_base, "_time_keyword_of", lambda m: reads.append(m) or time_keyword_of(m))
     den = from_diffusers(model, diffusers.DDPMScheduler(**SD_BETAS))
     assert den.time_keyword == "timestep" and den.learned_variance is True and reads == [model]
     with torch.no_grad():

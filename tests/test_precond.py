@@ -404,7 +404,7 @@ def test_scalings_reject_negative_sigma_and_allow_zero(scalings) -> None:  # typ
 
 def test_no_sync_path_turns_bad_sigma_into_nan(monkeypatch: pytest.MonkeyPatch) -> None:
     # On an accelerator (or under compile/vmap) nothing is read back: bad entries become NaN, good rows stay exact.
-    import edm_samplers._validate as v
+    import edm_samplers._validate_values as v
 
     x = torch.randn(3, 2, generator=torch.Generator().manual_seed(0))
     sigma = torch.tensor([-1.0, 0.7, float("nan")])
