@@ -38,17 +38,20 @@ built on first access of ``EDMSamplerScheduler``.
 
 from __future__ import annotations
 
+import math
 import os
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple, Protocol, cast
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import Tensor
 
 from ._network import append_dims
 from ._reentry import PROBES, Request, Stepper, Threaded, identity, probe_program
-from .diffusers_adapter import from_diffusers
+from ._scheduler_families import FAMILIES, Family, Hooks, build_hooks
+from ._scheduler_families import family_of as _family
+from .diffusers_adapter import scheduler_sigmas
 from .schedule_opt import load_schedule
 from .schedules import karras_sigmas, loglinear_sigmas
 from .solvers.registry import SolverSpec, get, label, names, parse_label
@@ -64,90 +67,6 @@ levels uniform in log sigma, or the replaced scheduler's own levels for the same
 def _plain_names() -> list[str]:
     """The registry samplers a pipeline can drive (not the CFG++ ones, which need both estimates)."""
     return [n for n in names() if not get(n).guided]
-
-
-class Hooks(Protocol):
-    """What the scheduler uses of an adapter (``adapters._Adapter``): the steps of its forward."""
-
-    learned_variance: bool
-    sigma_min: float
-    sigma_max: float
-
-    def model_input(self, x: Tensor, sigma: Tensor) -> Tensor: ...
-
-    def sigma_to_t(self, sigma: Tensor) -> Tensor: ...
-
-    def to_denoised(self, x: Tensor, sigma: Tensor, out: Tensor) -> Tensor: ...
-
-
-class Family(NamedTuple):
-    """How the models of one family meet a pipeline (one entry of :data:`FAMILIES`).
-
-    Attributes:
-        timesteps: ``(hooks, sigma [K] in the state dtype) -> [K]``: the ``timesteps`` the pipeline passes to
-            the model for those noise levels (the replaced scheduler's units).
-        init_noise_sigma: ``(hooks, sigma_0) -> float``: the standard deviation of the pipeline's first
-            sample, in the model's input coordinates (the family's starting state).
-        scheduler_sigmas: ``(replaced scheduler after set_timesteps) -> [N + 1]`` float64 levels in EDM
-            units (``schedule="scheduler"``).
-        to_state: ``(sample, sigma, scale) -> x``: the sampler's state (EDM units) from the pipeline's first
-            sample at noise level ``sigma`` (a float), where ``scale`` = s(sigma) is the model input's factor
-            (sample = s x); the place for a start at sigma = inf, where s = 0.
-    """
-
-    timesteps: Callable[[Hooks, Tensor], Tensor]
-    init_noise_sigma: Callable[[Hooks, float], float]
-    scheduler_sigmas: Callable[[Any], Tensor]
-    to_state: Callable[[Tensor, float, float], Tensor]
-
-
-def _vp_scheduler_sigmas(sched: Any) -> Tensor:
-    """A DDPM-family scheduler's levels for its current timesteps, in EDM units, float64, ending in 0.
-
-    Euler-, Heun-, DPM-Solver- and UniPC-type schedulers store them (``sigmas``; Heun and KDPM2 interleave
-    repeated levels, which are dropped); DDPM, DDIM and PNDM give sigma_t = sqrt((1 - abar_t) / abar_t) at
-    their integer timesteps, followed by 0.
-    """
-    own = getattr(sched, "sigmas", None)
-    if isinstance(own, Tensor):
-        s = torch.unique_consecutive(own.detach().to("cpu", torch.float64))
-    else:
-        abar = torch.as_tensor(sched.alphas_cumprod).to(torch.float64)
-        t = torch.as_tensor(sched.timesteps).to("cpu", torch.long)
-        s = torch.sqrt((1 - abar[t]) / abar[t])
-    return s if float(s[-1]) == 0 else torch.cat([s, s.new_zeros(1)])
-
-
-FAMILIES: dict[str, Family] = {
-    # Discrete-time VP (DDPM-family) models: eps, v and sample prediction. The timesteps are the adapter's own
-    # (fractional trained steps by log-sigma interpolation); the first sample is unit noise (x_t at sigma_0).
-    "DDPMDenoiser": Family(
-        timesteps=lambda hooks, sigma: hooks.sigma_to_t(sigma),
-        init_noise_sigma=lambda hooks, sigma0: 1.0,
-        scheduler_sigmas=_vp_scheduler_sigmas,
-        to_state=lambda sample, sigma, scale: sample * (1.0 / scale),
-    ),
-}
-"""Adapter class name (what :func:`~edm_samplers.from_diffusers` returns for a family) -> :class:`Family`."""
-
-
-def _family(hooks: object) -> Family:
-    name = type(hooks).__name__
-    fam = FAMILIES.get(name)
-    if fam is None:
-        raise ValueError(
-            f"EDMSamplerScheduler has no family entry for {name} (the adapter from_diffusers built for this "
-            f"config); known: {', '.join(FAMILIES)}"
-        )
-    return fam
-
-
-class _PipelineModel:
-    """Stands in for the model in the adapter the scheduler builds: the pipeline calls the real one."""
-
-    def __call__(self, *args: object, **kwargs: object) -> Tensor:
-        del args, kwargs
-        raise RuntimeError("EDMSamplerScheduler's adapter is used for its hooks only; the pipeline calls the model")
 
 
 class _PipelineNoise:
@@ -255,7 +174,7 @@ class _SchedulerCore:
         self._model_config = None if model_config is None else dict(model_config)
         self._hooks: Hooks | None = None
         if self._model_config is not None:
-            self._hooks = self._build_hooks(self._model_config)
+            self._hooks = build_hooks(self._model_config)
         self._plan: _Plan | None = None
         self._run: Stepper | Threaded | None = None
         self._finalizer: weakref.finalize[[], _SchedulerCore] | None = None
@@ -266,17 +185,6 @@ class _SchedulerCore:
         self.num_inference_steps: int | None = None
         self.timesteps = torch.zeros(0)
         self.sigmas = torch.zeros(0)
-
-    @staticmethod
-    def _build_hooks(cfg: dict[str, Any]) -> Hooks:
-        if not isinstance(cfg, Mapping):
-            raise TypeError(
-                "model_config must be the config of the diffusers scheduler the model was trained with "
-                f"(use EDMSamplerScheduler.from_config(pipe.scheduler.config, ...)), got {type(cfg).__name__}"
-            )
-        den = from_diffusers(_PipelineModel(), cfg)
-        _family(den)  # a ValueError naming the family when it has no entry (before the Hooks protocol is relied on)
-        return cast(Hooks, den)
 
     # ---- the diffusers protocol ----
 
@@ -289,7 +197,7 @@ class _SchedulerCore:
     def init_noise_sigma(self) -> float:
         """Standard deviation of the pipeline's first sample (model input coordinates; 1 for VP models)."""
         hooks = self._require_hooks()
-        s0 = self._plan.call_sigma[0] if self._plan is not None else hooks.sigma_max
+        s0 = float(self._plan.levels[0]) if self._plan is not None else hooks.sigma_max
         return _family(hooks).init_noise_sigma(hooks, s0)
 
     @property
@@ -339,19 +247,19 @@ class _SchedulerCore:
         name = cfg.get("_class_name")
         if not isinstance(name, str) or not hasattr(diffusers, name):
             raise ValueError(
-                f"schedule='scheduler' and the pipeline's sigmas / mu are read by the replaced scheduler's class, but "
-                f"model_config['_class_name'] is {name!r} (a scheduler built in code has none in its config): "
-                "build this scheduler from the scheduler itself, EDMSamplerScheduler.from_config(pipe.scheduler, ...)"
+                f"schedule='scheduler', the pipeline's sigmas / mu and the range of a flow or zero-terminal-SNR model "
+                f"are read by the replaced scheduler's class, but model_config['_class_name'] is {name!r} (a scheduler "
+                "built in code has none in its config): build this scheduler from the scheduler itself, "
+                "EDMSamplerScheduler.from_config(pipe.scheduler, ...)"
             )
-        cls = getattr(diffusers, name)
-        sched = cls.from_config(cfg)
-        kwargs: dict[str, Any] = {}
-        if sigmas is not None:
-            kwargs["sigmas"] = sigmas
+        sched = getattr(diffusers, name).from_config(cfg)
+        if sigmas is None and mu is None:
+            return scheduler_sigmas(sched, cast(int, n))
+        kwargs: dict[str, Any] = {"sigmas": sigmas} if sigmas is not None else {}
         if mu is not None:
-            kwargs["mu"] = mu
+            kwargs["mu"] = mu  # dynamic shifting (Flux, SD3 at high resolution): the scheduler applies it
         sched.set_timesteps(n, **kwargs)
-        return _family(self._require_hooks()).scheduler_sigmas(sched)
+        return _family(self._require_hooks()).own_levels(sched, name)
 
     def _levels(self, n: int | None, sigmas: object, mu: float | None) -> Tensor:
         hooks = self._require_hooks()
@@ -369,20 +277,28 @@ class _SchedulerCore:
             return levels
         if n is None and sigmas is None:
             raise ValueError("set_timesteps needs num_inference_steps (or sigmas)")
-        if opt == "scheduler" or sigmas is not None or mu is not None:
+        lo, hi = hooks.sigma_min, hooks.sigma_max
+        given = sigmas is not None or mu is not None
+        start_inf = False
+        if opt == "scheduler" or given or not (lo > 0 and math.isfinite(hi)):
+            # The pipeline's sigmas / mu, or a model range open at 0 (flow) or inf (flow, zero terminal SNR):
+            # the range is that of the replaced scheduler's own levels, and where they start from pure noise
+            # (sigma = inf) so does the schedule, over its other N - 1 steps.
             own = self._replaced(n, sigmas, mu)
             if opt == "scheduler":
                 return own
-            pos = own[own > 0]
-            lo, hi = float(pos[-1]), float(pos[0])
-        else:
-            lo, hi = hooks.sigma_min, hooks.sigma_max
+            pos = own[(own > 0) & torch.isfinite(own)]
+            start_inf = bool(torch.isinf(own[0])) and self._range[1] is None
+            if pos.numel() > 0:
+                lo = float(pos[-1]) if given or not lo > 0 else lo
+                hi = float(pos[0]) if given or not math.isfinite(hi) else hi
         lo = self._range[0] if self._range[0] is not None else lo
         hi = self._range[1] if self._range[1] is not None else hi
-        steps = n if n is not None else int(torch.as_tensor(sigmas).numel())
-        if opt == "karras":
-            return karras_sigmas(steps, lo, hi, self._rho)
-        return loglinear_sigmas(steps, lo, hi)
+        steps = (n if n is not None else int(torch.as_tensor(sigmas).numel())) - int(start_inf)
+        if steps == 0:
+            return torch.tensor([math.inf, 0.0], dtype=torch.float64)
+        make = karras_sigmas(steps, lo, hi, self._rho) if opt == "karras" else loglinear_sigmas(steps, lo, hi)
+        return torch.cat([make.new_full((1,), math.inf), make]) if start_inf else make
 
     def set_timesteps(
         self,
@@ -432,7 +348,9 @@ class _SchedulerCore:
         k = self._begin_index or 0
         levels = plan.levels[plan.call_step[k] :]
         hooks = self._require_hooks()
-        x0 = _family(hooks).to_state(sample.detach().to(self._dtype), plan.call_sigma[k], plan.call_scale[k])
+        # The state in EDM units: sample = s(sigma) x (at sigma = inf every family's s is 1: x is the unit noise).
+        scale = plan.call_scale[k]
+        x0 = sample.detach().to(self._dtype) * (1.0 / scale if scale > 0 else 1.0)
         program = prepare(self._spec, identity, x0, levels, self._knobs, dtype=self._dtype).program
         if not plan.steppable:  # re-entering it would replay every earlier step: a worker thread instead
             run = Threaded(program, x0, self._noise, levels.numel() - 1)
