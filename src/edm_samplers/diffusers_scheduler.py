@@ -41,6 +41,7 @@ from __future__ import annotations
 import math
 import os
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, cast
 
@@ -253,6 +254,12 @@ class _SchedulerCore:
                 "EDMSamplerScheduler.from_config(pipe.scheduler, ...)"
             )
         sched = getattr(diffusers, name).from_config(cfg)
+        if sigmas is None and mu is None and cfg.get("use_dynamic_shifting"):
+            raise ValueError(
+                f"{name} has use_dynamic_shifting=True, so its levels depend on the resolution, but set_timesteps got "
+                "no mu: pass set_timesteps(num_inference_steps, mu=...) as the Flux and SD3 pipelines do "
+                "(mu = edm_samplers.flow_shift_mu(image_seq_len, ...)), or a schedule that needs no mu"
+            )
         if sigmas is None and mu is None:
             return scheduler_sigmas(sched, cast(int, n))
         kwargs: dict[str, Any] = {"sigmas": sigmas} if sigmas is not None else {}
@@ -483,13 +490,33 @@ def scheduler_class() -> type:
     if _CLASS is not None:
         return _CLASS
     try:
-        from diffusers.configuration_utils import ConfigMixin, register_to_config
+        from diffusers.configuration_utils import ConfigMixin, FrozenDict, register_to_config
         from diffusers.schedulers.scheduling_utils import SchedulerMixin
     except ImportError:
         raise ImportError(
             "EDMSamplerScheduler needs the diffusers package: pip install 'edm-samplers[diffusers]' "
             "(or pip install diffusers)"
         ) from None
+
+    class _PipelineConfig(FrozenDict):  # type: ignore[misc]
+        """Our config as pipelines read it: a key it lacks (``use_dynamic_shifting``, ``base_image_seq_len``,
+        ``use_flow_sigmas``, ...) is the replaced scheduler's (``model_config``), through ``get`` or an attribute.
+        Iterating, indexing and saving see our own keys only."""
+
+        def _replaced_config(self) -> Mapping[str, Any]:
+            mc = OrderedDict.get(self, "model_config")
+            return mc if isinstance(mc, Mapping) else {}
+
+        def get(self, key: str, default: Any = None) -> Any:
+            if key in self:
+                return OrderedDict.get(self, key)
+            return self._replaced_config().get(key, default)
+
+        def __getattr__(self, name: str) -> Any:  # only for names normal lookup does not find
+            mc = self._replaced_config()
+            if name.startswith("__") or name not in mc:
+                raise AttributeError(name)
+            return mc[name]
 
     class EDMSamplerScheduler(_SchedulerCore, SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         """Any sampler of the library, with any of its schedules, as a diffusers scheduler.
@@ -531,6 +558,12 @@ def scheduler_class() -> type:
             dtype: str = "float32",
         ) -> None:
             self._setup(sampler, knobs, schedule, rho, sigma_min, sigma_max, model_config, dtype)
+
+        @property
+        def config(self) -> Any:
+            """Our configuration; pipelines reading a key of the replaced scheduler's (SD3's ``use_dynamic_shifting``,
+            Flux's ``base_shift``) get its value from ``model_config``."""
+            return _PipelineConfig(self._internal_dict)
 
         @classmethod
         def from_config(cls, config: Any = None, return_unused_kwargs: bool = False, **kwargs: Any) -> Any:
