@@ -326,3 +326,18 @@ def test_pipelines_read_the_replaced_schedulers_keys_from_our_config(tmp_path: A
         ours.set_timesteps(4)
     ours.set_timesteps(4, mu=0.8)
     assert math.isinf(float(ours.sigmas[0]))
+
+
+@pytest.mark.parametrize("cls", ["DPMSolverMultistepScheduler", "UniPCMultistepScheduler"])
+def test_multistep_with_flow_sigmas_equals_diffusers(sd3: Any, cls: str) -> None:
+    """DPM-Solver++(2M) / UniPC with ``use_flow_sigmas`` (Sana's, Wan's schedulers): their int64 timesteps are
+    floor(1000 t), which ours reproduce; the algorithm is the library's with ``order_rule="final"``."""
+    model, cond, lat = sd3
+    theirs = with_class(
+        getattr(diffusers, cls)(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=3.0)
+    )
+    sampler = "dpmpp_2m:order_rule=final" if cls.startswith("DPM") else "unipc:order=2,order_rule=final"
+    ours = Scheduler.from_config(theirs.config, sampler=sampler, schedule="scheduler")
+    got, ref = sd3_loop(model, ours, lat, cond, 6), sd3_loop(model, theirs, lat, cond, 6)
+    torch.testing.assert_close(ours.timesteps, theirs.timesteps.float())
+    close(got, ref)
