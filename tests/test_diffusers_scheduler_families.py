@@ -137,7 +137,9 @@ def flux() -> tuple[torch.nn.Module, dict[str, Tensor], Tensor, dict[str, Tensor
     return _perturbed(model), cond, torch.randn(2, 16, 8, generator=g), ids  # packed latents: 4x4 tokens
 
 
-def flux_loop(model: Any, sched: Any, latents: Tensor, cond: dict[str, Tensor], ids: dict[str, Tensor], n: int) -> Tensor:
+def flux_loop(
+    model: Any, sched: Any, latents: Tensor, cond: dict[str, Tensor], ids: dict[str, Tensor], n: int
+) -> Tensor:
     """FluxPipeline.__call__'s steps 5-6: its own sigmas and the resolution's mu passed to set_timesteps."""
     sigmas = np.linspace(1.0, 1 / n, n)
     mu = es.flow_shift_mu(latents.shape[1])  # calculate_shift with the scheduler's defaults
@@ -231,15 +233,14 @@ def test_ve_loop_equals_the_library() -> None:
 # ---- zero terminal SNR: from sigma = inf -----------------------------------------------------------------
 
 
+ZERO_SNR = {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing", "prediction_type": "v_prediction"}
+
+
 def test_zero_snr_v_prediction_ddim_pipeline_equals_ddim_and_the_library() -> None:
     """DDPMPipeline (which never reads init_noise_sigma) with a zero-SNR, trailing, v-prediction DDIM config: the
     first level is sigma = inf, where the model sees the unit noise itself."""
     unet = tiny_unet()
-    ddim = with_class(
-        diffusers.DDIMScheduler(
-            rescale_betas_zero_snr=True, timestep_spacing="trailing", prediction_type="v_prediction", clip_sample=False
-        )
-    )
+    ddim = with_class(diffusers.DDIMScheduler(**ZERO_SNR, clip_sample=False))
     images = []
     for sched in (ddim, Scheduler.from_config(ddim.config, sampler="euler", schedule="scheduler")):
         pipe = diffusers.DDPMPipeline(unet=unet, scheduler=sched)
@@ -259,9 +260,7 @@ def test_zero_snr_v_prediction_ddim_pipeline_equals_ddim_and_the_library() -> No
 
 def test_zero_snr_karras_schedule_starts_at_inf_and_runs_as_the_library() -> None:
     unet = tiny_unet()
-    ddim = with_class(
-        diffusers.DDIMScheduler(rescale_betas_zero_snr=True, timestep_spacing="trailing", prediction_type="v_prediction")
-    )
+    ddim = with_class(diffusers.DDIMScheduler(**ZERO_SNR))
     ours = Scheduler.from_config(ddim.config, sampler="dpmpp_2m")
     lat = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(8))
     got = sd_loop(unet, ours, lat, 5)

@@ -11,7 +11,7 @@ sample starts (the same start as :func:`~edm_samplers.start_state`, so ``sampler
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol, cast
 
 import torch
@@ -21,7 +21,7 @@ from . import _diffusers_families as fam
 from .diffusers_adapter import from_diffusers
 from .flow import flow_scheduler_name
 
-__all__ = ["FAMILIES", "Family", "Hooks", "build_hooks", "family_of"]
+__all__ = ["FAMILIES", "Family", "Hooks", "PipelineNoise", "build_hooks", "family_of"]
 
 
 class Hooks(Protocol):
@@ -156,3 +156,26 @@ def build_hooks(cfg: object) -> Hooks:
     den = from_diffusers(_PipelineModel(), cfg, **kw)
     family_of(den)  # a ValueError naming the family when it has no entry (before the Hooks protocol is relied on)
     return cast(Hooks, den)
+
+
+class PipelineNoise:
+    """The noise of stochastic samplers, drawn from the ``generator`` the pipeline passed to ``step``.
+
+    A list of generators draws row by row (row k from generator k: per-sample seeds), as diffusers'
+    ``randn_tensor`` does; None draws from torch's global RNG.
+    """
+
+    def __init__(self) -> None:
+        self.generator: torch.Generator | list[torch.Generator] | None = None
+
+    def randn(self, shape: Sequence[int], *, dtype: torch.dtype, device: torch.device) -> Tensor:
+        from diffusers.utils.torch_utils import randn_tensor
+
+        gen = self.generator
+        if isinstance(gen, list) and len(gen) != shape[0]:
+            raise ValueError(
+                f"step() got a list of {len(gen)} generators for a batch of {shape[0]}; pass one generator per "
+                "sample (or a single generator)"
+            )
+        out: Tensor = randn_tensor(tuple(shape), generator=gen, device=torch.device(device), dtype=torch.float32)
+        return out.to(dtype)

@@ -38,59 +38,28 @@ built on first access of ``EDMSamplerScheduler``.
 
 from __future__ import annotations
 
-import math
-import os
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple, cast
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from ._network import append_dims
 from ._reentry import PROBES, Request, Stepper, Threaded, identity, probe_program
-from ._scheduler_families import FAMILIES, Family, Hooks, build_hooks
+from ._scheduler_families import FAMILIES, Family, Hooks, PipelineNoise, build_hooks
 from ._scheduler_families import family_of as _family
-from .diffusers_adapter import scheduler_sigmas
-from .schedule_opt import load_schedule
-from .schedules import karras_sigmas, loglinear_sigmas
+from ._scheduler_levels import SCHEDULES, check_schedule_option, levels_for
 from .solvers.registry import SolverSpec, get, label, names, parse_label
 from .solvers.runtime import prepare, schedule
 
 __all__ = ["FAMILIES", "SCHEDULES", "Family", "Hooks", "scheduler_class"]
 
-SCHEDULES = ("karras", "loglinear", "scheduler")
-"""Named schedules (besides a schedule file or a list of levels): EDM's rho schedule on the model's range,
-levels uniform in log sigma, or the replaced scheduler's own levels for the same arguments."""
-
 
 def _plain_names() -> list[str]:
     """The registry samplers a pipeline can drive (not the CFG++ ones, which need both estimates)."""
     return [n for n in names() if not get(n).guided]
-
-
-class _PipelineNoise:
-    """The noise of stochastic samplers, drawn from the ``generator`` the pipeline passed to ``step``.
-
-    A list of generators draws row by row (row k from generator k: per-sample seeds), as diffusers'
-    ``randn_tensor`` does; None draws from torch's global RNG.
-    """
-
-    def __init__(self) -> None:
-        self.generator: torch.Generator | list[torch.Generator] | None = None
-
-    def randn(self, shape: Sequence[int], *, dtype: torch.dtype, device: torch.device) -> Tensor:
-        from diffusers.utils.torch_utils import randn_tensor
-
-        gen = self.generator
-        if isinstance(gen, list) and len(gen) != shape[0]:
-            raise ValueError(
-                f"step() got a list of {len(gen)} generators for a batch of {shape[0]}; pass one generator per "
-                "sample (or a single generator)"
-            )
-        out: Tensor = randn_tensor(tuple(shape), generator=gen, device=torch.device(device), dtype=torch.float32)
-        return out.to(dtype)
 
 
 # ---- the schedule --------------------------------------------------------------------------------------
@@ -110,19 +79,6 @@ def _check_choice(value: object, name: str, choices: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
     return value
-
-
-def _check_schedule_option(schedule_opt: object) -> str | list[float]:
-    if isinstance(schedule_opt, (list, tuple)):
-        return [float(v) for v in schedule_opt]
-    if isinstance(schedule_opt, os.PathLike):
-        schedule_opt = os.fspath(schedule_opt)
-    if not isinstance(schedule_opt, str) or not (schedule_opt in SCHEDULES or schedule_opt.endswith(".json")):
-        raise ValueError(
-            f"schedule must be one of {', '.join(map(repr, SCHEDULES))}, the path of a schedule file written by "
-            f"save_schedule (ending in .json) or a list of noise levels, got {schedule_opt!r}"
-        )
-    return schedule_opt
 
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -161,7 +117,7 @@ class _SchedulerCore:
         if any(callable(v) for v in self._knobs.values()):
             raise TypeError("knobs holding callables (round_sigma) cannot be stored in a scheduler config")
         self._given = given
-        self._schedule = _check_schedule_option(schedule)
+        self._schedule = check_schedule_option(schedule)
         from ._validate import check_float
 
         self._rho = check_float(rho, "rho", positive=True)
@@ -180,7 +136,7 @@ class _SchedulerCore:
         self._run: Stepper | Threaded | None = None
         self._finalizer: weakref.finalize[[], _SchedulerCore] | None = None
         self._pending: Request | None = None
-        self._noise = _PipelineNoise()
+        self._noise = PipelineNoise()
         self._step_index: int | None = None
         self._begin_index: int | None = None
         self.num_inference_steps: int | None = None
@@ -240,73 +196,6 @@ class _SchedulerCore:
             raise RuntimeError("call set_timesteps(num_inference_steps) before using the scheduler's steps")
         return self._plan
 
-    def _replaced(self, n: int | None, sigmas: object, mu: float | None) -> Tensor:
-        """The replaced scheduler's own levels for these set_timesteps arguments (EDM units, float64)."""
-        import diffusers
-
-        cfg = dict(self._model_config or {})
-        name = cfg.get("_class_name")
-        if not isinstance(name, str) or not hasattr(diffusers, name):
-            raise ValueError(
-                f"schedule='scheduler', the pipeline's sigmas / mu and the range of a flow or zero-terminal-SNR model "
-                f"are read by the replaced scheduler's class, but model_config['_class_name'] is {name!r} (a scheduler "
-                "built in code has none in its config): build this scheduler from the scheduler itself, "
-                "EDMSamplerScheduler.from_config(pipe.scheduler, ...)"
-            )
-        sched = getattr(diffusers, name).from_config(cfg)
-        if sigmas is None and mu is None and cfg.get("use_dynamic_shifting"):
-            raise ValueError(
-                f"{name} has use_dynamic_shifting=True, so its levels depend on the resolution, but set_timesteps got "
-                "no mu: pass set_timesteps(num_inference_steps, mu=...) as the Flux and SD3 pipelines do "
-                "(mu = edm_samplers.flow_shift_mu(image_seq_len, ...)), or a schedule that needs no mu"
-            )
-        if sigmas is None and mu is None:
-            return scheduler_sigmas(sched, cast(int, n))
-        kwargs: dict[str, Any] = {"sigmas": sigmas} if sigmas is not None else {}
-        if mu is not None:
-            kwargs["mu"] = mu  # dynamic shifting (Flux, SD3 at high resolution): the scheduler applies it
-        sched.set_timesteps(n, **kwargs)
-        return _family(self._require_hooks()).own_levels(sched, name)
-
-    def _levels(self, n: int | None, sigmas: object, mu: float | None) -> Tensor:
-        hooks = self._require_hooks()
-        opt = self._schedule
-        if isinstance(opt, list) or opt not in SCHEDULES:
-            levels = torch.tensor(opt, dtype=torch.float64) if isinstance(opt, list) else load_schedule(opt)
-            if float(levels[-1]) != 0:
-                levels = torch.cat([levels, levels.new_zeros(1)])
-            if n is not None and n != levels.numel() - 1:
-                raise ValueError(
-                    f"the schedule {opt if isinstance(opt, str) else 'given'} has {levels.numel() - 1} steps, but "
-                    f"set_timesteps got num_inference_steps={n}; call the pipeline with "
-                    f"num_inference_steps={levels.numel() - 1}"
-                )
-            return levels
-        if n is None and sigmas is None:
-            raise ValueError("set_timesteps needs num_inference_steps (or sigmas)")
-        lo, hi = hooks.sigma_min, hooks.sigma_max
-        given = sigmas is not None or mu is not None
-        start_inf = False
-        if opt == "scheduler" or given or not (lo > 0 and math.isfinite(hi)):
-            # The pipeline's sigmas / mu, or a model range open at 0 (flow) or inf (flow, zero terminal SNR):
-            # the range is that of the replaced scheduler's own levels, and where they start from pure noise
-            # (sigma = inf) so does the schedule, over its other N - 1 steps.
-            own = self._replaced(n, sigmas, mu)
-            if opt == "scheduler":
-                return own
-            pos = own[(own > 0) & torch.isfinite(own)]
-            start_inf = bool(torch.isinf(own[0])) and self._range[1] is None
-            if pos.numel() > 0:
-                lo = float(pos[-1]) if given or not lo > 0 else lo
-                hi = float(pos[0]) if given or not math.isfinite(hi) else hi
-        lo = self._range[0] if self._range[0] is not None else lo
-        hi = self._range[1] if self._range[1] is not None else hi
-        steps = (n if n is not None else int(torch.as_tensor(sigmas).numel())) - int(start_inf)
-        if steps == 0:
-            return torch.tensor([math.inf, 0.0], dtype=torch.float64)
-        make = karras_sigmas(steps, lo, hi, self._rho) if opt == "karras" else loglinear_sigmas(steps, lo, hi)
-        return torch.cat([make.new_full((1,), math.inf), make]) if start_inf else make
-
     def set_timesteps(
         self,
         num_inference_steps: int | None = None,
@@ -322,7 +211,10 @@ class _SchedulerCore:
             raise ValueError(f"num_inference_steps must be an int >= 1, got {num_inference_steps!r}")
         self._cancel()
         hooks = self._require_hooks()
-        levels = schedule(self._levels(num_inference_steps, sigmas, mu), strict=self._spec.strict).sigmas
+        levels = levels_for(
+            self._schedule, hooks, self._model_config or {}, num_inference_steps, sigmas, mu, self._rho, self._range
+        )
+        levels = schedule(levels, strict=self._spec.strict).sigmas
         steppable, calls = PROBES.get(
             (self._spec, tuple(levels.tolist()), tuple(self._knobs.items()), self._dtype),
             lambda: probe_program(self._spec, levels, self._knobs, self._dtype),
@@ -354,7 +246,6 @@ class _SchedulerCore:
         plan = self._require_plan()
         k = self._begin_index or 0
         levels = plan.levels[plan.call_step[k] :]
-        hooks = self._require_hooks()
         # The state in EDM units: sample = s(sigma) x (at sigma = inf every family's s is 1: x is the unit noise).
         scale = plan.call_scale[k]
         x0 = sample.detach().to(self._dtype) * (1.0 / scale if scale > 0 else 1.0)
@@ -498,7 +389,7 @@ def scheduler_class() -> type:
             "(or pip install diffusers)"
         ) from None
 
-    class _PipelineConfig(FrozenDict):  # type: ignore[misc]
+    class _PipelineConfig(FrozenDict):
         """Our config as pipelines read it: a key it lacks (``use_dynamic_shifting``, ``base_image_seq_len``,
         ``use_flow_sigmas``, ...) is the replaced scheduler's (``model_config``), through ``get`` or an attribute.
         Iterating, indexing and saving see our own keys only."""
@@ -563,7 +454,8 @@ def scheduler_class() -> type:
         def config(self) -> Any:
             """Our configuration; pipelines reading a key of the replaced scheduler's (SD3's ``use_dynamic_shifting``,
             Flux's ``base_shift``) get its value from ``model_config``."""
-            return _PipelineConfig(self._internal_dict)
+            own: Mapping[str, Any] = getattr(self, "_internal_dict")  # noqa: B009 (set by register_to_config)
+            return _PipelineConfig(own)  # type: ignore[no-untyped-call]
 
         @classmethod
         def from_config(cls, config: Any = None, return_unused_kwargs: bool = False, **kwargs: Any) -> Any:
