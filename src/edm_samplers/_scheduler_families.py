@@ -11,6 +11,7 @@ sample starts (the same start as :func:`~edm_samplers.start_state`, so ``sampler
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol, cast
 
@@ -21,7 +22,7 @@ from . import _diffusers_families as fam
 from .diffusers_adapter import from_diffusers
 from .flow import flow_scheduler_name
 
-__all__ = ["FAMILIES", "Family", "Hooks", "PipelineNoise", "build_hooks", "family_of"]
+__all__ = ["FAMILIES", "Family", "Hooks", "PipelineNoise", "build_hooks", "family_of", "pipeline_config"]
 
 
 class Hooks(Protocol):
@@ -179,3 +180,34 @@ class PipelineNoise:
             )
         out: Tensor = randn_tensor(tuple(shape), generator=gen, device=torch.device(device), dtype=torch.float32)
         return out.to(dtype)
+
+
+_CONFIG: type | None = None
+
+
+def pipeline_config(own: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The scheduler's config as pipelines read it: a key it lacks (``use_dynamic_shifting``,
+    ``base_image_seq_len``, ``use_flow_sigmas``, ...) is the replaced scheduler's (``model_config``), through ``get``
+    or an attribute; iterating, indexing and saving see its own keys only. (A diffusers ``FrozenDict``.)"""
+    global _CONFIG
+    if _CONFIG is None:
+        from diffusers.configuration_utils import FrozenDict
+
+        class PipelineConfig(FrozenDict):
+            def _replaced_config(self) -> Mapping[str, Any]:
+                mc = OrderedDict.get(self, "model_config")
+                return mc if isinstance(mc, Mapping) else {}
+
+            def get(self, key: str, default: Any = None) -> Any:
+                if key in self:
+                    return OrderedDict.get(self, key)
+                return self._replaced_config().get(key, default)
+
+            def __getattr__(self, name: str) -> Any:  # only for names normal lookup does not find
+                mc = self._replaced_config()
+                if name.startswith("__") or name not in mc:
+                    raise AttributeError(name)
+                return mc[name]
+
+        _CONFIG = PipelineConfig
+    return cast(Mapping[str, Any], _CONFIG(own))

@@ -39,7 +39,6 @@ built on first access of ``EDMSamplerScheduler``.
 from __future__ import annotations
 
 import weakref
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -48,7 +47,7 @@ from torch import Tensor
 
 from ._network import append_dims
 from ._reentry import PROBES, Request, Stepper, Threaded, identity, probe_program
-from ._scheduler_families import FAMILIES, Family, Hooks, PipelineNoise, build_hooks
+from ._scheduler_families import FAMILIES, Family, Hooks, PipelineNoise, build_hooks, pipeline_config
 from ._scheduler_families import family_of as _family
 from ._scheduler_levels import SCHEDULES, check_schedule_option, levels_for
 from .solvers.registry import SolverSpec, get, label, names, parse_label
@@ -381,33 +380,13 @@ def scheduler_class() -> type:
     if _CLASS is not None:
         return _CLASS
     try:
-        from diffusers.configuration_utils import ConfigMixin, FrozenDict, register_to_config
+        from diffusers.configuration_utils import ConfigMixin, register_to_config
         from diffusers.schedulers.scheduling_utils import SchedulerMixin
     except ImportError:
         raise ImportError(
             "EDMSamplerScheduler needs the diffusers package: pip install 'edm-samplers[diffusers]' "
             "(or pip install diffusers)"
         ) from None
-
-    class _PipelineConfig(FrozenDict):
-        """Our config as pipelines read it: a key it lacks (``use_dynamic_shifting``, ``base_image_seq_len``,
-        ``use_flow_sigmas``, ...) is the replaced scheduler's (``model_config``), through ``get`` or an attribute.
-        Iterating, indexing and saving see our own keys only."""
-
-        def _replaced_config(self) -> Mapping[str, Any]:
-            mc = OrderedDict.get(self, "model_config")
-            return mc if isinstance(mc, Mapping) else {}
-
-        def get(self, key: str, default: Any = None) -> Any:
-            if key in self:
-                return OrderedDict.get(self, key)
-            return self._replaced_config().get(key, default)
-
-        def __getattr__(self, name: str) -> Any:  # only for names normal lookup does not find
-            mc = self._replaced_config()
-            if name.startswith("__") or name not in mc:
-                raise AttributeError(name)
-            return mc[name]
 
     class EDMSamplerScheduler(_SchedulerCore, SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         """Any sampler of the library, with any of its schedules, as a diffusers scheduler.
@@ -455,7 +434,7 @@ def scheduler_class() -> type:
             """Our configuration; pipelines reading a key of the replaced scheduler's (SD3's ``use_dynamic_shifting``,
             Flux's ``base_shift``) get its value from ``model_config``."""
             own: Mapping[str, Any] = getattr(self, "_internal_dict")  # noqa: B009 (set by register_to_config)
-            return _PipelineConfig(own)  # type: ignore[no-untyped-call]
+            return pipeline_config(own)
 
         @classmethod
         def from_config(cls, config: Any = None, return_unused_kwargs: bool = False, **kwargs: Any) -> Any:
