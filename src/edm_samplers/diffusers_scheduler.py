@@ -23,16 +23,19 @@ Either way every registered sampler, present or future, runs its own code: the p
 timestep per model call, as diffusers' ``HeunDiscreteScheduler`` does (``2N - 1`` entries).
 
 **Coordinates.** The pipeline's ``sample`` is always the model's own input (x_t = x / sqrt(1 + sigma^2) for
-VP models), so ``scale_model_input`` is the identity and pipelines that never call it (``DDPMPipeline``,
-flow pipelines) work too; ``init_noise_sigma`` is the family's start (1 for VP: the first state is
-``latents * sqrt(1 + sigma_0^2)`` in EDM units, like DPM-Solver, UniPC and DDIM). Between calls the
+VP models, x / (1 + sigma) for flow, c_in x for EDM, x for VE), so ``scale_model_input`` is the identity and
+pipelines that never call it (``DDPMPipeline``, flow pipelines) work too; ``init_noise_sigma`` is the family's
+start, that of :func:`~edm_samplers.start_state` (1 for VP and flow: the first state is
+``latents * sqrt(1 + sigma_0^2)`` or ``latents * (1 + sigma_0)`` in EDM units, the unit latents themselves at
+sigma_0 = inf). Between calls the
 scheduler keeps its own state in ``dtype`` (float32 by default, whatever the model's dtype); the pipeline's
 ``sample`` is read at the first ``step`` only (the start, e.g. img2img's noised image), so pipelines that
 edit the latents between steps (legacy inpainting with a 4-channel UNet) are not followed.
 
-**Model families** are one entry of :data:`FAMILIES`, keyed by the adapter class ``from_diffusers`` returns:
-its pipeline timesteps for given noise levels, its ``init_noise_sigma`` and the replaced scheduler's own
-levels (``schedule="scheduler"``). diffusers is imported lazily (the ``diffusers`` extra): the class is
+**Model families** (VP incl. zero terminal SNR, EDM, VE, flow) are one entry each of :data:`FAMILIES`
+(:mod:`._scheduler_families`), keyed by the adapter class ``from_diffusers`` returns: its pipeline timesteps
+for given noise levels, its ``init_noise_sigma`` and the replaced scheduler's own levels for the pipeline's
+``sigmas`` / ``mu``. The schedules are read in :mod:`._scheduler_levels`. diffusers is imported lazily (the ``diffusers`` extra): the class is
 built on first access of ``EDMSamplerScheduler``.
 """
 
@@ -406,7 +409,9 @@ def scheduler_class() -> type:
                 (EDM units; a final 0 is appended if missing).
             rho: the karras schedule's exponent.
             sigma_min, sigma_max: the range of "karras" / "loglinear" (default: the model's trained range, or
-                the range of the pipeline's ``sigmas`` / ``mu`` when it passes them).
+                the range of the replaced scheduler's levels for the pipeline's ``sigmas`` / ``mu`` when it passes
+                them or when the model's range is open: flow, zero terminal SNR. Where those levels start at
+                sigma = inf, pure noise, so does the schedule, unless ``sigma_max`` is given).
             model_config: the replaced scheduler's config (``from_config`` fills it in).
             dtype: the sampler's state dtype, "float32" or "float64".
 
