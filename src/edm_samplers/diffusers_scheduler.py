@@ -35,8 +35,8 @@ edit the latents between steps (legacy inpainting with a 4-channel UNet) are not
 **Model families** (VP incl. zero terminal SNR, EDM, VE, flow) are one entry each of :data:`FAMILIES`
 (:mod:`._scheduler_families`), keyed by the adapter class ``from_diffusers`` returns: its pipeline timesteps
 for given noise levels, its ``init_noise_sigma`` and the replaced scheduler's own levels for the pipeline's
-``sigmas`` / ``mu``. The schedules are read in :mod:`._scheduler_levels`. diffusers is imported lazily (the ``diffusers`` extra): the class is
-built on first access of ``EDMSamplerScheduler``.
+``sigmas`` / ``mu``. The schedules are read in :mod:`._scheduler_levels`. diffusers is imported lazily (the
+``diffusers`` extra): the class is built on first access of ``EDMSamplerScheduler``.
 """
 
 from __future__ import annotations
