@@ -340,3 +340,20 @@ def test_multistep_with_flow_sigmas_equals_diffusers(sd3: Any, cls: str) -> None
     got, ref = sd3_loop(model, ours, lat, cond, 6), sd3_loop(model, theirs, lat, cond, 6)
     torch.testing.assert_close(ours.timesteps, theirs.timesteps.float())
     close(got, ref)
+
+
+def test_a_flow_config_without_class_name_is_read_by_its_keys(sd3: Any) -> None:
+    """``from_config(pipe.scheduler.config)`` for a scheduler built in code (no '_class_name'): FlowMatchEuler's keys
+    name it; FlowMatchHeun's fit another class too (from_diffusers says to pass the scheduler itself)."""
+    built = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
+    assert "_class_name" not in built.config
+    ours = Scheduler.from_config(built.config, sampler="euler", schedule="scheduler")
+    ours.set_timesteps(4)
+    torch.testing.assert_close(ours.sigmas, es.flow_scheduler_sigmas(built, 4).float())
+    with pytest.raises(TypeError, match="pass the scheduler or add '_class_name'"):
+        Scheduler.from_config(diffusers.FlowMatchHeunDiscreteScheduler().config, sampler="euler")
+    with pytest.raises(ValueError, match=r"names none.*EDMSamplerScheduler.from_config\(pipe.scheduler"):
+        partial = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02}
+        # A DDPM config of no one class (a subset of the keys): from_diffusers reads it, its levels need a class.
+        Scheduler.from_config({**partial, "prediction_type": "epsilon"}, schedule="scheduler").set_timesteps(4)
+    Scheduler.from_config(diffusers.FlowMatchHeunDiscreteScheduler(), sampler="euler").set_timesteps(4)

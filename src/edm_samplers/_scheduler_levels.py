@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import _diffusers_families as fam
 from ._scheduler_families import Hooks, family_of
 from .diffusers_adapter import scheduler_sigmas
 from .schedule_opt import load_schedule
@@ -22,6 +23,10 @@ __all__ = ["SCHEDULES", "check_schedule_option", "levels_for", "replaced_levels"
 SCHEDULES = ("karras", "loglinear", "scheduler")
 """Named schedules (besides a schedule file or a list of levels): EDM's rho schedule on the model's range,
 levels uniform in log sigma, or the replaced scheduler's own levels for the same arguments."""
+
+
+# The flow classes a config without '_class_name' names unambiguously (FlowMatchHeun's keys are FlowMapEuler's too).
+_FLOW_BY_KEYS = frozenset({"FlowMatchEulerDiscreteScheduler"})
 
 
 def check_schedule_option(schedule_opt: object) -> str | list[float]:
@@ -45,11 +50,15 @@ def replaced_levels(
 
     cfg = dict(model_config)
     name = cfg.get("_class_name")
+    if name is None:  # a scheduler built in code: the class whose __init__ takes exactly these keys, as from_diffusers
+        name = fam.class_by_signature(diffusers, cfg)
+        name = name if name is not None and name in fam.VP | fam.EDM | fam.VE | _FLOW_BY_KEYS else None
     if not isinstance(name, str) or not hasattr(diffusers, name):
         raise ValueError(
             f"schedule='scheduler', the pipeline's sigmas / mu and the range of a flow or zero-terminal-SNR model "
-            f"are read by the replaced scheduler's class, but model_config['_class_name'] is {name!r} (a scheduler "
-            "built in code has none in its config): build this scheduler from the scheduler itself, "
+            f"are read by the replaced scheduler's class, but model_config names none ('_class_name' is "
+            f"{cfg.get('_class_name')!r} and its keys fit no one class): build this scheduler from the scheduler "
+            "itself, "
             "EDMSamplerScheduler.from_config(pipe.scheduler, ...)"
         )
     sched = getattr(diffusers, name).from_config(cfg)
