@@ -23,154 +23,45 @@ Either way every registered sampler, present or future, runs its own code: the p
 timestep per model call, as diffusers' ``HeunDiscreteScheduler`` does (``2N - 1`` entries).
 
 **Coordinates.** The pipeline's ``sample`` is always the model's own input (x_t = x / sqrt(1 + sigma^2) for
-VP models), so ``scale_model_input`` is the identity and pipelines that never call it (``DDPMPipeline``,
-flow pipelines) work too; ``init_noise_sigma`` is the family's start (1 for VP: the first state is
-``latents * sqrt(1 + sigma_0^2)`` in EDM units, like DPM-Solver, UniPC and DDIM). Between calls the
+VP models, x / (1 + sigma) for flow, c_in x for EDM, x for VE), so ``scale_model_input`` is the identity and
+pipelines that never call it (``DDPMPipeline``, flow pipelines) work too; ``init_noise_sigma`` is the family's
+start, that of :func:`~edm_samplers.start_state` (1 for VP and flow: the first state is
+``latents * sqrt(1 + sigma_0^2)`` or ``latents * (1 + sigma_0)`` in EDM units, the unit latents themselves at
+sigma_0 = inf). Between calls the
 scheduler keeps its own state in ``dtype`` (float32 by default, whatever the model's dtype); the pipeline's
 ``sample`` is read at the first ``step`` only (the start, e.g. img2img's noised image), so pipelines that
 edit the latents between steps (legacy inpainting with a 4-channel UNet) are not followed.
 
-**Model families** are one entry of :data:`FAMILIES`, keyed by the adapter class ``from_diffusers`` returns:
-its pipeline timesteps for given noise levels, its ``init_noise_sigma`` and the replaced scheduler's own
-levels (``schedule="scheduler"``). diffusers is imported lazily (the ``diffusers`` extra): the class is
-built on first access of ``EDMSamplerScheduler``.
+**Model families** (VP incl. zero terminal SNR, EDM, VE, flow) are one entry each of :data:`FAMILIES`
+(:mod:`._scheduler_families`), keyed by the adapter class ``from_diffusers`` returns: its pipeline timesteps
+for given noise levels, its ``init_noise_sigma`` and the replaced scheduler's own levels for the pipeline's
+``sigmas`` / ``mu``. The schedules are read in :mod:`._scheduler_levels`. diffusers is imported lazily (the
+``diffusers`` extra): the class is built on first access of ``EDMSamplerScheduler``.
 """
 
 from __future__ import annotations
 
-import os
 import weakref
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple, Protocol, cast
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from ._network import append_dims
 from ._reentry import PROBES, Request, Stepper, Threaded, identity, probe_program
-from .diffusers_adapter import from_diffusers
-from .schedule_opt import load_schedule
-from .schedules import karras_sigmas, loglinear_sigmas
+from ._scheduler_families import FAMILIES, Family, Hooks, PipelineNoise, build_hooks, pipeline_config
+from ._scheduler_families import family_of as _family
+from ._scheduler_levels import SCHEDULES, check_schedule_option, levels_for
 from .solvers.registry import SolverSpec, get, label, names, parse_label
 from .solvers.runtime import prepare, schedule
 
 __all__ = ["FAMILIES", "SCHEDULES", "Family", "Hooks", "scheduler_class"]
 
-SCHEDULES = ("karras", "loglinear", "scheduler")
-"""Named schedules (besides a schedule file or a list of levels): EDM's rho schedule on the model's range,
-levels uniform in log sigma, or the replaced scheduler's own levels for the same arguments."""
-
 
 def _plain_names() -> list[str]:
     """The registry samplers a pipeline can drive (not the CFG++ ones, which need both estimates)."""
     return [n for n in names() if not get(n).guided]
-
-
-class Hooks(Protocol):
-    """What the scheduler uses of an adapter (``adapters._Adapter``): the steps of its forward."""
-
-    learned_variance: bool
-    sigma_min: float
-    sigma_max: float
-
-    def model_input(self, x: Tensor, sigma: Tensor) -> Tensor: ...
-
-    def sigma_to_t(self, sigma: Tensor) -> Tensor: ...
-
-    def to_denoised(self, x: Tensor, sigma: Tensor, out: Tensor) -> Tensor: ...
-
-
-class Family(NamedTuple):
-    """How the models of one family meet a pipeline (one entry of :data:`FAMILIES`).
-
-    Attributes:
-        timesteps: ``(hooks, sigma [K] in the state dtype) -> [K]``: the ``timesteps`` the pipeline passes to
-            the model for those noise levels (the replaced scheduler's units).
-        init_noise_sigma: ``(hooks, sigma_0) -> float``: the standard deviation of the pipeline's first
-            sample, in the model's input coordinates (the family's starting state).
-        scheduler_sigmas: ``(replaced scheduler after set_timesteps) -> [N + 1]`` float64 levels in EDM
-            units (``schedule="scheduler"``).
-        to_state: ``(sample, sigma, scale) -> x``: the sampler's state (EDM units) from the pipeline's first
-            sample at noise level ``sigma`` (a float), where ``scale`` = s(sigma) is the model input's factor
-            (sample = s x); the place for a start at sigma = inf, where s = 0.
-    """
-
-    timesteps: Callable[[Hooks, Tensor], Tensor]
-    init_noise_sigma: Callable[[Hooks, float], float]
-    scheduler_sigmas: Callable[[Any], Tensor]
-    to_state: Callable[[Tensor, float, float], Tensor]
-
-
-def _vp_scheduler_sigmas(sched: Any) -> Tensor:
-    """A DDPM-family scheduler's levels for its current timesteps, in EDM units, float64, ending in 0.
-
-    Euler-, Heun-, DPM-Solver- and UniPC-type schedulers store them (``sigmas``; Heun and KDPM2 interleave
-    repeated levels, which are dropped); DDPM, DDIM and PNDM give sigma_t = sqrt((1 - abar_t) / abar_t) at
-    their integer timesteps, followed by 0.
-    """
-    own = getattr(sched, "sigmas", None)
-    if isinstance(own, Tensor):
-        s = torch.unique_consecutive(own.detach().to("cpu", torch.float64))
-    else:
-        abar = torch.as_tensor(sched.alphas_cumprod).to(torch.float64)
-        t = torch.as_tensor(sched.timesteps).to("cpu", torch.long)
-        s = torch.sqrt((1 - abar[t]) / abar[t])
-    return s if float(s[-1]) == 0 else torch.cat([s, s.new_zeros(1)])
-
-
-FAMILIES: dict[str, Family] = {
-    # Discrete-time VP (DDPM-family) models: eps, v and sample prediction. The timesteps are the adapter's own
-    # (fractional trained steps by log-sigma interpolation); the first sample is unit noise (x_t at sigma_0).
-    "DDPMDenoiser": Family(
-        timesteps=lambda hooks, sigma: hooks.sigma_to_t(sigma),
-        init_noise_sigma=lambda hooks, sigma0: 1.0,
-        scheduler_sigmas=_vp_scheduler_sigmas,
-        to_state=lambda sample, sigma, scale: sample * (1.0 / scale),
-    ),
-}
-"""Adapter class name (what :func:`~edm_samplers.from_diffusers` returns for a family) -> :class:`Family`."""
-
-
-def _family(hooks: object) -> Family:
-    name = type(hooks).__name__
-    fam = FAMILIES.get(name)
-    if fam is None:
-        raise ValueError(
-            f"EDMSamplerScheduler has no family entry for {name} (the adapter from_diffusers built for this "
-            f"config); known: {', '.join(FAMILIES)}"
-        )
-    return fam
-
-
-class _PipelineModel:
-    """Stands in for the model in the adapter the scheduler builds: the pipeline calls the real one."""
-
-    def __call__(self, *args: object, **kwargs: object) -> Tensor:
-        del args, kwargs
-        raise RuntimeError("EDMSamplerScheduler's adapter is used for its hooks only; the pipeline calls the model")
-
-
-class _PipelineNoise:
-    """The noise of stochastic samplers, drawn from the ``generator`` the pipeline passed to ``step``.
-
-    A list of generators draws row by row (row k from generator k: per-sample seeds), as diffusers'
-    ``randn_tensor`` does; None draws from torch's global RNG.
-    """
-
-    def __init__(self) -> None:
-        self.generator: torch.Generator | list[torch.Generator] | None = None
-
-    def randn(self, shape: Sequence[int], *, dtype: torch.dtype, device: torch.device) -> Tensor:
-        from diffusers.utils.torch_utils import randn_tensor
-
-        gen = self.generator
-        if isinstance(gen, list) and len(gen) != shape[0]:
-            raise ValueError(
-                f"step() got a list of {len(gen)} generators for a batch of {shape[0]}; pass one generator per "
-                "sample (or a single generator)"
-            )
-        out: Tensor = randn_tensor(tuple(shape), generator=gen, device=torch.device(device), dtype=torch.float32)
-        return out.to(dtype)
 
 
 # ---- the schedule --------------------------------------------------------------------------------------
@@ -190,19 +81,6 @@ def _check_choice(value: object, name: str, choices: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
     return value
-
-
-def _check_schedule_option(schedule_opt: object) -> str | list[float]:
-    if isinstance(schedule_opt, (list, tuple)):
-        return [float(v) for v in schedule_opt]
-    if isinstance(schedule_opt, os.PathLike):
-        schedule_opt = os.fspath(schedule_opt)
-    if not isinstance(schedule_opt, str) or not (schedule_opt in SCHEDULES or schedule_opt.endswith(".json")):
-        raise ValueError(
-            f"schedule must be one of {', '.join(map(repr, SCHEDULES))}, the path of a schedule file written by "
-            f"save_schedule (ending in .json) or a list of noise levels, got {schedule_opt!r}"
-        )
-    return schedule_opt
 
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -241,7 +119,7 @@ class _SchedulerCore:
         if any(callable(v) for v in self._knobs.values()):
             raise TypeError("knobs holding callables (round_sigma) cannot be stored in a scheduler config")
         self._given = given
-        self._schedule = _check_schedule_option(schedule)
+        self._schedule = check_schedule_option(schedule)
         from ._validate import check_float
 
         self._rho = check_float(rho, "rho", positive=True)
@@ -255,28 +133,17 @@ class _SchedulerCore:
         self._model_config = None if model_config is None else dict(model_config)
         self._hooks: Hooks | None = None
         if self._model_config is not None:
-            self._hooks = self._build_hooks(self._model_config)
+            self._hooks = build_hooks(self._model_config)
         self._plan: _Plan | None = None
         self._run: Stepper | Threaded | None = None
         self._finalizer: weakref.finalize[[], _SchedulerCore] | None = None
         self._pending: Request | None = None
-        self._noise = _PipelineNoise()
+        self._noise = PipelineNoise()
         self._step_index: int | None = None
         self._begin_index: int | None = None
         self.num_inference_steps: int | None = None
         self.timesteps = torch.zeros(0)
         self.sigmas = torch.zeros(0)
-
-    @staticmethod
-    def _build_hooks(cfg: dict[str, Any]) -> Hooks:
-        if not isinstance(cfg, Mapping):
-            raise TypeError(
-                "model_config must be the config of the diffusers scheduler the model was trained with "
-                f"(use EDMSamplerScheduler.from_config(pipe.scheduler.config, ...)), got {type(cfg).__name__}"
-            )
-        den = from_diffusers(_PipelineModel(), cfg)
-        _family(den)  # a ValueError naming the family when it has no entry (before the Hooks protocol is relied on)
-        return cast(Hooks, den)
 
     # ---- the diffusers protocol ----
 
@@ -289,7 +156,7 @@ class _SchedulerCore:
     def init_noise_sigma(self) -> float:
         """Standard deviation of the pipeline's first sample (model input coordinates; 1 for VP models)."""
         hooks = self._require_hooks()
-        s0 = self._plan.call_sigma[0] if self._plan is not None else hooks.sigma_max
+        s0 = float(self._plan.levels[0]) if self._plan is not None else hooks.sigma_max
         return _family(hooks).init_noise_sigma(hooks, s0)
 
     @property
@@ -331,59 +198,6 @@ class _SchedulerCore:
             raise RuntimeError("call set_timesteps(num_inference_steps) before using the scheduler's steps")
         return self._plan
 
-    def _replaced(self, n: int | None, sigmas: object, mu: float | None) -> Tensor:
-        """The replaced scheduler's own levels for these set_timesteps arguments (EDM units, float64)."""
-        import diffusers
-
-        cfg = dict(self._model_config or {})
-        name = cfg.get("_class_name")
-        if not isinstance(name, str) or not hasattr(diffusers, name):
-            raise ValueError(
-                f"schedule='scheduler' and the pipeline's sigmas / mu are read by the replaced scheduler's class, but "
-                f"model_config['_class_name'] is {name!r} (a scheduler built in code has none in its config): "
-                "build this scheduler from the scheduler itself, EDMSamplerScheduler.from_config(pipe.scheduler, ...)"
-            )
-        cls = getattr(diffusers, name)
-        sched = cls.from_config(cfg)
-        kwargs: dict[str, Any] = {}
-        if sigmas is not None:
-            kwargs["sigmas"] = sigmas
-        if mu is not None:
-            kwargs["mu"] = mu
-        sched.set_timesteps(n, **kwargs)
-        return _family(self._require_hooks()).scheduler_sigmas(sched)
-
-    def _levels(self, n: int | None, sigmas: object, mu: float | None) -> Tensor:
-        hooks = self._require_hooks()
-        opt = self._schedule
-        if isinstance(opt, list) or opt not in SCHEDULES:
-            levels = torch.tensor(opt, dtype=torch.float64) if isinstance(opt, list) else load_schedule(opt)
-            if float(levels[-1]) != 0:
-                levels = torch.cat([levels, levels.new_zeros(1)])
-            if n is not None and n != levels.numel() - 1:
-                raise ValueError(
-                    f"the schedule {opt if isinstance(opt, str) else 'given'} has {levels.numel() - 1} steps, but "
-                    f"set_timesteps got num_inference_steps={n}; call the pipeline with "
-                    f"num_inference_steps={levels.numel() - 1}"
-                )
-            return levels
-        if n is None and sigmas is None:
-            raise ValueError("set_timesteps needs num_inference_steps (or sigmas)")
-        if opt == "scheduler" or sigmas is not None or mu is not None:
-            own = self._replaced(n, sigmas, mu)
-            if opt == "scheduler":
-                return own
-            pos = own[own > 0]
-            lo, hi = float(pos[-1]), float(pos[0])
-        else:
-            lo, hi = hooks.sigma_min, hooks.sigma_max
-        lo = self._range[0] if self._range[0] is not None else lo
-        hi = self._range[1] if self._range[1] is not None else hi
-        steps = n if n is not None else int(torch.as_tensor(sigmas).numel())
-        if opt == "karras":
-            return karras_sigmas(steps, lo, hi, self._rho)
-        return loglinear_sigmas(steps, lo, hi)
-
     def set_timesteps(
         self,
         num_inference_steps: int | None = None,
@@ -399,7 +213,10 @@ class _SchedulerCore:
             raise ValueError(f"num_inference_steps must be an int >= 1, got {num_inference_steps!r}")
         self._cancel()
         hooks = self._require_hooks()
-        levels = schedule(self._levels(num_inference_steps, sigmas, mu), strict=self._spec.strict).sigmas
+        levels = levels_for(
+            self._schedule, hooks, self._model_config or {}, num_inference_steps, sigmas, mu, self._rho, self._range
+        )
+        levels = schedule(levels, strict=self._spec.strict).sigmas
         steppable, calls = PROBES.get(
             (self._spec, tuple(levels.tolist()), tuple(self._knobs.items()), self._dtype),
             lambda: probe_program(self._spec, levels, self._knobs, self._dtype),
@@ -431,8 +248,9 @@ class _SchedulerCore:
         plan = self._require_plan()
         k = self._begin_index or 0
         levels = plan.levels[plan.call_step[k] :]
-        hooks = self._require_hooks()
-        x0 = _family(hooks).to_state(sample.detach().to(self._dtype), plan.call_sigma[k], plan.call_scale[k])
+        # The state in EDM units: sample = s(sigma) x (at sigma = inf every family's s is 1: x is the unit noise).
+        scale = plan.call_scale[k]
+        x0 = sample.detach().to(self._dtype) * (1.0 / scale if scale > 0 else 1.0)
         program = prepare(self._spec, identity, x0, levels, self._knobs, dtype=self._dtype).program
         if not plan.steppable:  # re-entering it would replay every earlier step: a worker thread instead
             run = Threaded(program, x0, self._noise, levels.numel() - 1)
@@ -591,7 +409,9 @@ def scheduler_class() -> type:
                 (EDM units; a final 0 is appended if missing).
             rho: the karras schedule's exponent.
             sigma_min, sigma_max: the range of "karras" / "loglinear" (default: the model's trained range, or
-                the range of the pipeline's ``sigmas`` / ``mu`` when it passes them).
+                the range of the replaced scheduler's levels for the pipeline's ``sigmas`` / ``mu`` when it passes
+                them or when the model's range is open: flow, zero terminal SNR. Where those levels start at
+                sigma = inf, pure noise, so does the schedule, unless ``sigma_max`` is given).
             model_config: the replaced scheduler's config (``from_config`` fills it in).
             dtype: the sampler's state dtype, "float32" or "float64".
 
@@ -613,6 +433,13 @@ def scheduler_class() -> type:
             dtype: str = "float32",
         ) -> None:
             self._setup(sampler, knobs, schedule, rho, sigma_min, sigma_max, model_config, dtype)
+
+        @property
+        def config(self) -> Any:
+            """Our configuration; pipelines reading a key of the replaced scheduler's (SD3's ``use_dynamic_shifting``,
+            Flux's ``base_shift``) get its value from ``model_config``."""
+            own: Mapping[str, Any] = getattr(self, "_internal_dict")  # noqa: B009 (set by register_to_config)
+            return pipeline_config(own)
 
         @classmethod
         def from_config(cls, config: Any = None, return_unused_kwargs: bool = False, **kwargs: Any) -> Any:

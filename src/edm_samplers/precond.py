@@ -159,6 +159,24 @@ class Precond(nn.Module, metaclass=abc.ABCMeta):
     def _call_net(self, x_in: Tensor, c_noise: Tensor, cond: dict[str, Any]) -> Any:
         return self.net(x_in, c_noise, **cond)
 
+    # The steps of forward as hooks, the adapters' names (_adapter.Adapter), for callers that run F themselves
+    # (the drop-in diffusers scheduler: the pipeline calls the model). sigma is broadcast to x's ndim; unchecked.
+    learned_variance = False
+    """F returns x's channels only (the adapters' attribute of the same name)."""
+
+    def model_input(self, x: Tensor, sigma: Tensor) -> Tensor:
+        """F's input c_in(sigma) x."""
+        return self._scalings_checked_sigma(sigma).c_in * x
+
+    def sigma_to_t(self, sigma: Tensor) -> Tensor:
+        """F's noise input c_noise(sigma)."""
+        return self._scalings_checked_sigma(sigma).c_noise
+
+    def to_denoised(self, x: Tensor, sigma: Tensor, out: Tensor) -> Tensor:
+        """D = c_skip(sigma) x + c_out(sigma) F from F's output ``out``."""
+        sc = self._scalings_checked_sigma(sigma)
+        return sc.c_skip * x + sc.c_out * out
+
 
 class EDMPrecond(Precond):
     """EDM preconditioning (Table 1, right column; Section 5) around a user network F.
