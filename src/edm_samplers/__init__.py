@@ -13,6 +13,10 @@ from ._types import Denoiser as Denoiser
 from ._types import NoiseSource as NoiseSource
 from ._types import StepInfo as StepInfo
 from .adapters import ContinuousDenoiser as ContinuousDenoiser
+from .ays import AYS_SIGMAS as AYS_SIGMAS
+from .ays import AYS_TIMESTEPS as AYS_TIMESTEPS
+from .ays import ays_sigmas as ays_sigmas
+from .ays import loglinear_interp as loglinear_interp
 from .adapters import DDPMDenoiser as DDPMDenoiser
 from .adapters import sigmas_from_alphas_cumprod as sigmas_from_alphas_cumprod
 from .diffusers_adapter import from_diffusers as from_diffusers
@@ -70,6 +74,8 @@ except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "AYS_SIGMAS",
+    "AYS_TIMESTEPS",
     "Callback",
     "ContinuousDenoiser",
     "DDPMDenoiser",
@@ -89,6 +95,7 @@ __all__ = [
     "VPPrecond",
     "__version__",
     "append_zero",
+    "ays_sigmas",
     "clamp_sigmas",
     "count_nfe",
     "deis_sample",
@@ -115,6 +122,7 @@ __all__ = [
     "karras_sigmas",
     "lms_sample",
     "load_schedule",
+    "loglinear_interp",
     "loglinear_sigmas",
     "models",
     "optimize_schedule",
