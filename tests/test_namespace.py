@@ -84,6 +84,7 @@ TOP = {
     "deis_sample",
     "ipndm_sample",
     "lms_sample",
+    "GaussianDenoiser",
     # schedules
     "karras_sigmas",
     "loglinear_sigmas",

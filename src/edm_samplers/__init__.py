@@ -13,6 +13,7 @@ from ._types import Denoiser as Denoiser
 from ._types import NoiseSource as NoiseSource
 from ._types import StepInfo as StepInfo
 from .adapters import ContinuousDenoiser as ContinuousDenoiser
+from .afs import GaussianDenoiser as GaussianDenoiser
 from .ays import AYS_SIGMAS as AYS_SIGMAS
 from .ays import AYS_TIMESTEPS as AYS_TIMESTEPS
 from .ays import ays_sigmas as ays_sigmas
@@ -81,6 +82,7 @@ __all__ = [
     "DDPMDenoiser",
     "Denoiser",
     "EDMPrecond",
+    "GaussianDenoiser",
     "GlobalNoise",
     "GraphedSampler",
     "Guided",
