@@ -20,6 +20,11 @@ from .ays import ays_sigmas as ays_sigmas
 from .ays import loglinear_interp as loglinear_interp
 from .adapters import DDPMDenoiser as DDPMDenoiser
 from .adapters import sigmas_from_alphas_cumprod as sigmas_from_alphas_cumprod
+from .calibrate import Calibration as Calibration
+from .calibrate import calibrate as calibrate
+from .calibrate import load_calibration as load_calibration
+from .calibrate import save_calibration as save_calibration
+from .calibration_batch import min_calibration_batch as min_calibration_batch
 from .diffusers_adapter import from_diffusers as from_diffusers
 from .guidance import Guided as Guided
 from .guidance import guided as guided
@@ -77,6 +82,7 @@ except PackageNotFoundError:  # running from a source tree without installation
 __all__ = [
     "AYS_SIGMAS",
     "AYS_TIMESTEPS",
+    "Calibration",
     "Callback",
     "ContinuousDenoiser",
     "DDPMDenoiser",
@@ -98,6 +104,7 @@ __all__ = [
     "__version__",
     "append_zero",
     "ays_sigmas",
+    "calibrate",
     "clamp_sigmas",
     "count_nfe",
     "deis_sample",
@@ -123,11 +130,14 @@ __all__ = [
     "ipndm_sample",
     "karras_sigmas",
     "lms_sample",
+    "load_calibration",
     "load_schedule",
     "loglinear_interp",
     "loglinear_sigmas",
+    "min_calibration_batch",
     "models",
     "optimize_schedule",
+    "save_calibration",
     "save_schedule",
     "sigmas_from_alphas_cumprod",
     "stochastic_sample",

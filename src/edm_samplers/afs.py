@@ -19,7 +19,9 @@ returns the closed form; the network runs one time fewer (``count_nfe(..., afs=.
 (in call order, the analytic one included; K = ``count_nfe(sigmas, sampler, **knobs)``) as
 D'_k = x - s_k (x - D_k), i.e. the ODE direction (x - D)/sigma is multiplied by s_k. This is the per-step
 direction scale of AMED/PAS/S4S-style calibration (and, for s_k = 1 / lambda_k, the "epsilon scaling" of
-exposure-bias correction); :func:`~edm_samplers.calibrate` fits it with the schedule.
+exposure-bias correction). ``sigma_scale=[t_k]`` evaluates the k-th call at sigma t_k instead of sigma (the
+time-shift correction of exposure-bias work; AMED learns its intermediate time in the same spirit).
+:func:`~edm_samplers.calibrate` fits both with the schedule.
 
 Both work through the runtime's denoiser wrapper (a host-side call counter reset at each run): the sampling
 programs are unchanged, and a captured graph records one run's call sequence, so graph replay is correct.
@@ -165,12 +167,16 @@ class CallPlan:
     device work is the same straight-line tensor code on every run, so it is capturable.
     """
 
-    __slots__ = ("calls", "den", "first", "scales")
+    __slots__ = ("calls", "den", "first", "scales", "shifts")
 
-    def __init__(self, den: Callable[..., Tensor], first: Callable[..., Tensor] | None, scales: list[Tensor] | None):
+    def __init__(
+        self, den: Callable[..., Tensor], first: Callable[..., Tensor] | None, scales: list[Tensor] | None,
+        shifts: list[Tensor] | None = None,
+    ) -> None:  # fmt: skip
         self.den = den
         self.first = first
         self.scales = scales
+        self.shifts = shifts
         self.calls = 0
 
     def reset(self) -> None:
@@ -179,19 +185,23 @@ class CallPlan:
     def __call__(self, x: Tensor, sigma: Tensor, /, **cond: Any) -> Tensor:
         k = self.calls
         self.calls += 1
+        n = max(len(self.scales or ()), len(self.shifts or ()))
+        if n and k >= n:
+            raise RuntimeError(
+                f"direction_scale / sigma_scale have {n} entries but the sampler made a call #{k + 1}; give one "
+                "per denoiser evaluation (count_nfe(sigmas, sampler, **knobs))"
+            )
+        if self.shifts is not None:
+            sigma = sigma * self.shifts[k]
         out = self.first(x, sigma, **cond) if (k == 0 and self.first is not None) else self.den(x, sigma, **cond)
         if self.scales is None:
             return out
-        if k >= len(self.scales):
-            raise RuntimeError(
-                f"direction_scale has {len(self.scales)} entries but the sampler made a call #{k + 1}; give one "
-                "per denoiser evaluation (count_nfe(sigmas, sampler, **knobs))"
-            )
         return torch.lerp(x, out, self.scales[k])  # x - s (x - D) = lerp(x, D, s)
 
 
-def check_scales(scales: object, n_calls: int) -> list[float] | None:
-    """``direction_scale=`` checked: None, or ``n_calls`` finite floats."""
+def check_scales(scales: object, n_calls: int, name: str = "direction_scale") -> list[float] | None:
+    """``direction_scale=`` (or ``sigma_scale=``) checked: None, or ``n_calls`` finite floats (positive for
+    ``sigma_scale``)."""
     if scales is None:
         return None
     if isinstance(scales, Tensor):
@@ -199,10 +209,12 @@ def check_scales(scales: object, n_calls: int) -> list[float] | None:
     if not isinstance(scales, (list, tuple)) or not all(
         isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in scales
     ):
-        raise TypeError(f"direction_scale must be a list of finite floats (one per evaluation), got {scales!r}"[:300])
+        raise TypeError(f"{name} must be a list of finite floats (one per evaluation), got {scales!r}"[:300])
     if len(scales) != n_calls:
         raise ValueError(
-            f"direction_scale must have one entry per denoiser evaluation of this run ({n_calls}: count_nfe("
+            f"{name} must have one entry per denoiser evaluation of this run ({n_calls}: count_nfe("
             f"sigmas, sampler, **knobs)), got {len(scales)}"
         )
+    if name == "sigma_scale" and not all(v > 0 for v in scales):
+        raise ValueError(f"sigma_scale must be positive (it multiplies sigma), got {scales!r}"[:300])
     return [float(v) for v in scales]

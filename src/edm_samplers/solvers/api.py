@@ -44,6 +44,7 @@ class RunOptions(TypedDict, total=False):
     check_finite: bool
     afs: object
     direction_scale: Sequence[float] | None
+    sigma_scale: Sequence[float] | None
 
 
 def _text(annotation: object) -> object:
@@ -52,7 +53,7 @@ def _text(annotation: object) -> object:
 
 
 _RUN_DEFAULTS = {"cond": None, "noise": None, "callback": None, "dtype": None, "progress": False, "check_finite": True,
-                 "afs": None, "direction_scale": None}  # fmt: skip
+                 "afs": None, "direction_scale": None, "sigma_scale": None}  # fmt: skip
 # Spelled out in each sampler's introspectable signature (help(), IDEs), typed as in RunOptions.
 _RUN_PARAMS = [
     inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=_RUN_DEFAULTS[k], annotation=_text(t))
@@ -79,6 +80,8 @@ _RUN_DOC = """
             ``sigma_data``); the network runs ``count_nfe(sigmas, name, afs=...)`` times.
         direction_scale: one float per denoiser evaluation (in call order): D_k -> x - s_k (x - D_k), the
             per-step direction scale fitted by :func:`~edm_samplers.calibrate`.
+        sigma_scale: one positive float per denoiser evaluation: the k-th call sees sigma t_k instead of sigma
+            (a time-shift correction, fitted by :func:`~edm_samplers.calibrate`).
 
     Returns:
         The state at ``sigmas[-1]`` (the sample when it is 0), in the integration dtype. Autograd follows

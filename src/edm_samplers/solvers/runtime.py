@@ -66,7 +66,7 @@ __all__ = [
 
 _T = TypeVar("_T")
 
-RUN_OPTIONS = ("cond", "noise", "callback", "dtype", "progress", "check_finite", "afs", "direction_scale")
+RUN_OPTIONS = ("cond", "noise", "callback", "dtype", "progress", "check_finite", "afs", "direction_scale", "sigma_scale")
 """The keyword arguments every sampler takes besides its knobs."""
 
 
@@ -269,10 +269,11 @@ def prepare(
     dtype: torch.dtype | None = None,
     afs: object = None,
     direction_scale: object = None,
+    sigma_scale: object = None,
 ) -> Prepared:
     """Check the knobs, denoiser, x, schedule and dtype once; build (or reuse) the program for states like ``x``.
 
-    ``afs`` / ``direction_scale``: the run options of :mod:`edm_samplers.afs` (the denoiser is wrapped; the
+    ``afs`` / ``direction_scale`` / ``sigma_scale``: the run options of :mod:`edm_samplers.afs` (the denoiser is wrapped; the
     program is unchanged). May synchronise (it looks at the schedule); the returned loop never does.
     """
     values = spec.resolve(knobs)
@@ -293,12 +294,15 @@ def prepare(
     key = (spec.name, sched.host, tuple(values.items()), batch, sdt, dev) if cacheable else None
     den: Checked | CallPlan = Checked(denoiser, sdt)
     first = closed_form(afs, denoiser)
-    scales = check_scales(direction_scale, spec.nfe(sched.steps, sched.host[-1] == 0, values))
-    if first is not None or scales is not None:
+    n_calls = spec.nfe(sched.steps, sched.host[-1] == 0, values)
+    scales = check_scales(direction_scale, n_calls)
+    shifts = check_scales(sigma_scale, n_calls, "sigma_scale")
+    if first is not None or scales is not None or shifts is not None:
         bind = getattr(first, "bind", None)
         first_den = None if first is None else Checked(bind(sdt, dev) if callable(bind) else first, sdt)
         scale_t = None if scales is None else list(torch.tensor(scales, dtype=sdt).to(dev).unbind(0))
-        den = CallPlan(den, first_den, scale_t)
+        shift_t = None if shifts is None else list(torch.tensor(shifts, dtype=sdt).to(dev).unbind(0))
+        den = CallPlan(den, first_den, scale_t, shift_t)
     return Prepared(spec.name, TABLES.get(key, build), den, sched, batch, sdt, dev)
 
 
@@ -314,7 +318,7 @@ def run(spec: SolverSpec, denoiser: Denoiser, x: Tensor, sigmas: Tensor | Sequen
         raise spec.unknown_knobs(unknown)
     loop = prepare(
         spec, denoiser, x, sigmas, knobs, dtype=options.get("dtype"), afs=options.get("afs"),
-        direction_scale=options.get("direction_scale"),
+        direction_scale=options.get("direction_scale"), sigma_scale=options.get("sigma_scale"),
     )  # fmt: skip
     cond = check_cond(options.get("cond"))
     check_cond_batch(cond, loop.batch)
