@@ -134,3 +134,21 @@ def test_direction_scale() -> None:
         es.heun_sample(gm, x, s, direction_scale=[1.0] * 3)
     with pytest.raises(TypeError, match="direction_scale must be a list of finite floats"):
         es.euler_sample(gm, x, s, direction_scale=[1.0, float("nan"), 1.0])
+
+
+def test_sigma_scale() -> None:
+    gm = _gauss()
+    x = torch.randn(3, 3, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * 80
+    s = es.karras_sigmas(3)
+    tk, sc = [1.0, 0.8, 1.3], [1.0, 1.2, 0.9]
+    want = x.clone()
+    for i in range(3):  # Euler with the k-th call at sigma t_k and its direction scaled by s_k, written out
+        d = gm(want, torch.full((3,), float(s[i]) * tk[i], dtype=torch.float64))
+        want = want + (s[i + 1] - s[i]) * sc[i] * (want - d) / s[i]
+    got = es.euler_sample(gm, x, s, sigma_scale=tk, direction_scale=sc)
+    assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
+    assert torch.equal(es.heun_sample(gm, x, s, sigma_scale=[1.0] * 5), es.heun_sample(gm, x, s))
+    with pytest.raises(ValueError, match="sigma_scale must be positive"):
+        es.euler_sample(gm, x, s, sigma_scale=[1.0, 0.0, 1.0])
+    with pytest.raises(ValueError, match="sigma_scale must have one entry per denoiser evaluation"):
+        es.euler_sample(gm, x, s, sigma_scale=[1.0])
