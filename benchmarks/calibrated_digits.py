@@ -86,7 +86,7 @@ def main() -> None:
             cal = es.calibrate(den, xc, nfe, sampler=name, afs=afs, reference=ref, sigma_min=SIG_MIN,
                                fit_shifts=True, max_evals=args.max_evals, **knobs)  # fmt: skip
         opts = cal.run_options(afs)
-        ours = fd(dl.run(lambda d, x, s: f(d, x, s, **cal.knobs, **opts), den, x0, cal.sigmas))
+        ours = fd(dl.run(lambda d, x, s, c=cal, o=opts: f(d, x, s, **c.knobs, **o), den, x0, cal.sigmas))
         prow: dict[str, float] = {}
         for pname, (pf, per) in peers.items():
             n = sa.steps_for(nfe, per)

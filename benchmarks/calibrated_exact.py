@@ -88,7 +88,8 @@ def main() -> None:
                 warnings.simplefilter("always")
                 cal = es.calibrate(den, xc, nfe, sampler=name, afs=afs, reference=ref_c, sigma_min=SIG_MIN,
                                    fit_shifts=True, max_evals=args.max_evals, **knobs)  # fmt: skip
-            ours = peer_error(lambda d, x, s: f(d, x, s, **cal.knobs, **cal.run_options(afs)), den, x0, cal.sigmas, ref)
+            opts = cal.run_options(afs)
+            ours = peer_error(lambda d, x, s, c=cal, o=opts: f(d, x, s, **c.knobs, **o), den, x0, cal.sigmas, ref)
             prow = {}
             for k, (pf, per) in peers.items():
                 n = sa.steps_for(nfe, per)
@@ -112,7 +113,8 @@ def main() -> None:
         for nfe in (3, 4):
             if str(nfe) in rows:
                 v = rows[str(nfe)]["calibrated"]
-                print(f"NFE {nfe} calibrated {v:.2e} vs best peer at NFE 5 {peer5:.2e}: {'beats' if v < peer5 else 'MISSES'}")
+                verdict = "beats" if v < peer5 else "MISSES"
+                print(f"NFE {nfe} calibrated {v:.2e} vs best peer at NFE 5 {peer5:.2e}: {verdict}")
         results[pname] = rows
     finish_report(results, t_start, args.json)
 

@@ -15,7 +15,7 @@ import torch
 
 import edm_samplers as es
 from edm_samplers.calibration_batch import overfit_gap
-from edm_samplers.evaluation import GaussianMixture, empirical_denoiser, ode_reference
+from edm_samplers.evaluation import GaussianMixture, ode_reference
 
 
 def test_rule_matches_least_squares_optimism() -> None:
@@ -106,7 +106,7 @@ def test_calibrate_errors_and_external_afs(tmp_path: Path) -> None:
     path = tmp_path / "bad.json"
     path.write_text(json.dumps({"sigmas": [80.0, 1.0, 0.0], "direction_scale": [1.0], "sampler": "euler",
                                 "knobs": {}, "afs": None}))  # fmt: skip
-    with pytest.raises(ValueError, match="direction_scale in .* must be 2 numbers"):
+    with pytest.raises(ValueError, match=r"direction_scale in .* must be 2 numbers"):
         es.load_calibration(path)
 
 

@@ -13,13 +13,13 @@ from ._types import Denoiser as Denoiser
 from ._types import NoiseSource as NoiseSource
 from ._types import StepInfo as StepInfo
 from .adapters import ContinuousDenoiser as ContinuousDenoiser
+from .adapters import DDPMDenoiser as DDPMDenoiser
+from .adapters import sigmas_from_alphas_cumprod as sigmas_from_alphas_cumprod
 from .afs import GaussianDenoiser as GaussianDenoiser
 from .ays import AYS_SIGMAS as AYS_SIGMAS
 from .ays import AYS_TIMESTEPS as AYS_TIMESTEPS
 from .ays import ays_sigmas as ays_sigmas
 from .ays import loglinear_interp as loglinear_interp
-from .adapters import DDPMDenoiser as DDPMDenoiser
-from .adapters import sigmas_from_alphas_cumprod as sigmas_from_alphas_cumprod
 from .calibrate import Calibration as Calibration
 from .calibrate import calibrate as calibrate
 from .calibrate import load_calibration as load_calibration

@@ -153,7 +153,7 @@ def closed_form(afs: object, denoiser: object) -> Denoiser | None:
         sd = check_float(afs, "afs", positive=True)
         return GaussianDenoiser(0.0, sd**2)
     if callable(afs):
-        return afs  # type: ignore[return-value]
+        return afs
     raise TypeError(
         f"afs must be None, True (the denoiser's sigma_data), a float (sigma_data) or a closed-form denoiser "
         f"such as GaussianDenoiser(mean, var), got {type(afs).__name__} {afs!r}"[:300]

@@ -15,10 +15,10 @@ published them as lists of 11 noise levels (10 steps, from sigma_max down to the
 
 Sources: NVIDIA's project page and quick-start guide (research.nvidia.com/labs/toronto-ai/AlignYourSteps/,
 ``howto.html``: the lists and the ``loglinear_interp`` recipe for other step counts); the same numbers are in
-diffusers' ``AysSchedules`` (``diffusers.schedulers.scheduling_utils``, final level written as 0) and ComfyUI's
-``AlignYourStepsScheduler`` (``comfy_extras/nodes_align_your_steps.py``, SD levels taken at the timesteps). Other step counts
-come from the published recipe: log sigma interpolated piecewise-linearly in the normalised index
-(``np.interp`` on ``linspace(0, 1, 11)``), then, as diffusers and ComfyUI do, the last level (the model's
+diffusers' ``AysSchedules`` (``diffusers.schedulers.scheduling_utils``, final level written as 0) and
+ComfyUI's ``AlignYourStepsScheduler`` (``comfy_extras/nodes_align_your_steps.py``, SD levels taken at the
+timesteps). Other step counts come from the published recipe: log sigma interpolated piecewise-linearly in
+the normalised index (``np.interp`` on ``linspace(0, 1, 11)``), then, as diffusers and ComfyUI do, the last level (the model's
 sigma_min) is replaced by 0 so that the final step returns the denoised sample.
 
 These schedules are for the models they were optimised for (combine them with the library's adapters for

@@ -33,7 +33,7 @@ from ._types import Denoiser
 from ._validate import check_float, check_int, check_path, check_sigmas, check_x
 from .afs import afs_enabled
 from .calibration_batch import warn_if_small
-from .schedule_opt import optimize_schedule, schedule_params, schedule_from_params
+from .schedule_opt import optimize_schedule, schedule_from_params, schedule_params
 from .schedules import karras_sigmas
 from .solvers import heun_sample
 from .solvers.api import sampler_function
@@ -219,6 +219,7 @@ def calibrate(
     best = objective(r)
     history = [search.initial_error, best]
     lam = 1e-3
+
     def jacobian() -> Tensor:
         jac = torch.empty(r.numel(), theta.numel(), dtype=r.dtype)
         for j in range(theta.numel()):  # forward differences: one sampling run per parameter

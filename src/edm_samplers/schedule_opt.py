@@ -35,8 +35,8 @@ from torch import Tensor
 
 from ._safetensors import write_atomic
 from ._types import Denoiser, StepInfo
-from .calibration_batch import warn_if_small
 from ._validate import check_float, check_float_dtype, check_int, check_path, check_sigmas, check_x
+from .calibration_batch import warn_if_small
 from .schedules import karras_sigmas
 from .solvers import heun_sample
 from .solvers.api import sampler_function

@@ -173,8 +173,9 @@ def count_nfe(sigmas: Tensor | Sequence[float], sampler: str, *, afs: object = N
 
     For example ``count_nfe(karras_sigmas(18), "heun") == 35`` (the step to 0 is Euler),
     ``count_nfe(s, "stochastic", solver="euler") == len(s) - 1``, and with the analytical first step
-    (``afs=``, see :mod:`edm_samplers.afs`) one fewer: ``count_nfe(karras_sigmas(18), "heun", afs=0.5) == 34``. Raises ``ValueError`` for an unknown
-    sampler and ``TypeError`` / ``ValueError`` for invalid knobs, like the sampler itself would.
+    (``afs=``, see :mod:`edm_samplers.afs`) one fewer: ``count_nfe(karras_sigmas(18), "heun", afs=0.5) == 34``.
+    Raises ``ValueError`` for an unknown sampler and ``TypeError`` / ``ValueError`` for invalid knobs, like the
+    sampler itself would.
     """
     return get(sampler).count(sigmas, knobs, afs=afs)
 

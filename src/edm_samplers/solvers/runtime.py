@@ -66,7 +66,9 @@ __all__ = [
 
 _T = TypeVar("_T")
 
-RUN_OPTIONS = ("cond", "noise", "callback", "dtype", "progress", "check_finite", "afs", "direction_scale", "sigma_scale")
+RUN_OPTIONS = (
+    "cond", "noise", "callback", "dtype", "progress", "check_finite", "afs", "direction_scale", "sigma_scale",
+)  # fmt: skip
 """The keyword arguments every sampler takes besides its knobs."""
 
 
@@ -273,8 +275,8 @@ def prepare(
 ) -> Prepared:
     """Check the knobs, denoiser, x, schedule and dtype once; build (or reuse) the program for states like ``x``.
 
-    ``afs`` / ``direction_scale`` / ``sigma_scale``: the run options of :mod:`edm_samplers.afs` (the denoiser is wrapped; the
-    program is unchanged). May synchronise (it looks at the schedule); the returned loop never does.
+    ``afs`` / ``direction_scale`` / ``sigma_scale``: the run options of :mod:`edm_samplers.afs` (the denoiser is
+    wrapped; the program is unchanged). May synchronise (it looks at the schedule); the returned loop never does.
     """
     values = spec.resolve(knobs)
     check_denoiser(denoiser)
