@@ -18,8 +18,8 @@ Sources: NVIDIA's project page and quick-start guide (research.nvidia.com/labs/t
 diffusers' ``AysSchedules`` (``diffusers.schedulers.scheduling_utils``, final level written as 0) and
 ComfyUI's ``AlignYourStepsScheduler`` (``comfy_extras/nodes_align_your_steps.py``, SD levels taken at the
 timesteps). Other step counts come from the published recipe: log sigma interpolated piecewise-linearly in
-the normalised index (``np.interp`` on ``linspace(0, 1, 11)``), then, as diffusers and ComfyUI do, the last level (the model's
-sigma_min) is replaced by 0 so that the final step returns the denoised sample.
+the normalised index (``np.interp`` on ``linspace(0, 1, 11)``), then, as diffusers and ComfyUI do, the last
+level (the model's sigma_min) is replaced by 0 so that the final step returns the denoised sample.
 
 These schedules are for the models they were optimised for (combine them with the library's adapters for
 diffusers' VP models, e.g. :func:`~edm_samplers.from_diffusers`, and :func:`~edm_samplers.clamp_sigmas` to
