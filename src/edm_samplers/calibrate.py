@@ -59,7 +59,8 @@ class Calibration:
         nfe: network evaluations of one run.
         error, initial_error: calibration objective (mean squared error per element vs the reference) after /
             before (the initial schedule with unit scales).
-        evaluations, seconds: the calibration cost (sampling runs, wall-clock seconds incl. the reference).
+        evaluations, seconds, cpu_seconds: the calibration cost (sampling runs; wall-clock and this process's
+            CPU seconds, including the reference solution when it is computed here).
         batch, min_batch: calibration batch size and the minimum of the batch-size rule
             (:func:`~edm_samplers.min_calibration_batch`); gap: its predicted relative held-out excess at ``batch``.
         history: the objective after each accepted move.
@@ -76,6 +77,7 @@ class Calibration:
     initial_error: float
     evaluations: int
     seconds: float
+    cpu_seconds: float
     batch: int
     min_batch: int
     gap: float = math.nan
@@ -148,7 +150,7 @@ def calibrate(
     Raises:
         ValueError / TypeError: invalid arguments (an NFE too small for two steps, unknown knobs, ...).
     """
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     check_x(x)
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x (the calibration batch) must be finite, got NaN/inf entries")
@@ -265,7 +267,7 @@ def calibrate(
     full_knobs = dict(parse_label(label(name, values, full=True))[1])
     return Calibration(
         name, full_knobs, sigmas, scales, shifts, _afs_json(afs), spec.count(sigmas, values, afs=afs), best,
-        search.initial_error, evals, time.perf_counter() - t0, b, need, gap, history,
+        search.initial_error, evals, time.perf_counter() - t0, time.process_time() - c0, b, need, gap, history,
     )  # fmt: skip
 
 
@@ -282,7 +284,8 @@ def save_calibration(path: str | os.PathLike[str], cal: Calibration, **meta: Any
         "sigmas": check_sigmas(cal.sigmas).tolist(), "direction_scale": cal.direction_scale,
         "sigma_scale": cal.sigma_scale, "sampler": cal.sampler,
         "knobs": cal.knobs, "afs": cal.afs, "nfe": cal.nfe, "error": cal.error, "initial_error": cal.initial_error,
-        "evaluations": cal.evaluations, "seconds": cal.seconds, "batch": cal.batch, "min_batch": cal.min_batch,
+        "evaluations": cal.evaluations, "seconds": cal.seconds,
+        "cpu_seconds": cal.cpu_seconds, "batch": cal.batch, "min_batch": cal.min_batch,
         "gap": cal.gap, "meta": meta,
     }  # fmt: skip
     try:
@@ -320,5 +323,6 @@ def load_calibration(path: str | os.PathLike[str]) -> Calibration:
         spec.name, dict(d["knobs"]), sig, lists["direction_scale"], lists["sigma_scale"], afs,
         spec.count(sig, values, afs=None if afs is None else True), float(d.get("error", math.nan)),
         float(d.get("initial_error", math.nan)), int(d.get("evaluations", 0)), float(d.get("seconds", 0.0)),
-        int(d.get("batch", 0)), int(d.get("min_batch", 0)), float(d.get("gap", math.nan)),
+        float(d.get("cpu_seconds", 0.0)), int(d.get("batch", 0)), int(d.get("min_batch", 0)),
+        float(d.get("gap", math.nan)),
     )  # fmt: skip
