@@ -1,7 +1,7 @@
 """Question: on the shipped digits model, how close to converged does a calibrated sampler get at 3-10 NFE?
 
 For each NFE, :func:`edm_samplers.calibrate` fits the schedule, one direction scale and one sigma multiplier
-per denoiser evaluation of a multistep solver, with the analytical first step (``afs=``: the Gaussian closed
+per denoiser evaluation of a multistep solver (``--sampler``; ``--free-end`` lets the last level move), with the analytical first step (``afs=``: the Gaussian closed
 form from the mean and covariance of the 1797 training digits, so the network runs ``nfe`` times over
 ``nfe + 1`` steps), on a calibration batch of seeds 100000.. against Heun with 64 steps (127 NFE; ``--ref-steps``). The
 result is evaluated by the protocol of ``examples/evaluate_digits.py`` on 898 *held-out* seeds 0..897:
@@ -46,6 +46,8 @@ def main() -> None:
     ap.add_argument("--max-evals", type=int, default=150, help="sampling runs per calibration")
     ap.add_argument("--ref-steps", type=int, default=64, help="Heun steps of the calibration reference")
     ap.add_argument("--samples", type=int, default=898)
+    ap.add_argument("--free-end", action="store_true", help="let the last positive level move (default: 0.002)")
+    ap.add_argument("--no-shifts", action="store_true", help="fit direction scales only (no sigma multipliers)")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None)
@@ -91,8 +93,9 @@ def main() -> None:
     for nfe in args.nfe:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            cal = es.calibrate(den, xc, nfe, sampler=name, afs=afs, reference=ref, sigma_min=SIG_MIN,
-                               fit_shifts=True, max_evals=args.max_evals, **knobs)  # fmt: skip
+            cal = es.calibrate(den, xc, nfe, sampler=name, afs=afs, reference=ref,
+                               sigma_min=None if args.free_end else SIG_MIN, fit_shifts=not args.no_shifts,
+                               max_evals=args.max_evals, **knobs)  # fmt: skip
         opts = cal.run_options(afs)
         ours = fd(dl.run(lambda d, x, s, c=cal, o=opts: f(d, x, s, **c.knobs, **o), den, x0, cal.sigmas))
         prow: dict[str, float] = {}
