@@ -5,10 +5,11 @@ per denoiser evaluation of a multistep solver (``--sampler``; ``--free-end`` let
 the analytical first step (``afs=``: the Gaussian closed form from the mean and covariance of the 1797
 training digits, so the network runs ``nfe`` times over ``nfe + 1`` steps), on a calibration batch of seeds
 100000.. against Heun with 64 steps (127 NFE; ``--ref-steps``). The result is evaluated by the protocol of
-``examples/evaluate_digits.py`` on 898 *held-out* seeds 0..897: clipped to [-1, 1], Frechet distance in the shipped classifier's features against real half A. Beside it, in
-the same run and from the same initial noise: diffusers' DPM-Solver++ 2M/3M, UniPC 2/3 and DEIS 2/3 (and
-k-diffusion's samplers when importable) on EDM's rho = 7 and on log-linear schedules; the best peer per NFE.
-The calibration cost (wall and CPU seconds, sampling runs) is printed beside each row.
+``examples/evaluate_digits.py`` on 898 *held-out* seeds 0..897: clipped to [-1, 1], Frechet distance in the
+shipped classifier's features against real half A. Beside it, in the same run and from the same initial
+noise: diffusers' DPM-Solver++ 2M/3M, UniPC 2/3 and DEIS 2/3 (and k-diffusion's samplers when importable) on
+EDM's rho = 7 and on log-linear schedules; the best peer per NFE. The calibration cost (wall and CPU seconds,
+sampling runs) is printed beside each row.
 
 Run: ``python benchmarks/calibrated_digits.py [--nfe 3 4 5 6 8 10] [--json out.json]`` (CPU; ~10 min).
 """
