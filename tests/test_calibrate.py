@@ -67,10 +67,10 @@ def test_calibrate_improves_counts_and_generalises(tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # a 64-sample batch is below the rule here
         cal = es.calibrate(gm, xc, 4, sampler="dpmpp_2m", afs=0.71, reference=refc, sigma_min=0.002,
-                           fit_shifts=True, max_evals=120)  # fmt: skip
+                           fit_shifts=True, max_evals=60)  # fmt: skip
     assert cal.nfe == 4 and cal.sigmas.numel() == 6  # afs: 5 steps for 4 network evaluations
     assert es.count_nfe(cal.sigmas, "dpmpp_2m", afs=0.71) == 4
-    assert cal.error < 0.5 * cal.initial_error and cal.evaluations <= 120 and cal.seconds > 0
+    assert cal.error < 0.5 * cal.initial_error and cal.evaluations <= 60 and cal.seconds > 0
     assert len(cal.direction_scale or []) == len(cal.sigma_scale or []) == 5
     # held-out seeds: better than the same solver on rho = 7 at the same NFE
     _, x0, ref = _ring(64, 2)
