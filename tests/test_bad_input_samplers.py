@@ -202,7 +202,8 @@ CALLBACKS = [
 
 def knob_catalogue(fn: Callable[..., Any], skip: frozenset[str] = frozenset()) -> dict[str, list[Bad]]:
     """Bad values for each method knob of ``fn``, chosen from the type of its default."""
-    common = {"cond", "noise", "callback", "dtype", "progress", "check_finite"} | skip
+    run_options = {"cond", "noise", "callback", "dtype", "progress", "check_finite"}
+    common = run_options | {"afs", "direction_scale", "sigma_scale"} | skip  # the last three: tests/test_afs.py
     out: dict[str, list[Bad]] = {}
     for p in inspect_kwonly(fn):
         if p.name in common:

@@ -402,3 +402,21 @@ def test_capture_checks_the_loop_contract(fake_cuda: FakeCuda) -> None:
 
     with pytest.raises(RuntimeError, match="returned its input x"):
         GraphedSampler.from_loop(identity, (3,))(x)
+
+
+@pytest.mark.parametrize("sampler", ["heun", "stochastic", "unipc"])
+def test_afs_and_per_evaluation_coefficients_replay_equals_eager(fake_cuda: FakeCuda, sampler: str) -> None:
+    # issue 16: the analytical first step (a full-covariance closed form, whose tables must reach the device
+    # before capture: an H2D copy inside it raises here) and the per-call scales come from a host-side call
+    # counter; the capture records one run's call sequence, which every replay repeats.
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(8, 8, generator=g)
+    afs = edm_samplers.GaussianDenoiser(torch.randn(2, 4, generator=g), cov=a @ a.T / 8 + 0.1 * torch.eye(8))
+    knobs: dict[str, Any] = {"s_churn": 20.0} if sampler == "stochastic" else {}
+    sig = karras_sigmas(5)
+    n = edm_samplers.count_nfe(sig, sampler, **knobs)
+    opts = {"afs": afs, "direction_scale": [1.0 + 0.05 * k for k in range(n)], "sigma_scale": [0.97] * n}
+    gs = GraphedSampler(mixture(), sig, (4, 2, 4), sampler=sampler, **knobs, **opts)  # type: ignore[arg-type]
+    driver = getattr(edm_samplers, f"{sampler}_sample")
+    g_ = _replays_match_eager(fake_cuda, gs, lambda x, noise: driver(mixture(), x, sig, noise=noise, **knobs, **opts))
+    _check_buffers(gs, g_)

@@ -32,7 +32,8 @@ def test_every_builtin_has_one_entry_and_one_public_function() -> None:
         assert [(p.name, p.default) for p in params.values() if p.name in spec.knob_names] == [
             (k.name, k.default) for k in spec.knobs
         ]
-        assert list(params)[:3] == ["denoiser", "x", "sigmas"] and list(params)[-6:] == list(RunOptions.__annotations__)
+        run_opts = list(RunOptions.__annotations__)
+        assert list(params)[:3] == ["denoiser", "x", "sigmas"] and list(params)[-len(run_opts) :] == run_opts
         assert all(p.annotation is not inspect.Parameter.empty for p in params.values())
         doc = fn.__doc__ or ""
         for k in spec.knobs:  # each knob's line, generated from its declaration

@@ -19,6 +19,16 @@ from ._types import StepInfo as StepInfo
 from .adapters import ContinuousDenoiser as ContinuousDenoiser
 from .adapters import DDPMDenoiser as DDPMDenoiser
 from .adapters import sigmas_from_alphas_cumprod as sigmas_from_alphas_cumprod
+from .afs import GaussianDenoiser as GaussianDenoiser
+from .ays import AYS_SIGMAS as AYS_SIGMAS
+from .ays import AYS_TIMESTEPS as AYS_TIMESTEPS
+from .ays import ays_sigmas as ays_sigmas
+from .ays import loglinear_interp as loglinear_interp
+from .calibrate import Calibration as Calibration
+from .calibrate import calibrate as calibrate
+from .calibrate import load_calibration as load_calibration
+from .calibrate import save_calibration as save_calibration
+from .calibration_batch import min_calibration_batch as min_calibration_batch
 from .diffusers_adapter import from_diffusers as from_diffusers
 from .diffusers_adapter import scheduler_sigmas as scheduler_sigmas
 from .diffusers_adapter import start_state as start_state
@@ -104,6 +114,9 @@ except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "AYS_SIGMAS",
+    "AYS_TIMESTEPS",
+    "Calibration",
     "Callback",
     "ContinuousDenoiser",
     "CounterNoise",
@@ -111,6 +124,7 @@ __all__ = [
     "Denoiser",
     "EDMPrecond",
     "FlowDenoiser",
+    "GaussianDenoiser",
     "GlobalNoise",
     "GraphedSampler",
     "Guided",
@@ -125,6 +139,8 @@ __all__ = [
     "VPPrecond",
     "__version__",
     "append_zero",
+    "ays_sigmas",
+    "calibrate",
     "clamp_sigmas",
     "count_nfe",
     "deis_sample",
@@ -156,11 +172,15 @@ __all__ = [
     "ipndm_sample",
     "karras_sigmas",
     "lms_sample",
+    "load_calibration",
     "load_schedule",
+    "loglinear_interp",
     "loglinear_sigmas",
+    "min_calibration_batch",
     "models",
     "null_condition",
     "optimize_schedule",
+    "save_calibration",
     "save_schedule",
     "scheduler_sigmas",
     "sigmas_from_alphas_cumprod",

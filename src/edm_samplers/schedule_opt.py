@@ -36,12 +36,21 @@ from torch import Tensor
 from ._safetensors import write_atomic
 from ._types import Denoiser, StepInfo
 from ._validate import check_float, check_float_dtype, check_int, check_path, check_sigmas, check_x
+from .calibration_batch import warn_if_small
 from .schedules import karras_sigmas
 from .solvers import heun_sample
 from .solvers.api import sampler_function
 from .solvers.registry import get
+from .solvers.runtime import RUN_OPTIONS
 
-__all__ = ["ScheduleSearch", "load_schedule", "optimize_schedule", "save_schedule"]
+__all__ = [
+    "ScheduleSearch",
+    "load_schedule",
+    "optimize_schedule",
+    "save_schedule",
+    "schedule_from_params",
+    "schedule_params",
+]
 
 Sampler = Callable[..., Tensor]
 
@@ -65,8 +74,11 @@ class ScheduleSearch:
     history: list[float] = field(default_factory=list)
 
 
-def _to_params(sigmas: Tensor, floor: float, pinned: bool) -> Tensor:
-    # pinned: the last level is fixed (= floor), so there is no slack entry.
+def schedule_params(sigmas: Tensor, floor: float, pinned: bool) -> Tensor:
+    """The search's unconstrained parameters u of a schedule (log-decrements; see the module docstring).
+
+    ``pinned``: the last level is fixed (= ``floor``), so there is no slack entry.
+    """
     pos = sigmas[sigmas > 0].to(torch.float64)
     logs = torch.log(pos)
     parts = logs[:-1] - logs[1:]
@@ -75,7 +87,8 @@ def _to_params(sigmas: Tensor, floor: float, pinned: bool) -> Tensor:
     return torch.log(parts.clamp_min(1e-12))
 
 
-def _to_sigmas(u: Tensor, sigma_max: float, floor: float, pinned: bool) -> Tensor:
+def schedule_from_params(u: Tensor, sigma_max: float, floor: float, pinned: bool) -> Tensor:
+    """The schedule (levels then 0) of parameters ``u``: the inverse of :func:`schedule_params`."""
     total = math.log(sigma_max) - math.log(floor)
     # Each weight is kept above 1e-9 of the total so that no step has zero length (levels stay strictly
     # decreasing even where the search drives a decrement towards 0).
@@ -140,6 +153,8 @@ def optimize_schedule(
     sweeps: int = 2,
     grid_points: int = 7,
     cond: Mapping[str, Any] | None = None,
+    max_gap: float = 0.1,
+    check_batch: bool = True,
     **knobs: Any,
 ) -> ScheduleSearch:
     """Find the ``num_steps``-level schedule that minimises ``sampler``'s error on a calibration batch.
@@ -147,7 +162,11 @@ def optimize_schedule(
     Args:
         denoiser: D(x, sigma, **cond).
         x: calibration batch at noise level ``sigma_max`` (e.g. ``sigma_max * randn`` from fixed seeds).
-            A few dozen to a few hundred samples are enough; the schedule is a property of the model.
+            How many depends on how strongly the per-sample errors react to the schedule: the search applies
+            the rule of :func:`~edm_samplers.min_calibration_batch` to its result and warns when ``x`` is
+            smaller. Smooth problems need a few dozen samples; ones whose error
+            is a few trajectories ending at another mode need thousands (the 64-point empirical denoiser at
+            10 NFE: 256 overfit, 8192 did not).
         num_steps: N >= 2 positive levels (Heun then costs 2N - 1 NFE; first-order and multistep
             solvers N NFE).
         sampler: a deterministic sampler: a registry name (``"heun"``, ``"unipc"``, ...) or a function with the
@@ -162,12 +181,16 @@ def optimize_schedule(
             given sigma_min: under a mean-squared objective a free last level may settle high, where the
             final denoiser output is a blend of nearby modes, which lowers the error but blurs samples.
         sigma_floor: lower bound for the last positive level when it is free.
-        max_evals: budget of sampling runs.
+        max_evals: budget of sampling runs (including the batch-size check's, when it fits: see ``check_batch``).
         step, min_step: initial and final compass step in the log-decrement parameters (phase 2).
         sweeps, grid_points: phase 1 makes up to ``sweeps`` passes over the levels, trying
             ``grid_points`` log-spaced values of each between its neighbours (at most half the budget).
         cond: denoiser conditioning.
-        **knobs: the sampler's knobs (e.g. ``order=3`` for ``"unipc"``), checked before the search starts.
+        max_gap, check_batch: the batch-size rule (:func:`~edm_samplers.min_calibration_batch`): with
+            ``check_batch`` the search spends one more run per parameter at the end to apply it, and warns if
+            ``x`` is too small for a held-out error within ``max_gap`` (relative) of the calibration error.
+        **knobs: the sampler's knobs (e.g. ``order=3`` for ``"unipc"``), checked before the search starts, and
+            run options (``afs=``, ``direction_scale=``) passed to every run.
 
     Returns:
         A :class:`ScheduleSearch` with the best schedule found (never worse than ``init`` on the
@@ -189,6 +212,7 @@ def optimize_schedule(
     grid_points = check_int(grid_points, "grid_points", minimum=1)
     step = check_float(step, "step", positive=True)
     min_step = check_float(min_step, "min_step", positive=True)
+    gap = check_float(max_gap, "max_gap", positive=True)
     lo = None if sigma_min is None else check_float(sigma_min, "sigma_min", positive=True)
     if init is None:
         hi = 80.0 if sigma_max is None else check_float(sigma_max, "sigma_max", positive=True)
@@ -205,12 +229,19 @@ def optimize_schedule(
         if lo is not None and abs(float(init_s[-2]) - lo) > 1e-12 * lo:
             raise ValueError(f"init's last positive level {float(init_s[-2])} must equal sigma_min = {lo}")
     pinned = lo is not None
+    # The batch-size check at the end costs one run per search parameter plus one; it is reserved from the
+    # budget when the budget is at least three times that, else skipped.
+    n_check = (n - 1 if pinned else n) + 1
+    check_batch = check_batch is True and max_evals >= 3 * n_check and x.shape[0] >= 2
+    if check_batch:
+        max_evals -= n_check
     if lo is not None:
         floor = lo
     elif not floor < float(init_s[-2]):
         raise ValueError(f"sigma_floor must be below the initial last level {float(init_s[-2])}, got {floor}")
     if isinstance(sampler, str):
-        get(sampler).resolve(knobs)  # an unknown sampler or a bad knob fails now, not after the reference solution
+        # an unknown sampler or a bad knob fails now, not after the reference solution
+        get(sampler).resolve({k: v for k, v in knobs.items() if k not in RUN_OPTIONS})
     run = sampler_function(sampler)
     kw = dict(knobs)
     kw.setdefault("check_finite", False)
@@ -235,13 +266,15 @@ def optimize_schedule(
 
     evals = 0
 
-    def objective(s: Tensor) -> float:
+    def residuals(s: Tensor) -> Tensor:
         nonlocal evals
         evals += 1
         with torch.no_grad():
             out = run(denoiser, x, s, cond=cond, **kw)
-        err = torch.mean((out.to(ref.dtype) - ref) ** 2)
-        v = float(err)  # one sync per sampling run: the search is host-side by design
+        return (out.to(ref.dtype) - ref).reshape(x.shape[0], -1)
+
+    def objective(s: Tensor) -> float:
+        v = float(torch.mean(residuals(s) ** 2))  # one sync per sampling run: the search is host-side by design
         return v if math.isfinite(v) else math.inf
 
     # Phase 1 (global along each coordinate): for each level sigma_i in turn, try a log-spaced grid of
@@ -284,7 +317,7 @@ def optimize_schedule(
     starts = [best_sigmas, init_s]
     for k_start, start in enumerate(starts):
         budget = evals + (max_evals - evals) // (len(starts) - k_start)
-        u = _to_params(start, floor, pinned)
+        u = schedule_params(start, floor, pinned)
         cur = best if k_start == 0 else initial  # init_s was evaluated first of all
         delta = step
         while delta >= min_step and evals < budget:
@@ -295,7 +328,7 @@ def optimize_schedule(
                         break
                     cand_u = u.clone()
                     cand_u[k] += sign * delta
-                    cand_s = _to_sigmas(cand_u, hi, floor, pinned)
+                    cand_s = schedule_from_params(cand_u, hi, floor, pinned)
                     v = objective(cand_s)
                     if v < cur:
                         cur, u, improved = v, cand_u, True
@@ -305,6 +338,19 @@ def optimize_schedule(
                         break
             if not improved:
                 delta /= 2
+    if check_batch and math.isfinite(best):
+        # The batch-size rule at the result: its Jacobian in the search parameters, one run per parameter.
+        u = schedule_params(best_sigmas, floor, pinned)
+        r0 = residuals(best_sigmas)
+        h = 1e-4 if x.dtype == torch.float64 else 3e-3
+        cols = []
+        for k in range(u.numel()):
+            uk = u.clone()
+            uk[k] += h
+            cols.append((residuals(schedule_from_params(uk, hi, floor, pinned)) - r0) / h)
+        jac = torch.stack(cols, -1)
+        if bool(torch.isfinite(jac).all()):
+            warn_if_small(r0, jac, gap, "optimize_schedule")
     return ScheduleSearch(best_sigmas, best, initial, evals, history)
 
 

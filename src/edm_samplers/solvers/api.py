@@ -42,6 +42,9 @@ class RunOptions(TypedDict, total=False):
     dtype: torch.dtype | None
     progress: bool
     check_finite: bool
+    afs: object
+    direction_scale: Sequence[float] | None
+    sigma_scale: Sequence[float] | None
 
 
 def _text(annotation: object) -> object:
@@ -49,7 +52,8 @@ def _text(annotation: object) -> object:
     return getattr(annotation, "__forward_arg__", annotation)
 
 
-_RUN_DEFAULTS = {"cond": None, "noise": None, "callback": None, "dtype": None, "progress": False, "check_finite": True}
+_RUN_DEFAULTS = {"cond": None, "noise": None, "callback": None, "dtype": None, "progress": False, "check_finite": True,
+                 "afs": None, "direction_scale": None, "sigma_scale": None}  # fmt: skip
 # Spelled out in each sampler's introspectable signature (help(), IDEs), typed as in RunOptions.
 _RUN_PARAMS = [
     inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=_RUN_DEFAULTS[k], annotation=_text(t))
@@ -75,6 +79,13 @@ _RUN_DOC = """
             paper's reference numerics).
         progress: show a tqdm progress bar.
         check_finite: raise ``FloatingPointError`` if the result holds NaN/Inf (one sync at the end).
+        afs: analytical first step: the first denoiser call returns a closed form instead of the network
+            (a :class:`~edm_samplers.GaussianDenoiser`, a float sigma_data, or True for the denoiser's
+            ``sigma_data``); the network runs ``count_nfe(sigmas, name, afs=...)`` times.
+        direction_scale: one float per denoiser evaluation (in call order): D_k -> x - s_k (x - D_k), the
+            per-step direction scale fitted by :func:`~edm_samplers.calibrate`.
+        sigma_scale: one positive float per denoiser evaluation: the k-th call sees sigma t_k instead of sigma
+            (a time-shift correction, fitted by :func:`~edm_samplers.calibrate`).
 
     Returns:
         The state at ``sigmas[-1]`` (the sample when it is 0), in the integration dtype. Autograd follows

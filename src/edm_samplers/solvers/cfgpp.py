@@ -38,6 +38,7 @@ from torch import Tensor
 
 from .._types import Callback, Denoiser, NoiseSource, StepInfo
 from .._validate import check_denoised_on
+from ..afs import CallPlan
 from .plans import PLANS
 from .runtime import Builder, Checked, Schedule, sigma_rows, to_device
 
@@ -49,10 +50,18 @@ Pair = Callable[..., tuple[Tensor, Tensor]]
 def guided_pair(den: Denoiser, sampler: str) -> Pair:
     """``both(x, sigma, **cond) -> (D, D_u)`` of a guided denoiser (checked and cast like every output).
 
+    Under ``afs=`` (the runtime's :class:`~edm_samplers.afs.CallPlan`) the first evaluation is the closed form,
+    which knows the data statistics only, not the condition: it serves as both estimates (that first step is
+    then the plain Euler / DDIM step). ``direction_scale`` / ``sigma_scale`` do not apply to CFG++.
+
     Raises ``TypeError`` for a denoiser that cannot give the unconditional estimate.
     """
-    fn = den.fn if isinstance(den, Checked) else den
-    dtype = den.dtype if isinstance(den, Checked) else None
+    plan = den if isinstance(den, CallPlan) else None
+    if plan is not None and (plan.scales is not None or plan.shifts is not None):
+        raise TypeError(f"{sampler}_sample does not take direction_scale / sigma_scale (CFG++ renoises with D_u)")
+    inner = plan.den if plan is not None else den
+    fn = inner.fn if isinstance(inner, Checked) else inner
+    dtype = inner.dtype if isinstance(inner, Checked) else None
     both = getattr(fn, "both", None)
     if not callable(both):
         raise TypeError(
@@ -62,6 +71,12 @@ def guided_pair(den: Denoiser, sampler: str) -> Pair:
         )
 
     def pair(x: Tensor, sigma: Tensor, /, **cond: Any) -> tuple[Tensor, Tensor]:
+        if plan is not None:
+            k = plan.calls
+            plan.calls += 1
+            if k == 0 and plan.first is not None:
+                d0 = plan.first(x, sigma, **cond)
+                return d0, d0
         out = both(x, sigma, **cond)
         if not isinstance(out, tuple) or len(out) != 2:
             raise TypeError(f"{type(fn).__name__}.both must return (D, D_unconditional), got {type(out).__name__}")

@@ -167,7 +167,9 @@ class GraphedSampler:
         check_has_data(dev, "device")
         sdt = state_dtype(torch.empty(0), dtype)
         example = torch.empty(shp, dtype=sdt, device=dev)
-        prepared = prepare(spec, denoiser, example, sigmas, knobs, dtype=sdt)
+        # afs / direction_scale / sigma_scale are run options (the denoiser's wrapper), not knobs
+        run_opts = {k: knobs.pop(k) for k in ("afs", "direction_scale", "sigma_scale") if k in knobs}
+        prepared = prepare(spec, denoiser, example, sigmas, knobs, dtype=sdt, **run_opts)
         loop: Loop = prepared  # deterministic solvers ignore the noise source
         if compile:
             step_compiled = getattr(prepared.program, "compiled", None)

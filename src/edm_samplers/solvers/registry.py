@@ -20,6 +20,7 @@ from typing import Any
 from torch import Tensor
 
 from .._validate import check_has_data, check_sigmas
+from ..afs import afs_enabled
 from .cfgpp import build_cfgpp
 from .dpm2 import build_dpm2
 from .edm import build_edm
@@ -131,23 +132,34 @@ class SolverSpec:
         )
 
     def steps_for(
-        self, nfe: int, knobs: Mapping[str, Any] | None = None, *, end_zero: bool = True, start_inf: bool = False
+        self,
+        nfe: int,
+        knobs: Mapping[str, Any] | None = None,
+        *,
+        end_zero: bool = True,
+        start_inf: bool = False,
+        afs: object = None,
     ) -> int:
-        """The most steps N whose run costs at most ``nfe`` evaluations (0 if even one step costs more);
-        ``start_inf``: for a schedule starting at sigma = inf."""
+        """The most steps N whose run costs at most ``nfe`` network evaluations (0 if even one step costs more);
+        ``start_inf``: for a schedule starting at sigma = inf.
+
+        With ``afs`` on (:mod:`edm_samplers.afs`) the first evaluation is the closed form and costs nothing.
+        """
         values = self.resolve(knobs or {})
         rule = self.nfe_inf if start_inf and self.nfe_inf is not None else self.nfe
+        free = int(afs_enabled(afs))
         n = 0
-        while rule(n + 1, end_zero, values) <= nfe:
+        while rule(n + 1, end_zero, values) - free <= nfe:
             n += 1
         return n
 
-    def count(self, sigmas: Tensor | Sequence[float], knobs: Mapping[str, Any] | None = None) -> int:
-        """Network evaluations of one run on ``sigmas`` with ``knobs``."""
+    def count(self, sigmas: Tensor | Sequence[float], knobs: Mapping[str, Any] | None = None, *,
+              afs: object = None) -> int:  # fmt: skip
+        """Network evaluations of one run on ``sigmas`` with ``knobs`` (one fewer with ``afs`` on)."""
         check_has_data(sigmas, "sigmas")
         s = check_sigmas(sigmas, allow_inf_first=True)
         rule = self.nfe_inf if self.nfe_inf is not None and math.isinf(float(s[0])) else self.nfe
-        return rule(s.numel() - 1, bool(s[-1] == 0), self.resolve(knobs or {}))
+        return rule(s.numel() - 1, bool(s[-1] == 0), self.resolve(knobs or {})) - int(afs_enabled(afs))
 
 
 REGISTRY: dict[str, SolverSpec] = {}
@@ -183,14 +195,16 @@ def get(sampler: str) -> SolverSpec:
     return spec
 
 
-def count_nfe(sigmas: Tensor | Sequence[float], sampler: str, **knobs: Any) -> int:
+def count_nfe(sigmas: Tensor | Sequence[float], sampler: str, *, afs: object = None, **knobs: Any) -> int:
     """Network evaluations of one run of ``sampler`` (a registry name) on ``sigmas`` with ``knobs``.
 
-    For example ``count_nfe(karras_sigmas(18), "heun") == 35`` (the step to 0 is Euler) and
-    ``count_nfe(s, "stochastic", solver="euler") == len(s) - 1``. Raises ``ValueError`` for an unknown
-    sampler and ``TypeError`` / ``ValueError`` for invalid knobs, like the sampler itself would.
+    For example ``count_nfe(karras_sigmas(18), "heun") == 35`` (the step to 0 is Euler),
+    ``count_nfe(s, "stochastic", solver="euler") == len(s) - 1``, and with the analytical first step
+    (``afs=``, see :mod:`edm_samplers.afs`) one fewer: ``count_nfe(karras_sigmas(18), "heun", afs=0.5) == 34``.
+    Raises ``ValueError`` for an unknown sampler and ``TypeError`` / ``ValueError`` for invalid knobs, like the
+    sampler itself would.
     """
-    return get(sampler).count(sigmas, knobs)
+    return get(sampler).count(sigmas, knobs, afs=afs)
 
 
 def label(sampler: str, knobs: Mapping[str, Any] | None = None, *, full: bool = False) -> str:

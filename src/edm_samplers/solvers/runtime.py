@@ -43,6 +43,7 @@ from .._validate import (
     check_x,
     state_dtype,
 )
+from ..afs import CallPlan, check_scales, closed_form
 from ..noise import as_noise_source
 from ..schedule_fit import warn_above_range
 
@@ -68,7 +69,9 @@ __all__ = [
 
 _T = TypeVar("_T")
 
-RUN_OPTIONS = ("cond", "noise", "callback", "dtype", "progress", "check_finite")
+RUN_OPTIONS = (
+    "cond", "noise", "callback", "dtype", "progress", "check_finite", "afs", "direction_scale", "sigma_scale",
+)  # fmt: skip
 """The keyword arguments every sampler takes besides its knobs."""
 
 
@@ -233,7 +236,7 @@ class Prepared:
     __slots__ = ("batch", "den", "device", "dtype", "name", "program", "sigmas", "stochastic")
 
     def __init__(
-        self, name: str, program: Program, den: Checked, sched: Schedule, batch: int, dtype: torch.dtype,
+        self, name: str, program: Program, den: Checked | CallPlan, sched: Schedule, batch: int, dtype: torch.dtype,
         device: torch.device,
     ) -> None:  # fmt: skip
         self.name = name
@@ -255,6 +258,8 @@ class Prepared:
     ) -> Tensor:
         """Sample from ``x`` at ``sigmas[0]``; ``noise`` is read by stochastic solvers only."""
         steps = progress_range(len(self.sigmas) - 1, progress, f"{self.name}_sample")
+        if isinstance(self.den, CallPlan):  # afs / direction_scale: the per-run call counter starts again
+            self.den.reset()
         src = noise if self.stochastic else None
         return self.program.run(self.den, x.to(self.dtype), cond, src, callback, steps)
 
@@ -267,10 +272,14 @@ def prepare(
     knobs: Mapping[str, Any],
     *,
     dtype: torch.dtype | None = None,
+    afs: object = None,
+    direction_scale: object = None,
+    sigma_scale: object = None,
 ) -> Prepared:
     """Check the knobs, denoiser, x, schedule and dtype once; build (or reuse) the program for states like ``x``.
 
-    May synchronise (it looks at the schedule); the returned loop never does.
+    ``afs`` / ``direction_scale`` / ``sigma_scale``: the run options of :mod:`edm_samplers.afs` (the denoiser is
+    wrapped; the program is unchanged). May synchronise (it looks at the schedule); the returned loop never does.
     """
     values = spec.resolve(knobs)
     check_denoiser(denoiser)
@@ -291,7 +300,19 @@ def prepare(
     # types) before the lookup, so an invalid value never meets a valid entry.
     cacheable = not any(callable(v) for v in values.values())
     key = (spec.name, sched.host, tuple(values.items()), batch, sdt, dev) if cacheable else None
-    return Prepared(spec.name, TABLES.get(key, build), Checked(denoiser, sdt), sched, batch, sdt, dev)
+    den: Checked | CallPlan = Checked(denoiser, sdt)
+    first = closed_form(afs, denoiser)
+    nfe_rule = spec.nfe_inf if spec.nfe_inf is not None and math.isinf(sched.host[0]) else spec.nfe
+    n_calls = nfe_rule(sched.steps, sched.host[-1] == 0, values)
+    scales = check_scales(direction_scale, n_calls)
+    shifts = check_scales(sigma_scale, n_calls, "sigma_scale")
+    if first is not None or scales is not None or shifts is not None:
+        bind = getattr(first, "bind", None)
+        first_den = None if first is None else Checked(bind(sdt, dev) if callable(bind) else first, sdt)
+        scale_t = None if scales is None else list(torch.tensor(scales, dtype=sdt).to(dev).unbind(0))
+        shift_t = None if shifts is None else list(torch.tensor(shifts, dtype=sdt).to(dev).unbind(0))
+        den = CallPlan(den, first_den, scale_t, shift_t)
+    return Prepared(spec.name, TABLES.get(key, build), den, sched, batch, sdt, dev)
 
 
 def run(spec: SolverSpec, denoiser: Denoiser, x: Tensor, sigmas: Tensor | Sequence[float], knobs: Mapping[str, Any],
@@ -304,7 +325,10 @@ def run(spec: SolverSpec, denoiser: Denoiser, x: Tensor, sigmas: Tensor | Sequen
     unknown = sorted(set(options) - set(RUN_OPTIONS))
     if unknown:
         raise spec.unknown_knobs(unknown)
-    loop = prepare(spec, denoiser, x, sigmas, knobs, dtype=options.get("dtype"))
+    loop = prepare(
+        spec, denoiser, x, sigmas, knobs, dtype=options.get("dtype"), afs=options.get("afs"),
+        direction_scale=options.get("direction_scale"), sigma_scale=options.get("sigma_scale"),
+    )  # fmt: skip
     cond = check_cond(options.get("cond"))
     check_cond_batch(cond, loop.batch)
     callback = options.get("callback")

@@ -1,0 +1,328 @@
+"""Joint calibration of a schedule and per-evaluation direction scales, and the calibration batch-size rule.
+
+:func:`calibrate` extends :func:`~edm_samplers.optimize_schedule`: for one denoiser, sampler and NFE it fits
+the schedule *and* one direction scale per denoiser evaluation (D_k -> x - s_k (x - D_k), the
+``direction_scale=`` run option of every sampler: the per-step direction scale of AMED / PAS / S4S-style
+solver calibration), optionally with the analytical first step (``afs=``), on a calibration batch against a
+converged reference. Stage 1 is the schedule search of :func:`~edm_samplers.optimize_schedule`
+(derivative-free, global along each level); stage 2 refines schedule and scales *jointly* by
+Levenberg-Marquardt on the residual vector (sample - reference), its Jacobian taken by forward differences
+(one sampling run per parameter). Every sampling run is counted and timed: the result reports the
+calibration cost. Results save and load as plain JSON (:func:`save_calibration`, :func:`load_calibration`;
+the file is also a schedule file that :func:`~edm_samplers.load_schedule` reads).
+
+The calibration batch size: :func:`~edm_samplers.min_calibration_batch` (:mod:`edm_samplers.calibration_batch`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._safetensors import write_atomic
+from ._types import Denoiser
+from ._validate import check_float, check_int, check_path, check_sigmas, check_x
+from .afs import afs_enabled
+from .calibration_batch import warn_if_small
+from .schedule_opt import optimize_schedule, schedule_from_params, schedule_params
+from .schedules import karras_sigmas
+from .solvers import heun_sample
+from .solvers.api import sampler_function
+from .solvers.registry import get, label, parse_label
+
+__all__ = ["Calibration", "calibrate", "load_calibration", "save_calibration"]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Result of :func:`calibrate`: what to pass to the sampler, the objective and the cost.
+
+    Use: ``sampler_fn(den, x, cal.sigmas, **cal.knobs, **cal.run_options())`` (or ``generate(..., sampler=
+    cal.sampler, **cal.knobs, **cal.run_options())``).
+
+    Attributes:
+        sampler: registry name; knobs: its knobs (as fitted).
+        sigmas: the schedule (float64, levels then 0).
+        direction_scale: one scale per denoiser evaluation (None if not fitted).
+        sigma_scale: one sigma multiplier per denoiser evaluation (None if not fitted).
+        afs: the ``afs=`` value used (None, True, a float sigma_data, or ``"external"`` for a closed-form
+            object, which must be passed again to :meth:`run_options`).
+        nfe: network evaluations of one run.
+        error, initial_error: calibration objective (mean squared error per element vs the reference) after /
+            before (the initial schedule with unit scales).
+        evaluations, seconds, cpu_seconds: the calibration cost (sampling runs; wall-clock and this process's
+            CPU seconds, including the reference solution when it is computed here).
+        batch, min_batch: calibration batch size and the minimum of the batch-size rule
+            (:func:`~edm_samplers.min_calibration_batch`); gap: its predicted relative held-out excess at ``batch``.
+        history: the objective after each accepted move.
+    """
+
+    sampler: str
+    knobs: dict[str, Any]
+    sigmas: Tensor
+    direction_scale: list[float] | None
+    sigma_scale: list[float] | None
+    afs: Any
+    nfe: int
+    error: float
+    initial_error: float
+    evaluations: int
+    seconds: float
+    cpu_seconds: float
+    batch: int
+    min_batch: int
+    gap: float = math.nan
+    history: list[float] = field(default_factory=list)
+
+    def run_options(self, afs: object = None) -> dict[str, Any]:
+        """The run options to sample with: ``direction_scale`` and ``afs`` (pass ``afs`` for ``"external"``)."""
+        opts: dict[str, Any] = {}
+        if self.direction_scale is not None:
+            opts["direction_scale"] = list(self.direction_scale)
+        if self.sigma_scale is not None:
+            opts["sigma_scale"] = list(self.sigma_scale)
+        if self.afs == "external":
+            if not afs_enabled(afs):
+                raise ValueError("this calibration used a closed-form afs object: pass it again, run_options(afs=...)")
+            opts["afs"] = afs
+        elif afs_enabled(self.afs):
+            opts["afs"] = self.afs
+        return opts
+
+
+def _afs_json(afs: object) -> Any:
+    if afs is None or afs is False:
+        return None
+    if afs is True or (isinstance(afs, (int, float)) and not isinstance(afs, bool)):
+        return afs
+    return "external"
+
+
+def calibrate(
+    denoiser: Denoiser,
+    x: Tensor,
+    nfe: int,
+    *,
+    sampler: str = "dpmpp_2m",
+    afs: object = None,
+    reference: Tensor | None = None,
+    init: Tensor | None = None,
+    sigma_max: float | None = None,
+    sigma_min: float | None = None,
+    fit_scales: bool = True,
+    fit_shifts: bool = False,
+    max_evals: int = 300,
+    schedule_evals: int | None = None,
+    max_gap: float = 0.1,
+    cond: Mapping[str, Any] | None = None,
+    **knobs: Any,
+) -> Calibration:
+    """Fit the schedule (and per-evaluation direction scales) of ``sampler`` at ``nfe`` network evaluations.
+
+    Args:
+        denoiser: D(x, sigma, **cond).
+        x: calibration batch at ``sigma_max`` (e.g. ``80 * randn`` from seeds never used for evaluation). How
+            many samples: see :func:`min_calibration_batch` (checked here: a warning if too few).
+        nfe: network evaluations per run (the number of steps follows from the sampler's NFE rule and ``afs``).
+        sampler: a registry name (``"dpmpp_2m"``, ``"unipc"``, ...); ``**knobs`` its knobs.
+        afs: the analytical first step (``afs=`` of every sampler): one more step for the same ``nfe``.
+        reference: converged samples for ``x`` (default: Heun, 512 steps of ``karras_sigmas`` from sigma_max).
+        init, sigma_max, sigma_min: as in :func:`~edm_samplers.optimize_schedule` (``sigma_min`` pins the
+            last positive level).
+        fit_scales: fit one direction scale per denoiser evaluation (``direction_scale=``).
+        fit_shifts: also fit one sigma multiplier per denoiser evaluation (``sigma_scale=``).
+        max_evals: total budget of sampling runs (stage 1 gets ``schedule_evals``, default 40 %).
+        max_gap: tolerated relative overfitting for the batch-size rule.
+        cond: denoiser conditioning.
+
+    Returns:
+        A :class:`Calibration` (never worse than the initial schedule on the calibration batch).
+
+    Raises:
+        ValueError / TypeError: invalid arguments (an NFE too small for two steps, unknown knobs, ...).
+    """
+    t0, c0 = time.perf_counter(), time.process_time()
+    check_x(x)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x (the calibration batch) must be finite, got NaN/inf entries")
+    nfe = check_int(nfe, "nfe", minimum=1)
+    max_evals = check_int(max_evals, "max_evals", minimum=2)
+    name, given = parse_label(sampler) if isinstance(sampler, str) else ("", {})
+    if not name:
+        raise TypeError(f"sampler must be a registry name such as 'dpmpp_2m', got {sampler!r}")
+    spec = get(name)
+    all_knobs = {**given, **knobs}
+    values = spec.resolve(all_knobs)
+    n = spec.steps_for(nfe, all_knobs, afs=afs)
+    if n < 2:
+        raise ValueError(f"nfe={nfe} gives {n} step(s) of {name} (afs={afs_enabled(afs)}); calibration needs >= 2")
+    n_calls = spec.nfe(n, True, values)
+    stage1 = max_evals * 2 // 5 if schedule_evals is None else check_int(schedule_evals, "schedule_evals", minimum=1)
+    hi = 80.0 if sigma_max is None else check_float(sigma_max, "sigma_max", positive=True)
+    if init is None:
+        init = karras_sigmas(n, 0.002 if sigma_min is None else sigma_min, hi)
+    run = sampler_function(name)
+    opts: dict[str, Any] = {**all_knobs, "check_finite": False}
+    if afs_enabled(afs):
+        opts["afs"] = afs
+    if reference is None:
+        with torch.no_grad():
+            reference = heun_sample(
+                denoiser, x, karras_sigmas(512, min(0.002, hi / 2), hi), cond=cond, dtype=x.dtype, check_finite=False
+            )
+    ref = reference.detach()
+    with warnings.catch_warnings():  # stage 1's own batch check counts fewer parameters; the joint one is below
+        warnings.simplefilter("ignore", UserWarning)
+        search = optimize_schedule(
+            denoiser, x, n, sampler=name, reference=ref, init=init, sigma_max=hi, sigma_min=sigma_min,
+            max_evals=stage1, cond=cond, **opts,
+        )  # fmt: skip
+    evals = search.evaluations
+    pinned = sigma_min is not None
+    floor = float(sigma_min) if sigma_min is not None else min(5e-4, float(search.sigmas[-2]) / 2)
+    u0 = schedule_params(search.sigmas, floor, pinned)
+    m = u0.numel()
+    h = 1e-4 if x.dtype == torch.float64 else 3e-3  # forward-difference step in the parameters (round-off vs bias)
+    ns, nt = (n_calls if fit_scales else 0), (n_calls if fit_shifts else 0)
+    theta = torch.cat([u0, torch.ones(ns, dtype=torch.float64), torch.zeros(nt, dtype=torch.float64)])
+
+    def unpack(th: Tensor) -> tuple[Tensor, list[float] | None, list[float] | None]:
+        s = schedule_from_params(th[:m], hi, floor, pinned)
+        sc = th[m : m + ns].tolist() if fit_scales else None
+        # log-parameterised (always positive), within a factor e^2 of the schedule's sigma
+        sh = torch.exp(th[m + ns :].clamp(-2.0, 2.0)).tolist() if fit_shifts else None
+        return s, sc, sh
+
+    def outputs(th: Tensor) -> Tensor:
+        nonlocal evals
+        evals += 1
+        s, sc, sh = unpack(th)
+        extra: dict[str, Any] = {} if sc is None else {"direction_scale": sc}
+        if sh is not None:
+            extra["sigma_scale"] = sh
+        with torch.no_grad():
+            out = run(denoiser, x, s, cond=cond, **opts, **extra)
+        return (out.to(ref.dtype) - ref).reshape(-1)
+
+    def objective(r: Tensor) -> float:
+        v = float(torch.mean(r**2))
+        return v if math.isfinite(v) else math.inf
+
+    r = outputs(theta)
+    best = objective(r)
+    history = [search.initial_error, best]
+    lam = 1e-3
+
+    def jacobian() -> Tensor:
+        jac = torch.empty(r.numel(), theta.numel(), dtype=r.dtype)
+        for j in range(theta.numel()):  # forward differences: one sampling run per parameter
+            tj = theta.clone()
+            tj[j] += h
+            jac[:, j] = (outputs(tj) - r) / h
+        return jac
+
+    jac: Tensor | None = None
+    while evals + theta.numel() + 1 <= max_evals:
+        jac = jacobian()
+        if not bool(torch.isfinite(jac).all()):
+            break
+        jtj = jac.T @ jac
+        g = jac.T @ r
+        improved = False
+        while evals < max_evals:
+            a = jtj + lam * torch.diag(torch.diag(jtj).clamp_min(1e-12))
+            try:
+                step = -torch.linalg.solve(a, g)
+            except RuntimeError:
+                lam *= 10
+                continue
+            cand = theta + step
+            rc = outputs(cand)
+            fc = objective(rc)
+            if fc < best:
+                improved = fc < best * (1 - 1e-4)
+                theta, r, best, lam = cand, rc, fc, max(lam / 3, 1e-7)
+                history.append(best)
+                break
+            lam *= 4
+            if lam > 1e6:
+                break
+        if not improved:
+            break
+    sigmas, scales, shifts = unpack(theta)
+    if jac is None or not bool(torch.isfinite(jac).all()):  # the rule needs the Jacobian (P more runs)
+        jac = jacobian()
+    b = x.shape[0]
+    # the last Jacobian (before the last accepted step) with the final residuals: a first-order estimate
+    need, gap = warn_if_small(r.reshape(b, -1), jac.reshape(b, -1, theta.numel()), max_gap, "calibrate")
+    full_knobs = dict(parse_label(label(name, values, full=True))[1])
+    return Calibration(
+        name, full_knobs, sigmas, scales, shifts, _afs_json(afs), spec.count(sigmas, values, afs=afs), best,
+        search.initial_error, evals, time.perf_counter() - t0, time.process_time() - c0, b, need, gap, history,
+    )  # fmt: skip
+
+
+def save_calibration(path: str | os.PathLike[str], cal: Calibration, **meta: Any) -> None:
+    """Write ``cal`` as plain JSON (``{"sigmas": [...], "direction_scale": [...], "sampler": ..., ...}``).
+
+    The file is also a schedule file (:func:`~edm_samplers.load_schedule` reads its ``"sigmas"``). Written
+    atomically; ``meta`` (JSON values) is stored beside, e.g. the command that made it.
+    """
+    check_path(path)
+    if not isinstance(cal, Calibration):
+        raise TypeError(f"cal must be a Calibration (from calibrate), got {type(cal).__name__}")
+    data = {
+        "sigmas": check_sigmas(cal.sigmas).tolist(), "direction_scale": cal.direction_scale,
+        "sigma_scale": cal.sigma_scale, "sampler": cal.sampler,
+        "knobs": cal.knobs, "afs": cal.afs, "nfe": cal.nfe, "error": cal.error, "initial_error": cal.initial_error,
+        "evaluations": cal.evaluations, "seconds": cal.seconds,
+        "cpu_seconds": cal.cpu_seconds, "batch": cal.batch, "min_batch": cal.min_batch,
+        "gap": cal.gap, "meta": meta,
+    }  # fmt: skip
+    try:
+        text = json.dumps(data, indent=1, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"save_calibration: the metadata must be plain JSON: {e}; nothing written") from None
+    write_atomic(path, text.encode("utf-8"))
+
+
+def load_calibration(path: str | os.PathLike[str]) -> Calibration:
+    """Read a file written by :func:`save_calibration` (validated: schedule, scales' count, sampler and knobs)."""
+    check_path(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{os.fspath(path)!r} is not a JSON calibration file: {e}") from None
+    keys = ("sigmas", "direction_scale", "sampler", "knobs", "afs")
+    if not isinstance(d, dict) or any(k not in d for k in keys):
+        raise ValueError(f"{os.fspath(path)!r} is not a calibration file: it needs the keys {list(keys)}")
+    spec = get(d["sampler"])
+    values = spec.resolve(d["knobs"])
+    sig = check_sigmas(d["sigmas"], name=f"sigmas in {os.fspath(path)!r}")
+    calls = spec.nfe(sig.numel() - 1, bool(sig[-1] == 0), values)
+    lists = {}
+    for key in ("direction_scale", "sigma_scale"):
+        v = d.get(key)
+        if v is not None and (not isinstance(v, list) or len(v) != calls or not all(
+            isinstance(e, (int, float)) and not isinstance(e, bool) for e in v
+        )):  # fmt: skip
+            raise ValueError(f"{key} in {os.fspath(path)!r} must be {calls} numbers, got {v!r}"[:300])
+        lists[key] = None if v is None else [float(e) for e in v]
+    afs = d["afs"]
+    return Calibration(
+        spec.name, dict(d["knobs"]), sig, lists["direction_scale"], lists["sigma_scale"], afs,
+        spec.count(sig, values, afs=None if afs is None else True), float(d.get("error", math.nan)),
+        float(d.get("initial_error", math.nan)), int(d.get("evaluations", 0)), float(d.get("seconds", 0.0)),
+        float(d.get("cpu_seconds", 0.0)), int(d.get("batch", 0)), int(d.get("min_batch", 0)),
+        float(d.get("gap", math.nan)),
+    )  # fmt: skip

@@ -1,0 +1,124 @@
+"""Joint calibration (``calibrate``), its JSON files, and the calibration batch-size rule.
+
+The rule's derivation is checked in its exact case: linear least squares with Gaussian residuals, where the
+expected excess of the held-out over the training error is 2 P sigma^2 / (B d) (simulated here)."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import edm_samplers as es
+from edm_samplers.calibration_batch import overfit_gap
+from edm_samplers.evaluation import GaussianMixture, ode_reference
+
+
+def test_rule_matches_least_squares_optimism() -> None:
+    # y_b = X_b theta* + noise (d outputs per sample, P shared parameters); fit theta on B samples.
+    g = torch.Generator().manual_seed(0)
+    b, d, p, sigma, reps = 40, 2, 4, 0.3, 400
+    gaps, predicted = [], []
+    for _ in range(reps):
+        xs = torch.randn(2 * b, d, p, generator=g, dtype=torch.float64)
+        ys = xs @ torch.ones(p, dtype=torch.float64) + sigma * torch.randn(2 * b, d, generator=g, dtype=torch.float64)
+        theta = torch.linalg.lstsq(xs[:b].reshape(-1, p), ys[:b].reshape(-1)).solution
+        res_train = ys[:b] - xs[:b] @ theta
+        res_test = ys[b:] - xs[b:] @ theta
+        train, test = float((res_train**2).mean()), float((res_test**2).mean())
+        gaps.append((test - train) / sigma**2)
+        predicted.append(overfit_gap(res_train, -xs[:b]) * train / sigma**2)
+    exact = 2 * p / (b * d)  # 0.1
+    mean_gap = sum(gaps) / reps
+    mean_pred = sum(predicted) / reps
+    # 400 replications: the measured mean gap has a standard error of about 0.01 (sd ~0.2 per replication).
+    assert abs(mean_gap - exact) < 0.04
+    # The estimate from one batch (TIC with sample moments) is unbiased to O(1/B): within 20 % of exact.
+    assert abs(mean_pred - exact) < 0.2 * exact
+
+
+def test_min_calibration_batch_scales_with_the_gap() -> None:
+    g = torch.Generator().manual_seed(1)
+    r = torch.randn(50, 3, generator=g, dtype=torch.float64)
+    jac = torch.randn(50, 3, 2, generator=g, dtype=torch.float64)
+    gap = overfit_gap(r, jac)
+    assert es.min_calibration_batch(r, jac, 0.1) == math.ceil(gap * 50 / 0.1)
+    assert es.min_calibration_batch(r, jac, 0.01) >= es.min_calibration_batch(r, jac, 0.1)
+    assert es.min_calibration_batch(torch.zeros(50, 3, dtype=torch.float64), jac) == 1  # nothing to fit
+    with pytest.raises(ValueError, match="jacobian must be"):
+        es.min_calibration_batch(r, jac[:, :2])
+    with pytest.raises(ValueError, match="max_gap must be > 0"):
+        es.min_calibration_batch(r, jac, 0.0)
+
+
+def _ring(batch: int, seed: int) -> tuple[GaussianMixture, torch.Tensor, torch.Tensor]:
+    ang = torch.arange(4, dtype=torch.float64) * (math.pi / 2)
+    gm = GaussianMixture(torch.stack([ang.cos(), ang.sin()], 1), 0.1)
+    x = torch.randn(batch, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 80
+    return gm, x, ode_reference(gm, x, [80.0, 0.002, 0.0])
+
+
+def test_calibrate_improves_counts_and_generalises(tmp_path: Path) -> None:
+    gm, xc, refc = _ring(64, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a 64-sample batch is below the rule here
+        cal = es.calibrate(gm, xc, 4, sampler="dpmpp_2m", afs=0.71, reference=refc, sigma_min=0.002,
+                           fit_shifts=True, max_evals=60)  # fmt: skip
+    assert cal.nfe == 4 and cal.sigmas.numel() == 6  # afs: 5 steps for 4 network evaluations
+    assert es.count_nfe(cal.sigmas, "dpmpp_2m", afs=0.71) == 4
+    assert cal.error < 0.5 * cal.initial_error and cal.evaluations <= 60 and cal.seconds > 0
+    assert len(cal.direction_scale or []) == len(cal.sigma_scale or []) == 5
+    # held-out seeds: better than the same solver on rho = 7 at the same NFE
+    _, x0, ref = _ring(64, 2)
+    out = es.dpmpp_2m_sample(gm, x0, cal.sigmas, **cal.run_options())
+    base = es.dpmpp_2m_sample(gm, x0, es.karras_sigmas(4, 0.002, 80.0))
+    assert float(((out - ref) ** 2).mean()) < 0.5 * float(((base - ref) ** 2).mean())
+    # plain JSON round trip; the file is also a schedule file
+    path = tmp_path / "cal.json"
+    es.save_calibration(path, cal, command="test")
+    data = json.loads(path.read_text())
+    assert data["sampler"] == "dpmpp_2m" and data["afs"] == 0.71 and data["meta"] == {"command": "test"}
+    back = es.load_calibration(path)
+    assert torch.equal(back.sigmas, cal.sigmas) and back.direction_scale == cal.direction_scale
+    assert back.sigma_scale == cal.sigma_scale and back.nfe == 4
+    assert torch.equal(es.load_schedule(path), cal.sigmas)
+    assert torch.equal(es.dpmpp_2m_sample(gm, x0, back.sigmas, **back.run_options()), out)
+
+
+def test_calibrate_errors_and_external_afs(tmp_path: Path) -> None:
+    gm, xc, refc = _ring(16, 3)
+    with pytest.raises(ValueError, match="calibration needs >= 2"):
+        es.calibrate(gm, xc, 1, sampler="euler", reference=refc)
+    with pytest.raises(TypeError, match="unknown option"):
+        es.calibrate(gm, xc, 4, sampler="euler", reference=refc, order=3)
+    closed = es.GaussianDenoiser(0.0, 0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        cal = es.calibrate(gm, xc, 3, sampler="euler", afs=closed, reference=refc, fit_scales=False, max_evals=20)
+    assert cal.afs == "external" and cal.direction_scale is None and cal.sigma_scale is None
+    with pytest.raises(ValueError, match="pass it again"):
+        cal.run_options()
+    assert cal.run_options(closed) == {"afs": closed}
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"sigmas": [80.0, 1.0, 0.0], "direction_scale": [1.0], "sampler": "euler",
+                                "knobs": {}, "afs": None}))  # fmt: skip
+    with pytest.raises(ValueError, match=r"direction_scale in .* must be 2 numbers"):
+        es.load_calibration(path)
+
+
+def test_searches_warn_when_the_batch_is_too_small() -> None:
+    gm, x, ref = _ring(4, 0)
+    with pytest.warns(UserWarning, match="calibration batch \\(4 samples\\) is too small"):
+        r = es.optimize_schedule(gm, x, 5, sampler="euler", reference=ref, sigma_min=0.002, max_evals=40)
+    assert r.evaluations <= 40
+    # One Gaussian in 16 dimensions: every sample's error moves alike; 64 samples are plenty, no warning.
+    gauss = GaussianMixture(torch.zeros(1, 16, dtype=torch.float64), 0.5)
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(6), dtype=torch.float64) * 80
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        es.optimize_schedule(gauss, x, 4, sampler="euler", reference=ode_reference(gauss, x, [80.0, 0.002, 0.0]),
+                             sigma_min=0.002, max_evals=40)  # fmt: skip
