@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import tiny_diffusers
 from edm_samplers import euler_sample, heun_sample, karras_sigmas
 from edm_samplers.adapters import DDPMDenoiser
 from edm_samplers.diffusers_adapter import from_diffusers, scheduler_sigmas, start_state
@@ -13,26 +14,6 @@ diffusers = pytest.importorskip("diffusers")  # a test extra; CI installs it (pi
 
 # diffusers 0.42.1 itself triggers numpy 2 DeprecationWarnings (np.array(tensor, copy=False)); not ours.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-def tiny_unet(out_channels: int = 3) -> torch.nn.Module:
-    torch.manual_seed(0)
-    unet = diffusers.UNet2DModel(
-        sample_size=8,
-        in_channels=3,
-        out_channels=out_channels,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        add_attention=False,
-    )
-    # Random init may leave layers at zero; perturb every weight so the output depends on x and t.
-    with torch.no_grad():
-        for p in unet.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return unet.eval()
 
 
 def ddpm_config() -> dict[str, object]:
@@ -52,7 +33,7 @@ def diffusers_euler_karras(unet: torch.nn.Module, latents: torch.Tensor, n: int)
 
 
 def test_euler_matches_diffusers_euler_karras() -> None:
-    unet = tiny_unet()
+    unet = tiny_diffusers.unet2d()
     ddpm = diffusers.DDPMScheduler(**ddpm_config())
     den = from_diffusers(unet, ddpm)
     assert isinstance(den, DDPMDenoiser) and den.model is unet
@@ -70,7 +51,7 @@ def test_euler_matches_diffusers_euler_karras() -> None:
 
 def test_timesteps_and_scaling_match_diffusers() -> None:
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
-    unet = tiny_unet()
+    unet = tiny_diffusers.unet2d()
 
     def spy(x: torch.Tensor, t: torch.Tensor) -> object:
         seen.append((x, t))
@@ -96,7 +77,7 @@ def test_heun_matches_diffusers_heun(karras: bool) -> None:
     # With its own betas (linear 0.00085 .. 0.012), HeunDiscreteScheduler evaluates the network at t(sigma) for
     # every sigma it visits (log-sigma interpolation with Karras sigmas; linear in sigma without): sigma = 25.15 is
     # its sigma_max, at t = 999. heun_sample on the adapter reproduces its loop to float32 round-off.
-    unet = tiny_unet()
+    unet = tiny_diffusers.unet2d()
     sched = diffusers.HeunDiscreteScheduler(use_karras_sigmas=karras)
     n = 6
     latents = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
@@ -115,7 +96,7 @@ def test_heun_matches_diffusers_heun(karras: bool) -> None:
 
 def test_heun_on_adapter_halves_nfe_error() -> None:
     # Heun on the adapter is the core's Heun; here it is consistent with a fine Euler solution of the same ODE.
-    unet = tiny_unet()
+    unet = tiny_diffusers.unet2d()
     # The UNet is float32; sampling in float64 runs it through net_dtype (D and the state stay float64).
     den = from_diffusers(unet, diffusers.DDPMScheduler(**ddpm_config()), net_dtype=torch.float32)
     latents = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(2))
@@ -131,7 +112,7 @@ def test_heun_on_adapter_halves_nfe_error() -> None:
 
 def test_config_dict_and_learned_variance() -> None:
     cfg = {**ddpm_config(), "variance_type": "learned_range", "prediction_type": "v_prediction"}
-    unet = tiny_unet(out_channels=6)
+    unet = tiny_diffusers.unet2d(out_channels=6)
     den = from_diffusers(unet, cfg)
     assert den.learned_variance and den.prediction == "v"
     ref_abar = diffusers.DDPMScheduler(**ddpm_config()).alphas_cumprod.double()
@@ -143,9 +124,9 @@ def test_config_dict_and_learned_variance() -> None:
 
 def test_from_diffusers_errors() -> None:
     with pytest.raises(TypeError, match="scheduler_or_config must be a diffusers"):
-        from_diffusers(tiny_unet(), object())
+        from_diffusers(tiny_diffusers.unet2d(), object())
     with pytest.raises(ValueError, match="prediction must be one of"):
-        from_diffusers(tiny_unet(), {**ddpm_config(), "prediction_type": "flow"})
+        from_diffusers(tiny_diffusers.unet2d(), {**ddpm_config(), "prediction_type": "flow"})
 
 
 def test_config_is_read_by_its_own_class() -> None:

@@ -18,6 +18,7 @@ import pytest
 import torch
 from torch import Tensor
 
+import tiny_diffusers
 from edm_samplers import count_nfe, from_diffusers, karras_sigmas, save_schedule
 from edm_samplers.solvers.api import sampler_function
 from edm_samplers.solvers.registry import get, names, parse_label
@@ -34,34 +35,13 @@ DDPM_CFG = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start"
 DOC = Path(__file__).resolve().parents[1] / "docs" / "diffusers.md"
 
 
-def _perturb(module: torch.nn.Module) -> torch.nn.Module:
-    # Random init leaves some layers at zero (adaLN-zero, zero-initialised outputs); perturb every weight so
-    # the output depends on x, t and the class label.
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return module.eval()
-
-
-def tiny_unet() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return _perturb(
-        diffusers.UNet2DModel(
-            sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
-            norm_num_groups=4, down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2,
-            add_attention=False,
-        )
-    )  # fmt: skip
-
-
 def ddpm_scheduler(**overrides: Any) -> Any:
     # Built from a config with _class_name, as a pipeline loaded with from_pretrained holds it.
     return diffusers.DDPMScheduler.from_config({"_class_name": "DDPMScheduler", **DDPM_CFG, **overrides})
 
 
 def ddpm_pipeline(scheduler: Any) -> Any:
-    pipe = diffusers.DDPMPipeline(unet=tiny_unet(), scheduler=scheduler)
+    pipe = diffusers.DDPMPipeline(unet=tiny_diffusers.unet2d(), scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -138,7 +118,7 @@ def tiny_dit_pipeline(scheduler: Any) -> Any:
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
         block_out_channels=(8,), layers_per_block=1, latent_channels=4, norm_num_groups=4, sample_size=8,
     )  # fmt: skip
-    pipe = diffusers.DiTPipeline(transformer=_perturb(tr), vae=vae.eval(), scheduler=scheduler)
+    pipe = diffusers.DiTPipeline(transformer=tiny_diffusers.perturbed(tr), vae=vae.eval(), scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -203,7 +183,7 @@ def test_dit_pipeline_with_cfg_equals_diffusers_and_the_library(theirs: Callable
 
 def test_euler_equals_euler_discrete_scheduler_in_a_pipeline_loop() -> None:
     """An SD-style loop (init_noise_sigma, scale_model_input, model, step) with each scheduler's own start."""
-    unet, n = tiny_unet(), 6
+    unet, n = tiny_diffusers.unet2d(), 6
     lat = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(5))
     results = []
     for sched in (
@@ -338,7 +318,7 @@ def test_schedules_scheduler_file_list_and_range(tmp_path: Path) -> None:
 
 
 def test_img2img_add_noise_and_begin_index_equal_the_library_on_the_rest_of_the_schedule() -> None:
-    unet, n, k = tiny_unet(), 6, 2
+    unet, n, k = tiny_diffusers.unet2d(), 6, 2
     sched = Scheduler.from_config(ddpm_scheduler().config, sampler="heun")
     sched.set_timesteps(n)
     ts = sched.timesteps[k * sched.order :]

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 import edm_samplers as es
+import tiny_diffusers
 from edm_samplers.solvers.api import sampler_function
 
 diffusers = pytest.importorskip("diffusers")  # a test extra; CI installs it (pip install 'edm-samplers[test]')
@@ -36,16 +37,6 @@ def close(got: Tensor, ref: Tensor, rtol: float = 2e-5) -> None:
     torch.testing.assert_close(got, ref, rtol=rtol, atol=rtol * float(ref.abs().max()))
 
 
-def _perturbed(model: torch.nn.Module) -> torch.nn.Module:
-    # Random init leaves adaLN-zero / zero-initialised output layers at 0: perturb every weight so the output
-    # depends on x, t and the conditioning.
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model.eval()
-
-
 def with_class(sched: Any) -> Any:
     # As a pipeline loaded with from_pretrained holds it: its config names its class.
     return type(sched).from_config({**sched.config, "_class_name": type(sched).__name__})
@@ -56,15 +47,7 @@ def with_class(sched: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def sd3() -> tuple[torch.nn.Module, dict[str, Tensor], Tensor]:
-    torch.manual_seed(0)
-    model = diffusers.SD3Transformer2DModel(
-        sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=1, attention_head_dim=8,
-        num_attention_heads=2, joint_attention_dim=16, caption_projection_dim=16, pooled_projection_dim=8,
-        pos_embed_max_size=8,
-    )  # fmt: skip
-    g = torch.Generator().manual_seed(1)
-    cond = {"encoder_hidden_states": torch.randn(2, 3, 16, generator=g), "pooled_projections": torch.randn(2, 8)}
-    return _perturbed(model), cond, torch.randn(2, 4, 8, 8, generator=g)
+    return tiny_diffusers.sd3()
 
 
 def sd3_loop(model: Any, sched: Any, latents: Tensor, cond: dict[str, Tensor], n: int) -> Tensor:
@@ -120,21 +103,7 @@ def test_sd3_loop_karras_schedule_starts_at_pure_noise_as_the_library(sd3: Any, 
 
 @pytest.fixture(scope="module")
 def flux() -> tuple[torch.nn.Module, dict[str, Tensor], Tensor, dict[str, Tensor]]:
-    torch.manual_seed(0)
-    model = diffusers.FluxTransformer2DModel(
-        patch_size=1, in_channels=8, num_layers=1, num_single_layers=1, attention_head_dim=8, num_attention_heads=2,
-        joint_attention_dim=16, pooled_projection_dim=8, guidance_embeds=True, axes_dims_rope=(2, 2, 4),
-    )  # fmt: skip
-    g = torch.Generator().manual_seed(3)
-    cond = {
-        "encoder_hidden_states": torch.randn(2, 3, 16, generator=g),
-        "pooled_projections": torch.randn(2, 8, generator=g),
-        "guidance": torch.full((2,), 3.5),
-    }
-    img = torch.zeros(16, 3)
-    img[:, 1], img[:, 2] = torch.arange(16) // 4, torch.arange(16) % 4
-    ids = {"txt_ids": torch.zeros(3, 3), "img_ids": img}  # shared by the batch, as FluxPipeline builds them
-    return _perturbed(model), cond, torch.randn(2, 16, 8, generator=g), ids  # packed latents: 4x4 tokens
+    return tiny_diffusers.flux()
 
 
 def flux_loop(
@@ -176,17 +145,6 @@ def test_flux_loop_with_dynamic_shift_equals_flowmatch_euler_and_the_library(flu
 # ---- EDM and VE: an SD-style loop with a UNet2DModel -----------------------------------------------------
 
 
-def tiny_unet() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return _perturbed(
-        diffusers.UNet2DModel(
-            sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
-            norm_num_groups=4, down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2,
-            add_attention=False,
-        )
-    )  # fmt: skip
-
-
 def sd_loop(unet: Any, sched: Any, latents: Tensor, n: int) -> Tensor:
     """StableDiffusionPipeline's loop: latents * init_noise_sigma, scale_model_input, the model, step."""
     sched.set_timesteps(n)
@@ -199,7 +157,7 @@ def sd_loop(unet: Any, sched: Any, latents: Tensor, n: int) -> Tensor:
 
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
 def test_edm_loop_equals_edm_euler_and_the_library(prediction: str) -> None:
-    unet = tiny_unet()
+    unet = tiny_diffusers.unet2d()
     lat = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(4))
     theirs = with_class(diffusers.EDMEulerScheduler(prediction_type=prediction))
     ours = Scheduler.from_config(theirs.config, sampler="euler", schedule="scheduler")
@@ -216,7 +174,7 @@ def test_edm_loop_equals_edm_euler_and_the_library(prediction: str) -> None:
 
 
 def test_ve_loop_equals_the_library() -> None:
-    unet = tiny_unet()
+    unet = tiny_diffusers.unet2d()
     lat = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(6))
     cfg = {"_class_name": "ScoreSdeVeScheduler", "sigma_min": 0.01, "sigma_max": 20.0}
     ours = Scheduler.from_config(cfg, sampler="dpmpp_2m")
@@ -239,7 +197,7 @@ ZERO_SNR = {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing", "pre
 def test_zero_snr_v_prediction_ddim_pipeline_equals_ddim_and_the_library() -> None:
     """DDPMPipeline (which never reads init_noise_sigma) with a zero-SNR, trailing, v-prediction DDIM config: the
     first level is sigma = inf, where the model sees the unit noise itself."""
-    unet = tiny_unet()
+    unet = tiny_diffusers.unet2d()
     ddim = with_class(diffusers.DDIMScheduler(**ZERO_SNR, clip_sample=False))
     images = []
     for sched in (ddim, Scheduler.from_config(ddim.config, sampler="euler", schedule="scheduler")):
@@ -259,7 +217,7 @@ def test_zero_snr_v_prediction_ddim_pipeline_equals_ddim_and_the_library() -> No
 
 
 def test_zero_snr_karras_schedule_starts_at_inf_and_runs_as_the_library() -> None:
-    unet = tiny_unet()
+    unet = tiny_diffusers.unet2d()
     ddim = with_class(diffusers.DDIMScheduler(**ZERO_SNR))
     ours = Scheduler.from_config(ddim.config, sampler="dpmpp_2m")
     lat = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(8))
@@ -279,7 +237,7 @@ def test_zero_snr_karras_schedule_starts_at_inf_and_runs_as_the_library() -> Non
 
 @pytest.mark.parametrize("prediction", ["edm", "v"])
 def test_precond_hooks_compose_to_its_forward(prediction: str) -> None:
-    net = tiny_unet()
+    net = tiny_diffusers.unet2d()
     den = es.EDMPrecond(net, sigma_data=0.5, prediction=prediction)
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(9)) * 3
     sigma = torch.tensor([3.0, 0.1])
@@ -296,7 +254,7 @@ def test_precond_hooks_compose_to_its_forward(prediction: str) -> None:
 
 
 def test_every_family_from_diffusers_returns_has_an_entry() -> None:
-    model = tiny_unet()
+    model = tiny_diffusers.unet2d()
     flow = {"time_scale": 1000.0}  # the model's time input (not readable from a UNet2DModel)
     cases = [
         (diffusers.DDPMScheduler(), {}),

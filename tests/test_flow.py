@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import edm_samplers as es
+import tiny_diffusers
 from edm_samplers import FlowDenoiser, flow_initial_x, flow_scheduler_sigmas, flow_shift_mu, flow_sigmas
 
 F64 = torch.float64
@@ -254,15 +255,6 @@ def test_flow_initial_x() -> None:
 diffusers_mark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
-def _perturbed(model: torch.nn.Module) -> torch.nn.Module:
-    # Random init leaves some layers at zero (AdaLN-Zero style); perturb every weight so the output depends on
-    # x_t, t and the conditioning.
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def diffusers_mod() -> Any:
     return pytest.importorskip("diffusers")  # a test extra; CI installs it
@@ -270,16 +262,7 @@ def diffusers_mod() -> Any:
 
 @pytest.fixture(scope="module")
 def sd3(diffusers_mod: Any) -> tuple[torch.nn.Module, dict[str, torch.Tensor], torch.Tensor]:
-    torch.manual_seed(0)
-    model = diffusers_mod.SD3Transformer2DModel(
-        sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=1, attention_head_dim=8,
-        num_attention_heads=2, joint_attention_dim=16, caption_projection_dim=16, pooled_projection_dim=8,
-        pos_embed_max_size=8,
-    )  # fmt: skip
-    g = torch.Generator().manual_seed(1)
-    cond = {"encoder_hidden_states": torch.randn(2, 3, 16, generator=g)}
-    cond["pooled_projections"] = torch.randn(2, 8, generator=g)
-    return _perturbed(model), cond, torch.randn(2, 4, 8, 8, generator=g)
+    return tiny_diffusers.sd3()
 
 
 @pytest.fixture(scope="module")
@@ -292,23 +275,13 @@ def sana(diffusers_mod: Any) -> tuple[torch.nn.Module, dict[str, torch.Tensor], 
     )  # fmt: skip
     g = torch.Generator().manual_seed(2)
     cond = {"encoder_hidden_states": torch.randn(2, 3, 8, generator=g)}
-    return _perturbed(model), cond, torch.randn(2, 4, 8, 8, generator=g)
+    return tiny_diffusers.perturbed(model), cond, torch.randn(2, 4, 8, 8, generator=g)
 
 
 @pytest.fixture(scope="module")
 def flux(diffusers_mod: Any) -> tuple[torch.nn.Module, dict[str, torch.Tensor], torch.Tensor]:
-    torch.manual_seed(0)
-    model = diffusers_mod.FluxTransformer2DModel(
-        patch_size=1, in_channels=8, num_layers=1, num_single_layers=1, attention_head_dim=8, num_attention_heads=2,
-        joint_attention_dim=16, pooled_projection_dim=8, guidance_embeds=True, axes_dims_rope=(2, 2, 4),
-    )  # fmt: skip
-    g = torch.Generator().manual_seed(3)
-    cond = {
-        "encoder_hidden_states": torch.randn(2, 3, 16, generator=g),
-        "pooled_projections": torch.randn(2, 8, generator=g),
-        "guidance": torch.full((2,), 3.5),
-    }
-    return _perturbed(model), cond, torch.randn(2, 16, 8, generator=g)  # packed latents: 4x4 tokens, 8 channels
+    model, cond, latents, _ = tiny_diffusers.flux()
+    return model, cond, latents
 
 
 def flux_ids() -> dict[str, torch.Tensor]:

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import edm_samplers as es
+import tiny_diffusers
 
 diffusers = pytest.importorskip("diffusers")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
@@ -24,23 +25,7 @@ def tiny_dit() -> torch.nn.Module:
         num_attention_heads=2, attention_head_dim=4, in_channels=4, out_channels=8, num_layers=1, sample_size=8,
         patch_size=2, num_embeds_ada_norm=10, norm_num_groups=1,
     )  # fmt: skip
-    with torch.no_grad():  # random init leaves the adaLN-Zero and output layers at zero: perturb every weight
-        for p in dit.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return dit.eval()
-
-
-def tiny_class_unet() -> torch.nn.Module:
-    torch.manual_seed(0)
-    unet = diffusers.UNet2DModel(
-        sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
-        norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-        add_attention=False, num_class_embeds=10,
-    )  # fmt: skip
-    with torch.no_grad():
-        for p in unet.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return unet.eval()
+    return tiny_diffusers.perturbed(dit)  # random init leaves the adaLN-Zero and output layers at zero
 
 
 def _batches(model: torch.nn.Module) -> list[int]:
@@ -58,7 +43,7 @@ def test_batched_cfg_equals_two_calls_on_diffusers_models(kind: str) -> None:
     if kind == "dit":
         net, sched, shape = tiny_dit(), diffusers.DDPMScheduler(variance_type="learned_range"), (4, 4, 8, 8)
     else:
-        net, sched, shape = tiny_class_unet(), diffusers.DDPMScheduler(), (4, 3, 8, 8)
+        net, sched, shape = tiny_diffusers.unet2d(num_class_embeds=10), diffusers.DDPMScheduler(), (4, 3, 8, 8)
     den = es.from_diffusers(net, sched)
     cond = {"class_labels": torch.tensor([0, 3, 7, 9])}
     null = es.null_condition(den, cond) if kind == "dit" else es.null_condition(den, cond, null_class=9)
@@ -86,7 +71,7 @@ def test_null_class_needs_an_index_on_dit_and_class_unet() -> None:
     dit = es.from_diffusers(tiny_dit(), diffusers.DDPMScheduler(variance_type="learned_range"))
     with pytest.raises(TypeError):  # why guide_cond={"class_labels": None} is not the recipe
         dit(x, sigma, class_labels=None)
-    unet = es.from_diffusers(tiny_class_unet(), diffusers.DDPMScheduler())
+    unet = es.from_diffusers(tiny_diffusers.unet2d(num_class_embeds=10), diffusers.DDPMScheduler())
     with pytest.raises(ValueError, match="class_labels should be provided"):
         unet(x[:, :3], sigma, class_labels=None)
     with pytest.raises(ValueError, match=r"UNet2DModel \(class_embed_type=None, num_class_embeds=10\) reserves no"):

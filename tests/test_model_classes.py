@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+import tiny_diffusers
 from edm_samplers import EDMPrecond, euler_sample, heun_sample, karras_sigmas
 from edm_samplers._network import call_by_signature, cast_floats, net_autocast, net_precision, time_keyword_of
 from edm_samplers.adapters import DDPMDenoiser, learned_variance_for
@@ -46,25 +47,9 @@ class Named(NamedTuple):
     b: int
 
 
-def _perturbed(model: nn.Module) -> nn.Module:
-    # diffusers zero-initialises output layers (adaLN-zero, proj_out): perturb every weight so the output
-    # depends on x, t and every conditioning input.
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    return model.eval()
-
-
 def unet() -> tuple[nn.Module, tuple[int, ...], Cond]:
     """UNet2DModel, class-conditional (class_labels)."""
-    torch.manual_seed(0)
-    m = diffusers.UNet2DModel(
-        sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
-        norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-        add_attention=False, num_class_embeds=4,
-    )  # fmt: skip
-    return _perturbed(m), (3, 8, 8), lambda b: {"class_labels": torch.arange(b) % 4}
+    return tiny_diffusers.unet2d(num_class_embeds=4), (3, 8, 8), lambda b: {"class_labels": torch.arange(b) % 4}
 
 
 def unet_cond() -> tuple[nn.Module, tuple[int, ...], Cond]:
@@ -84,7 +69,7 @@ def unet_cond() -> tuple[nn.Module, tuple[int, ...], Cond]:
             "added_cond_kwargs": {"text_embeds": torch.randn(b, 6, generator=g), "time_ids": torch.full((b, 6), 8.0)},
         }
 
-    return _perturbed(m), (4, 8, 8), cond
+    return tiny_diffusers.perturbed(m), (4, 8, 8), cond
 
 
 def dit() -> tuple[nn.Module, tuple[int, ...], Cond]:
@@ -94,7 +79,7 @@ def dit() -> tuple[nn.Module, tuple[int, ...], Cond]:
         num_attention_heads=2, attention_head_dim=4, in_channels=4, out_channels=8, num_layers=1, sample_size=8,
         patch_size=2, num_embeds_ada_norm=10, norm_num_groups=1,
     )  # fmt: skip
-    return _perturbed(m), (4, 8, 8), lambda b: {"class_labels": torch.arange(b) % 10}
+    return tiny_diffusers.perturbed(m), (4, 8, 8), lambda b: {"class_labels": torch.arange(b) % 10}
 
 
 def pixart() -> tuple[nn.Module, tuple[int, ...], Cond]:
@@ -117,7 +102,7 @@ def pixart() -> tuple[nn.Module, tuple[int, ...], Cond]:
             "added_cond_kwargs": {"resolution": torch.full((b, 2), 64.0), "aspect_ratio": torch.ones(b, 1)},
         }
 
-    return _perturbed(m), (4, 8, 8), cond
+    return tiny_diffusers.perturbed(m), (4, 8, 8), cond
 
 
 BUILDERS = {"UNet2DModel": unet, "UNet2DConditionModel": unet_cond, "DiT": dit, "PixArt": pixart}
