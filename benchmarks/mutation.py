@@ -387,7 +387,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("edm_v_prediction_sign", "precond.py",
            'return sc._replace(c_out=-sc.c_out) if self.prediction == "v" else sc\n\n    def _scalings_checked',
            'return sc\n\n    def _scalings_checked',
-           FAMILIES, "EDMPrecond(prediction='v') without diffusers' sign flip of c_out"),
+           (*FAMILIES, *PRECOND), "EDMPrecond(prediction='v') without diffusers' sign flip of c_out"),
     Mutant("cfgpp_euler_renoise_guided", "solvers/cfgpp.py",
            "x_next = torch.sub(x, u).mul_(self.a[i]).addcmul_(d, self.c[i])",
            "x_next = torch.sub(x, d).mul_(self.a[i]).addcmul_(d, self.c[i])",

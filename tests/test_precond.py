@@ -503,3 +503,20 @@ def test_wrapper_scalings_method_uses_its_own_constants() -> None:
     for got, want in zip(pre.scalings(s), edm_scalings(s, 2.0), strict=True):
         assert torch.equal(got, want)
     assert not torch.equal(pre.scalings(s).c_skip, edm_scalings(s).c_skip)
+
+
+def test_edm_v_prediction_scalings_are_what_forward_applies() -> None:
+    # diffusers' EDM schedulers with prediction_type="v_prediction": D = c_skip x - c_out F (c_out's sign flips).
+    # The public scalings() must describe the forward pass exactly, for callers that run F themselves.
+    def net(x_in: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x_in) + c_noise.reshape(-1, 1)
+
+    x = torch.randn(3, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    s = torch.tensor([0.1, 1.0, 20.0], dtype=torch.float64)
+    for prediction, sign in (("edm", 1.0), ("v", -1.0)):
+        den = EDMPrecond(net, sigma_data=0.7, prediction=prediction)
+        sc = den.scalings(s)
+        ref = edm_scalings(s, 0.7)
+        torch.testing.assert_close(sc.c_out, sign * ref.c_out, rtol=1e-15, atol=0)
+        by_hand = sc.c_skip[:, None] * x + sc.c_out[:, None] * net(sc.c_in[:, None] * x, sc.c_noise)
+        torch.testing.assert_close(den(x, s), by_hand, rtol=1e-12, atol=1e-12)  # float64 round-off
