@@ -394,3 +394,17 @@ def test_scheduler_sigmas_and_start_state() -> None:
         start_state(dpm, torch.zeros(2, dtype=torch.int64), s)
     with pytest.raises(TypeError, match="scheduler_or_config must be a diffusers scheduler"):
         scheduler_sigmas(object(), 4)
+
+
+def test_the_scheduler_families_example_of_the_docs_runs() -> None:
+    # docs/diffusers.md, "Scheduler families": the EDM-trained example reproduces EDMEulerScheduler (its asserts).
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "diffusers.md").read_text()
+    m = re.search(r"^## Scheduler families\n(.*?)(?=^## |\Z)", text, re.M | re.S)
+    assert m is not None, "docs/diffusers.md lost its 'Scheduler families' section"
+    blocks = re.findall(r"```python\n(.*?)```", m.group(1), re.S)
+    assert blocks, "the section has no python example"
+    for code in blocks:
+        exec(compile(code, "docs/diffusers.md", "exec"), {})
