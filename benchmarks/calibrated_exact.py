@@ -60,6 +60,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256, help="evaluation batch (seed 0)")
     ap.add_argument("--calib-batch", type=int, default=1024, help="calibration batch (seed 1)")
     ap.add_argument("--max-evals", type=int, default=500, help="sampling runs per calibration")
+    ap.add_argument("--no-shifts", action="store_true", help="fit direction scales only (no sigma multipliers)")
     ap.add_argument("--starts", type=int, default=1, help="calibrate(starts=): multi-start, best calibration error")
     ap.add_argument("--problems", nargs="*", default=None)
     ap.add_argument("--threads", type=int, default=1)
@@ -89,7 +90,8 @@ def main() -> None:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 cal = es.calibrate(den, xc, nfe, sampler=name, afs=afs, reference=ref_c, sigma_min=SIG_MIN,
-                                   fit_shifts=True, max_evals=args.max_evals, starts=args.starts, **knobs)  # fmt: skip
+                                   fit_shifts=not args.no_shifts, max_evals=args.max_evals, starts=args.starts,
+                                   **knobs)  # fmt: skip
             opts = cal.run_options(afs)
             ours = peer_error(lambda d, x, s, c=cal, o=opts: f(d, x, s, **c.knobs, **o), den, x0, cal.sigmas, ref)
             prow = {}

@@ -332,9 +332,7 @@ def calibrate(
         jac = jacobian()
     b = x.shape[0]
     # the last Jacobian (before the last accepted step) with the final residuals: a first-order estimate
-    need, gap = warn_if_small(
-        r[:n_pix].reshape(b, -1), jac[:n_pix].reshape(b, -1, theta.numel()), max_gap, "calibrate"
-    )
+    need, gap = warn_if_small(r[:n_pix].reshape(b, -1), jac[:n_pix].reshape(b, -1, theta.numel()), max_gap, "calibrate")
     full_knobs = dict(parse_label(label(name, values, full=True))[1])
     return Calibration(
         name, full_knobs, sigmas, scales, shifts, _afs_json(afs), spec.count(sigmas, values, afs=afs),
