@@ -12,6 +12,9 @@ EDM's rho = 7 and on log-linear schedules; the best peer per NFE. The calibratio
 sampling runs) is printed beside each row.
 
 Run: ``python benchmarks/calibrated_digits.py [--nfe 3 4 5 6 8 10] [--json out.json]`` (CPU; ~10 min).
+``--moment-weight W``: the joint stage also matches the mean and covariance of the classifier's features of the
+calibration batch to the reference's (``calibrate(features=digits_features, moment_weight=W)``), still on the
+calibration seeds only. ``--starts K``: multi-start calibration.
 """
 
 from __future__ import annotations
@@ -50,6 +53,11 @@ def main() -> None:
     ap.add_argument("--free-end", action="store_true", help="let the last positive level move (default: 0.002)")
     ap.add_argument("--no-shifts", action="store_true", help="fit direction scales only (no sigma multipliers)")
     ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument(
+        "--moment-weight", type=float, default=None,
+        help="calibrate(features=digits_features, moment_weight=W): match the feature mean/covariance too",
+    )  # fmt: skip
+    ap.add_argument("--starts", type=int, default=1, help="calibrate(starts=): multi-start")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -91,12 +99,15 @@ def main() -> None:
         "| NFE | calibrated FD | / converged | calib. s wall / CPU | runs | steps | best peer | peer FD | / converged |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
+    moment_opts: dict[str, Any] = {}
+    if args.moment_weight is not None:
+        moment_opts = {"features": digits_features, "moment_weight": args.moment_weight}
     for nfe in args.nfe:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             cal = es.calibrate(den, xc, nfe, sampler=name, afs=afs, reference=ref,
                                sigma_min=None if args.free_end else SIG_MIN, fit_shifts=not args.no_shifts,
-                               max_evals=args.max_evals, **knobs)  # fmt: skip
+                               max_evals=args.max_evals, starts=args.starts, **moment_opts, **knobs)  # fmt: skip
         opts = cal.run_options(afs)
         ours = fd(dl.run(lambda d, x, s, c=cal, o=opts: f(d, x, s, **c.knobs, **o), den, x0, cal.sigmas))
         prow: dict[str, float] = {}
@@ -113,6 +124,7 @@ def main() -> None:
             "calibrated": ours, "seconds": cal.seconds, "cpu_seconds": cal.cpu_seconds, "runs": cal.evaluations,
             "sigmas": cal.sigmas.tolist(),
             "direction_scale": cal.direction_scale, "sigma_scale": cal.sigma_scale, "calib_mse": cal.error,
+            "calib_loss": cal.loss,
             "min_batch": cal.min_batch, "gap": cal.gap, "warnings": [str(w.message) for w in caught], "peers": prow,
         }  # fmt: skip
         print(

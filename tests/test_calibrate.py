@@ -122,3 +122,45 @@ def test_searches_warn_when_the_batch_is_too_small() -> None:
         warnings.simplefilter("error", UserWarning)
         es.optimize_schedule(gauss, x, 4, sampler="euler", reference=ode_reference(gauss, x, [80.0, 0.002, 0.0]),
                              sigma_min=0.002, max_evals=40)  # fmt: skip
+
+
+def test_multi_start_keeps_the_best_calibration_and_sums_the_cost() -> None:
+    gm, xc, refc = _ring(32, 4)
+    kw: dict = dict(sampler="euler", reference=refc, sigma_min=0.002, max_evals=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # 32 samples are below the rule here
+        one = es.calibrate(gm, xc, 3, **kw)
+        flat = es.calibrate(gm, xc, 3, init=es.karras_sigmas(3, 0.002, 80.0, rho=3.0), **kw)
+        both = es.calibrate(gm, xc, 3, starts=2, **kw)
+    # start 1 is the default (rho = 7), start 2 rho = 3: the result is the lower calibration error of the two
+    assert both.error == min(one.error, flat.error) and both.loss == both.error
+    assert both.evaluations == one.evaluations + flat.evaluations
+    assert both.initial_error == one.initial_error
+    with pytest.raises(ValueError, match="starts"):
+        es.calibrate(gm, xc, 3, starts=0, **kw)
+
+
+def test_moment_objective_matches_its_formula() -> None:
+    gm, xc, refc = _ring(48, 5)
+
+    def feats(y: torch.Tensor) -> torch.Tensor:  # any map [B, d] -> [B, F]
+        return torch.cat([y, y.abs()], 1)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        cal = es.calibrate(gm, xc, 3, sampler="dpmpp_2m", reference=refc, sigma_min=0.002, max_evals=24,
+                           fit_shifts=True, features=feats, moment_weight=0.5)  # fmt: skip
+    out = es.dpmpp_2m_sample(gm, xc, cal.sigmas, **cal.run_options())
+    # independent transcription of the documented objective
+    fo, fr = feats(out), feats(refc)
+    co, cr = torch.cov(fo.T), torch.cov(fr.T)
+    mse = float(((out - refc) ** 2).mean())
+    mom = float(((fo.mean(0) - fr.mean(0)) ** 2).sum() / cr.trace() + ((co - cr) ** 2).sum() / (cr**2).sum())
+    # tolerance: the same float64 quantities summed in another order (round-off ~1e-15 relative)
+    assert cal.error == pytest.approx(mse, rel=1e-9)
+    assert cal.loss == pytest.approx(mse / float((refc**2).mean()) + 0.5 * mom, rel=1e-9)
+    assert cal.history[-1] == cal.loss
+    with pytest.raises(TypeError, match="features must be a callable"):
+        es.calibrate(gm, xc, 3, reference=refc, features=3)
+    with pytest.raises(ValueError, match="moment_weight"):
+        es.calibrate(gm, xc, 3, reference=refc, features=feats, moment_weight=-1.0)
