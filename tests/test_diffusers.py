@@ -162,14 +162,6 @@ def test_config_without_class_name_must_state_its_schedule() -> None:
 
 
 def test_options_that_switch_the_model_family_are_rejected() -> None:
-    from edm_samplers import _diffusers_families as fam
-
-    if fam.flow_hook("flow_from_scheduler") is None:  # until the flow adapter exists (edm_samplers.flow)
-        flow = {"_class_name": "DPMSolverMultistepScheduler", "use_flow_sigmas": True}
-        with pytest.raises(ValueError, match="schedules a flow-matching"):
-            from_diffusers(lambda x, t: x, flow)
-        with pytest.raises(TypeError, match="schedules a flow-matching"):
-            from_diffusers(lambda x, t: x, diffusers.UniPCMultistepScheduler(use_flow_sigmas=True))
     cont = {"_class_name": "EulerDiscreteScheduler", "timestep_type": "continuous", "prediction_type": "v_prediction"}
     with pytest.raises(ValueError, match="timestep_type='continuous'"):
         from_diffusers(lambda x, t: x, cont)

@@ -171,14 +171,6 @@ def test_zero_terminal_snr_clamped_schedulers_match(unet: Any) -> None:
     assert rel(got, ref) <= 3e-5
 
 
-def _samplers_accept_inf() -> bool:
-    try:
-        es.euler_sample(lambda x, s: torch.zeros_like(x), torch.zeros(1, 1), torch.tensor([math.inf, 1.0, 0.0]))
-    except ValueError:
-        return False
-    return True
-
-
 def test_zero_terminal_snr_ddim_from_infinity(unet: Any) -> None:
     # DDIM keeps abar_{T-1} = 0: sigma_0 = inf, the model sees pure noise at t = 999.
     n = 10
@@ -207,8 +199,6 @@ def test_zero_terminal_snr_ddim_from_infinity(unet: Any) -> None:
         x1 = d0 + float(sig[1]) * LATENTS
         by_hand = es.euler_sample(den, x1, sig[1:], dtype=torch.float32)
     assert rel(by_hand, ref) <= RTOL
-    if not _samplers_accept_inf():
-        pytest.skip("the samplers do not accept a schedule starting at sigma = inf yet (helper H-inf)")
     assert rel(ours(unet, sched, es.euler_sample, n), ref) <= RTOL
 
 
@@ -331,20 +321,11 @@ def test_unsupported_classes_are_named(name: str, match: str) -> None:
         from_diffusers(lambda x, t: x, sched)
 
 
-def test_flow_schedulers_go_to_the_flow_hook_or_a_clear_error() -> None:
-    from edm_samplers import _diffusers_families as fam
-
+def test_flow_schedulers_map_to_the_flow_schedule_and_start() -> None:
+    # The flow schedule starts at t = 1, sigma = inf, from the latents themselves.
     sched = diffusers.FlowMatchEulerDiscreteScheduler()
-    if fam.flow_hook("flow_from_scheduler") is None:
-        with pytest.raises(TypeError, match="FlowMatchEulerDiscreteScheduler schedules a flow-matching"):
-            from_diffusers(lambda x, t: x, sched)
-        with pytest.raises(ValueError, match="UniPCMultistepScheduler schedules a flow-matching"):
-            from_diffusers(lambda x, t: x, dict(diffusers.UniPCMultistepScheduler(use_flow_sigmas=True).config))
-        with pytest.raises(ValueError, match="flow_scheduler_sigmas is missing"):
-            scheduler_sigmas(sched, 4)
-    else:  # edm_samplers.flow is there: the flow schedule starts at t = 1, sigma = inf, from the latents
-        sig = scheduler_sigmas(sched, 4)
-        assert sig[0] == math.inf and torch.equal(start_state(sched, LATENTS, sig), LATENTS)
+    sig = scheduler_sigmas(sched, 4)
+    assert sig[0] == math.inf and torch.equal(start_state(sched, LATENTS, sig), LATENTS)
 
 
 def test_options_of_another_family_are_rejected() -> None:

@@ -9,11 +9,10 @@ diffusers is never imported here at module level; every function that needs it r
 from __future__ import annotations
 
 import copy
-import importlib
 import inspect
 import math
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
@@ -30,7 +29,6 @@ __all__ = [
     "check_class",
     "class_by_signature",
     "family_of",
-    "flow_hook",
     "is_flow_config",
     "known_class_of",
     "set_timesteps_copy",
@@ -135,21 +133,6 @@ def known_class_of(scheduler: object) -> str | None:
 def is_flow_config(cfg: Mapping[str, Any]) -> bool:
     """A VP-family scheduler configured for a flow-matching model (``use_flow_sigmas``/``flow_prediction``)."""
     return bool(cfg.get("use_flow_sigmas")) or cfg.get("prediction_type") == "flow_prediction"
-
-
-def flow_hook(name: str) -> Callable[..., Any] | None:
-    """``edm_samplers.flow.<name>`` once the flow-matching adapter exists, else None.
-
-    The contract (helper H-flow's module): ``flow_from_scheduler(model, scheduler, *, time_scale, learned_variance,
-    net_dtype)`` builds the denoiser, ``flow_scheduler_sigmas(scheduler, num_steps)`` the float64 EDM sigmas
-    (starting at inf for t = 1) and ``flow_initial_x(latents, sigmas)`` the starting state.
-    """
-    try:
-        mod = importlib.import_module(".flow", __package__)
-    except ImportError:
-        return None
-    fn = getattr(mod, name, None)
-    return fn if callable(fn) else None
 
 
 def class_by_signature(diffusers: Any, cfg: Mapping[str, Any]) -> str | None:

@@ -23,7 +23,7 @@ from torch import Tensor
 from . import _diffusers_families as fam
 from ._validate import check_flag, check_int
 from .adapters import ContinuousDenoiser, DDPMDenoiser, ModelCall, learned_variance_for
-from .flow import FlowDenoiser
+from .flow import FlowDenoiser, flow_from_scheduler, flow_initial_x, flow_scheduler_sigmas
 from .precond import EDMPrecond
 
 __all__ = ["from_diffusers", "scheduler_sigmas", "start_state"]
@@ -102,16 +102,6 @@ def _resolve(scheduler_or_config: object, prediction: str | None, what: str) -> 
     return "DDPMScheduler", diffusers.DDPMScheduler.from_config(cfg)
 
 
-def _flow(fn_name: str, name: str, exc: type[Exception]) -> Callable[..., Any]:
-    fn = fam.flow_hook(fn_name)
-    if fn is None:
-        raise exc(
-            f"{name} schedules a flow-matching (rectified-flow) model, which this version of edm_samplers does "
-            f"not support yet (edm_samplers.flow.{fn_name} is missing)"
-        )
-    return fn
-
-
 def from_diffusers(
     model: Callable[..., Any],
     scheduler_or_config: object,
@@ -185,8 +175,6 @@ def from_diffusers(
     cfg: Mapping[str, Any] = sched.config
     family = fam.family_of(name)
     if family == "flow" or (family == "vp" and fam.is_flow_config(cfg)):
-        exc = TypeError if not isinstance(scheduler_or_config, Mapping) else ValueError
-        build = _flow("flow_from_scheduler", name, exc)
         if prediction is not None and prediction not in ("flow", "flow_prediction"):
             raise ValueError(f"{name} schedules a velocity (flow) model; got prediction={prediction!r}")
         if timestep != "auto":
@@ -194,7 +182,7 @@ def from_diffusers(
                 f"timestep={timestep!r} applies to VP models; a flow model's time input is set by time_scale= "
                 "(and the scheduler class: DPM-Solver/UniPC floor it)"
             )
-        return build(  # type: ignore[no-any-return]
+        return flow_from_scheduler(
             model, sched, time_scale=time_scale, learned_variance=learned_variance, net_dtype=net_dtype, call=call
         )
     if time_scale is not None:
@@ -286,7 +274,7 @@ def scheduler_sigmas(scheduler: object, num_steps: int, *, device: torch.device 
     cfg: Mapping[str, Any] = sched.config
     family = fam.family_of(name)
     if family == "flow" or (family == "vp" and fam.is_flow_config(cfg)):
-        flow_sigmas: Tensor = _flow("flow_scheduler_sigmas", name, ValueError)(sched, n)
+        flow_sigmas = flow_scheduler_sigmas(sched, n)
         return flow_sigmas.to(device=device) if device is not None else flow_sigmas
     s = fam.set_timesteps_copy(sched, n)
     if family == "ve":
@@ -330,7 +318,7 @@ def start_state(scheduler: object, latents: Tensor, sigmas: Tensor) -> Tensor:
     cfg: Mapping[str, Any] = sched.config
     family = fam.family_of(name)
     if family == "flow" or (family == "vp" and fam.is_flow_config(cfg)):
-        return _flow("flow_initial_x", name, ValueError)(latents, sigmas)  # type: ignore[no-any-return]
+        return flow_initial_x(latents, sigmas)
     s0 = float(sigmas[0])
     if math.isinf(s0):
         return latents.clone()
