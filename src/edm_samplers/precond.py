@@ -217,11 +217,13 @@ class EDMPrecond(Precond):
         self.prediction = "v" if prediction in ("v", "v_prediction") else "edm"
 
     def scalings(self, sigma: Tensor) -> Scalings:
-        sc = edm_scalings(sigma, self.sigma_data)
-        return sc._replace(c_out=-sc.c_out) if self.prediction == "v" else sc
+        return self._signed(edm_scalings(sigma, self.sigma_data))
 
     def _scalings_checked_sigma(self, s: Tensor) -> Scalings:
-        sc = _edm(s, self.sigma_data)
+        return self._signed(_edm(s, self.sigma_data))
+
+    def _signed(self, sc: Scalings) -> Scalings:
+        """v-prediction (diffusers' EDM schedulers): D = c_skip x - c_out F."""
         return sc._replace(c_out=-sc.c_out) if self.prediction == "v" else sc
 
 
