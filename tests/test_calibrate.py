@@ -164,3 +164,71 @@ def test_moment_objective_matches_its_formula() -> None:
         es.calibrate(gm, xc, 3, reference=refc, features=3)
     with pytest.raises(ValueError, match="moment_weight"):
         es.calibrate(gm, xc, 3, reference=refc, features=feats, moment_weight=-1.0)
+
+
+def test_call_memo_reuses_exactly_the_unchanged_prefix() -> None:
+    from edm_samplers._memo import CallMemo
+
+    gm, x, _ = _ring(8, 7)
+    sig = es.karras_sigmas(5, 0.002, 80.0)
+    memo = CallMemo(gm)
+    assert memo.means is gm.means  # attributes come from the wrapped denoiser
+    assert not hasattr(memo, "sigma_data")
+    memo.start()
+    base = es.dpmpp_2m_sample(memo, x, sig, direction_scale=[1.0] * 5)
+    memo.keep()
+    assert (memo.calls, memo.hits) == (5, 0)
+    for j in range(5):
+        # call j's direction scale acts on its output: calls 0..j repeat the base run bitwise
+        scale = [1.0] * 5
+        scale[j] = 1.01
+        memo.start()
+        hits = memo.hits
+        out = es.dpmpp_2m_sample(memo, x, sig, direction_scale=scale)
+        assert torch.equal(out, es.dpmpp_2m_sample(gm, x, sig, direction_scale=scale))
+        assert memo.hits - hits == j + 1
+        # call j's sigma multiplier changes call j itself: calls 0..j-1 are re-used
+        shift = [1.0] * 5
+        shift[j] = 1.01
+        memo.start()
+        hits = memo.hits
+        out = es.dpmpp_2m_sample(memo, x, sig, sigma_scale=shift)
+        assert torch.equal(out, es.dpmpp_2m_sample(gm, x, sig, sigma_scale=shift))
+        assert memo.hits - hits == j
+    memo.start()
+    hits = memo.hits
+    es.dpmpp_2m_sample(memo, x + 1e-9, sig)  # another input: nothing is re-used
+    assert memo.hits == hits
+    assert torch.equal(base, es.dpmpp_2m_sample(gm, x, sig))
+
+
+def test_calibration_results_do_not_depend_on_the_call_memo(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from edm_samplers._memo import CallMemo
+
+    # the package exports functions of the same names: take the modules themselves
+    cal_mod, opt_mod = sys.modules["edm_samplers.calibrate"], sys.modules["edm_samplers.schedule_opt"]
+
+    gm, xc, refc = _ring(32, 8)
+    kw: dict = dict(sampler="dpmpp_2m", afs=0.71, reference=refc, sigma_min=0.002, fit_shifts=True, max_evals=50)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # 32 samples are below the rule here
+        memo = es.calibrate(gm, xc, 4, **kw)
+
+        class NoReuse(CallMemo):
+            def __call__(self, x: torch.Tensor, sigma: torch.Tensor, /, **cond: object) -> torch.Tensor:
+                self.diverged = True
+                return super().__call__(x, sigma, **cond)
+
+        monkeypatch.setattr(cal_mod, "CallMemo", NoReuse)
+        monkeypatch.setattr(opt_mod, "CallMemo", NoReuse)
+        plain = es.calibrate(gm, xc, 4, **kw)
+    assert torch.equal(memo.sigmas, plain.sigmas) and memo.error == plain.error and memo.loss == plain.loss
+    assert memo.direction_scale == plain.direction_scale and memo.sigma_scale == plain.sigma_scale
+    assert memo.evaluations == plain.evaluations and plain.reused_calls == 0
+    # every run makes 4 network calls (afs: evaluation 0 is the closed form). One Jacobian re-uses at least
+    # 16: the column of evaluation j's direction scale repeats network calls 1..j (j = 1..4: 10 calls), the
+    # column of its sigma multiplier calls 1..j-1 (6 calls)
+    assert memo.network_calls + memo.reused_calls == plain.network_calls == 4 * plain.evaluations
+    assert memo.reused_calls >= 16

@@ -28,10 +28,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._memo import CallMemo
 from ._safetensors import write_atomic
 from ._types import Denoiser
 from ._validate import check_float, check_int, check_path, check_sigmas, check_x
-from .afs import afs_enabled
+from .afs import afs_enabled, closed_form
 from .calibration_batch import warn_if_small
 from .schedule_opt import optimize_schedule, schedule_from_params, schedule_params
 from .schedules import karras_sigmas
@@ -68,6 +69,10 @@ class Calibration:
         batch, min_batch: calibration batch size and the minimum of the batch-size rule
             (:func:`~edm_samplers.min_calibration_batch`); gap: its predicted relative held-out excess at ``batch``.
         history: the objective after each accepted move.
+        network_calls, reused_calls: denoiser calls made (the reference's excluded), and calls re-used instead:
+            a run that changes only parameters acting from call j on (a Jacobian column of call j's scale or
+            sigma multiplier, a candidate level) repeats the base run's calls before j bitwise, so their
+            recorded results are returned (the results are identical; only network time is saved).
         loss: the objective the joint stage minimised (``error`` without ``features``; with them the mix of
             relative squared error and relative feature-moment error described in :func:`calibrate`).
     """
@@ -89,6 +94,8 @@ class Calibration:
     gap: float = math.nan
     history: list[float] = field(default_factory=list)
     loss: float = math.nan
+    network_calls: int = 0
+    reused_calls: int = 0
 
     def run_options(self, afs: object = None) -> dict[str, Any]:
         """The run options to sample with: ``direction_scale`` and ``afs`` (pass ``afs`` for ``"external"``)."""
@@ -189,6 +196,7 @@ def calibrate(
     if not name:
         raise TypeError(f"sampler must be a registry name such as 'dpmpp_2m', got {sampler!r}")
     spec = get(name)
+    closed_form(afs, denoiser)  # checked here, against the denoiser itself (the runs see it wrapped)
     all_knobs = {**given, **knobs}
     values = spec.resolve(all_knobs)
     n = spec.steps_for(nfe, all_knobs, afs=afs)
@@ -223,6 +231,7 @@ def calibrate(
         win = min(runs, key=lambda c: c.loss)  # the calibration objective only
         return replace(
             win, initial_error=runs[0].initial_error, evaluations=sum(c.evaluations for c in runs),
+            network_calls=sum(c.network_calls for c in runs), reused_calls=sum(c.reused_calls for c in runs),
             seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0,
         )  # fmt: skip
     with warnings.catch_warnings():  # stage 1's own batch check counts fewer parameters; the joint one is below
@@ -247,6 +256,8 @@ def calibrate(
         sh = torch.exp(th[m + ns :].clamp(-2.0, 2.0)).tolist() if fit_shifts else None
         return s, sc, sh
 
+    memo = CallMemo(denoiser)  # a Jacobian column re-uses the base run's calls before its parameter acts
+
     def outputs(th: Tensor) -> Tensor:
         nonlocal evals
         evals += 1
@@ -254,8 +265,9 @@ def calibrate(
         extra: dict[str, Any] = {} if sc is None else {"direction_scale": sc}
         if sh is not None:
             extra["sigma_scale"] = sh
+        memo.start()
         with torch.no_grad():
-            out = run(denoiser, x, s, cond=cond, **opts, **extra)
+            out = run(memo, x, s, cond=cond, **opts, **extra)
         res = (out.to(ref.dtype) - ref).reshape(-1)
         if features is None:
             return res * pix_scale
@@ -287,6 +299,7 @@ def calibrate(
         cov_scale = math.sqrt(moment_weight) / max(float(torch.linalg.matrix_norm(cov_ref)), 1e-300)
 
     r = outputs(theta)
+    memo.keep()
     best = objective(r)
     history = [search.initial_error, best]
     lam = 1e-3
@@ -320,6 +333,7 @@ def calibrate(
             if fc < best:
                 improved = fc < best * (1 - 1e-4)
                 theta, r, best, lam = cand, rc, fc, max(lam / 3, 1e-7)
+                memo.keep()
                 history.append(best)
                 break
             lam *= 4
@@ -337,7 +351,7 @@ def calibrate(
     return Calibration(
         name, full_knobs, sigmas, scales, shifts, _afs_json(afs), spec.count(sigmas, values, afs=afs),
         pixel_mse(r), search.initial_error, evals, time.perf_counter() - t0, time.process_time() - c0, b, need, gap,
-        history, best,
+        history, best, search.network_calls + memo.calls, search.reused_calls + memo.hits,
     )  # fmt: skip
 
 

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._memo import CallMemo
 from ._safetensors import write_atomic
 from ._types import Denoiser, StepInfo
 from ._validate import check_float, check_float_dtype, check_int, check_path, check_sigmas, check_x
@@ -65,6 +66,8 @@ class ScheduleSearch:
         initial_error: the objective of the initial schedule.
         evaluations: number of sampling runs spent.
         history: the objective after each accepted move.
+        network_calls, reused_calls: denoiser calls made, and calls whose result was re-used from the best run
+            (a candidate that moves level i repeats that run's calls above level i bitwise; they are not redone).
     """
 
     sigmas: Tensor
@@ -72,6 +75,8 @@ class ScheduleSearch:
     initial_error: float
     evaluations: int
     history: list[float] = field(default_factory=list)
+    network_calls: int = 0
+    reused_calls: int = 0
 
 
 def schedule_params(sigmas: Tensor, floor: float, pinned: bool) -> Tensor:
@@ -265,12 +270,14 @@ def optimize_schedule(
     ref = reference.detach()
 
     evals = 0
+    memo = CallMemo(denoiser)  # a candidate re-uses the best run's calls above the level it moves
 
     def residuals(s: Tensor) -> Tensor:
         nonlocal evals
         evals += 1
+        memo.start()
         with torch.no_grad():
-            out = run(denoiser, x, s, cond=cond, **kw)
+            out = run(memo, x, s, cond=cond, **kw)
         return (out.to(ref.dtype) - ref).reshape(x.shape[0], -1)
 
     def objective(s: Tensor) -> float:
@@ -282,6 +289,7 @@ def optimize_schedule(
     # small-step search from a hand-made schedule falls into at very low NFE.
     pos = init_s[:-1].clone()
     best = objective(torch.cat([pos, pos.new_zeros(1)]))
+    memo.keep()
     initial = best
     if not math.isfinite(initial):
         # Every candidate would compare as inf: the search could only return init with error=inf.
@@ -307,6 +315,7 @@ def optimize_schedule(
                 if e < best:
                     best, pos, improved = e, cand, True
                     history.append(e)
+                    memo.keep()
         if not improved or evals >= max_evals // 2:
             break
 
@@ -332,6 +341,7 @@ def optimize_schedule(
                     v = objective(cand_s)
                     if v < cur:
                         cur, u, improved = v, cand_u, True
+                        memo.keep()
                         if v < best:
                             best, best_sigmas = v, cand_s
                             history.append(v)
@@ -351,7 +361,7 @@ def optimize_schedule(
         jac = torch.stack(cols, -1)
         if bool(torch.isfinite(jac).all()):
             warn_if_small(r0, jac, gap, "optimize_schedule")
-    return ScheduleSearch(best_sigmas, best, initial, evals, history)
+    return ScheduleSearch(best_sigmas, best, initial, evals, history, memo.calls, memo.hits)
 
 
 def save_schedule(path: str | os.PathLike[str], sigmas: Tensor, **meta: Any) -> None:
