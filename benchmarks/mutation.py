@@ -403,6 +403,23 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("afs_gaussian_inverted_shrink", "afs.py",
            "return mean + y * (var / (var + s2))", "return mean + y * (s2 / (var + s2))",
            ("tests/test_afs.py",), "Gaussian closed form shrinks with sigma^2 / (var + sigma^2)"),
+    # ---- calibration: call memo, trajectory objective ----------------------------------------------------
+    Mutant("memo_ignores_state", "_memo.py",
+           "torch.equal(bs, sigma) and torch.equal(bx, x)", "torch.equal(bs, sigma)",
+           ("tests/test_calibrate.py",), "the memo re-uses a call at the same sigma from another state"),
+    Mutant("memo_ignores_sigma", "_memo.py",
+           "torch.equal(bs, sigma) and torch.equal(bx, x)", "torch.equal(bx, x)",
+           ("tests/test_calibrate.py",), "the memo re-uses a call from the same state at another sigma"),
+    Mutant("trajectory_weight_not_propagated", "calibrate.py",
+           "w = math.sqrt(trajectory_weight * s2 / (s2 + sig * sig) / len(inner))",
+           "w = math.sqrt(trajectory_weight / len(inner))",
+           ("tests/test_calibrate.py",), "trajectory terms without the factor s2 / (s2 + sigma^2)"),
+    Mutant("trajectory_interp_wrong_end", "calibrate.py",
+           "t = (a - sigma) / (a - b)", "t = (sigma - b) / (a - b)",
+           ("tests/test_calibrate.py",), "interpolation weight on the wrong neighbour"),
+    Mutant("trajectory_includes_the_end", "calibrate.py",
+           "inner = [(sig, st) for sig, st in states if sig > 0]", "inner = [(sig, st) for sig, st in states]",
+           ("tests/test_calibrate.py",), "the end point (sigma = 0) counted again among the trajectory's levels"),
 )
 # fmt: on
 

@@ -232,3 +232,63 @@ def test_calibration_results_do_not_depend_on_the_call_memo(monkeypatch: pytest.
     # column of its sigma multiplier calls 1..j-1 (6 calls)
     assert memo.network_calls + memo.reused_calls == plain.network_calls == 4 * plain.evaluations
     assert memo.reused_calls >= 16
+
+
+def _exact_trajectory(gm: GaussianMixture, x: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    grid = es.karras_sigmas(steps, 0.002, 80.0)[:-1]
+    states = [x]
+    for a, b in zip(grid[:-1].tolist(), grid[1:].tolist(), strict=True):
+        states.append(ode_reference(gm, states[-1], [a, b]))
+    return grid, torch.stack(states)
+
+
+def test_trajectory_objective_matches_its_formula() -> None:
+    import numpy as np
+
+    gm, xc, refc = _ring(48, 5)
+    grid, states = _exact_trajectory(gm, xc, 24)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        cal = es.calibrate(gm, xc, 3, sampler="dpmpp_2m", reference=refc, sigma_min=0.002, max_evals=24,
+                           fit_shifts=True, trajectory=(grid, states), trajectory_weight=0.7)  # fmt: skip
+    seen: list[tuple[float, torch.Tensor]] = []
+    out = es.dpmpp_2m_sample(gm, xc, cal.sigmas, callback=lambda i: seen.append((i.sigma_next, i.x_next)),
+                             **cal.run_options())  # fmt: skip
+    inner = [(s, x) for s, x in seen if 0 < s < 80.0]
+    assert len(inner) == cal.sigmas.numel() - 2  # every level the sampler lands on but sigma_max and 0
+    # independent transcription: numpy's interpolation, linear in sigma, element by element
+    g = grid.numpy()[::-1]
+    flat = states.reshape(states.shape[0], -1).numpy()[::-1]
+    s2 = float((refc**2).mean())
+    terms = []
+    for s, x in inner:
+        r = np.array([np.interp(s, g, flat[:, e]) for e in range(flat.shape[1])])
+        terms.append(s2 / (s2 + s * s) * float(np.mean((x.reshape(-1).numpy() - r) ** 2)))
+    mse = float(((out - refc) ** 2).mean())
+    # tolerance: the same float64 quantities summed in another order (round-off ~1e-15 relative)
+    assert cal.error == pytest.approx(mse, rel=1e-9)
+    assert cal.loss == pytest.approx(mse + 0.7 * sum(terms) / len(terms), rel=1e-9)
+    assert cal.history[-1] == cal.loss
+
+
+def test_trajectory_computed_here_and_bad_trajectories() -> None:
+    gm, xc, _ = _ring(16, 9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        cal = es.calibrate(gm, xc, 3, sampler="euler", sigma_min=0.002, max_evals=8, trajectory=6)
+    # no reference given: the end of the trajectory computed here (Heun, 6 steps of rho = 7 from 80) is it
+    heun = es.heun_sample(gm, xc, es.karras_sigmas(6, 0.002, 80.0))
+    out = es.euler_sample(gm, xc, cal.sigmas, **cal.run_options())
+    assert cal.error == pytest.approx(float(((out - heun) ** 2).mean()), rel=1e-9)
+    grid, states = _exact_trajectory(gm, xc, 6)
+    kw: dict = dict(sampler="euler", reference=heun, max_evals=4)
+    with pytest.raises(ValueError, match="strictly decreasing positive"):
+        es.calibrate(gm, xc, 3, trajectory=(grid.flip(0), states), **kw)
+    with pytest.raises(ValueError, match=r"shape \[len\(sigmas\), \*x.shape\]"):
+        es.calibrate(gm, xc, 3, trajectory=(grid, states[:, :4]), **kw)
+    with pytest.raises(TypeError, match="trajectory must be"):
+        es.calibrate(gm, xc, 3, trajectory=(grid, states, states), **kw)
+    with pytest.raises(ValueError, match="trajectory_weight"):
+        es.calibrate(gm, xc, 3, trajectory=(grid, states), trajectory_weight=-1.0, **kw)
+    with pytest.raises(ValueError, match="trajectory"):
+        es.calibrate(gm, xc, 3, trajectory=1, **kw)

@@ -106,6 +106,7 @@ TOP = {
     "Calibration",
     "save_calibration",
     "load_calibration",
+    "reference_trajectory",
     "min_calibration_batch",
     "optimize_schedule",
     "ScheduleSearch",

@@ -27,6 +27,7 @@ from .ays import loglinear_interp as loglinear_interp
 from .calibrate import Calibration as Calibration
 from .calibrate import calibrate as calibrate
 from .calibrate import load_calibration as load_calibration
+from .calibrate import reference_trajectory as reference_trajectory
 from .calibrate import save_calibration as save_calibration
 from .calibration_batch import min_calibration_batch as min_calibration_batch
 from .diffusers_adapter import from_diffusers as from_diffusers
@@ -180,6 +181,7 @@ __all__ = [
     "models",
     "null_condition",
     "optimize_schedule",
+    "reference_trajectory",
     "save_calibration",
     "save_schedule",
     "scheduler_sigmas",

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ._memo import CallMemo
 from ._safetensors import write_atomic
-from ._types import Denoiser
+from ._types import Denoiser, StepInfo
 from ._validate import check_float, check_int, check_path, check_sigmas, check_x
 from .afs import afs_enabled, closed_form
 from .calibration_batch import warn_if_small
@@ -40,7 +40,7 @@ from .solvers import heun_sample
 from .solvers.api import sampler_function
 from .solvers.registry import get, label, parse_label
 
-__all__ = ["Calibration", "calibrate", "load_calibration", "save_calibration"]
+__all__ = ["Calibration", "calibrate", "load_calibration", "reference_trajectory", "save_calibration"]
 
 # rho of the further starts of ``calibrate(starts=...)``: after the usual 7, one flatter and one steeper
 # schedule, then further out on either side (log-linear is rho -> infinity)
@@ -140,6 +140,8 @@ def calibrate(
     starts: int = 1,
     features: Callable[[Tensor], Tensor] | None = None,
     moment_weight: float = 1.0,
+    trajectory: bool | int | tuple[Tensor, Tensor] = False,
+    trajectory_weight: float = 1.0,
     cond: Mapping[str, Any] | None = None,
     **knobs: Any,
 ) -> Calibration:
@@ -174,6 +176,20 @@ def calibrate(
             minimises the squared error; the batch-size rule is applied to the per-sample squared error.
             ``error`` stays the mean squared error; ``loss`` is the mixed objective.
         moment_weight: weight of the moment term (>= 0) when ``features`` is given.
+        trajectory: also match the reference *trajectory* at every intermediate level the sampler lands on
+            (AMED / EPD-style teacher matching), not only the end point: ``True`` (or a number of Heun steps,
+            ``True`` = 64) computes the converged trajectory of ``x`` here (Heun on ``karras_sigmas`` from
+            ``sigma_max``; its end point is the reference when ``reference`` is None); or pass ``(sigmas,
+            states)``: decreasing positive levels ``[L]`` and the converged states ``[L, *x.shape]`` there (e.g.
+            from an exact ODE solution). The state at a level between two of them is interpolated linearly in
+            sigma. The state error at level sigma is weighted by ``s2 / (s2 + sigma**2)``, ``s2`` the mean
+            square of the reference (per element): the factor by which the ODE of data of that scale carries
+            an error at sigma to the end, so each term is an estimate of the final error it causes; the
+            levels' terms are averaged and weighted by ``trajectory_weight``. Where the end point is a
+            piecewise-constant function of the parameters (which mode of multi-modal data each sample ends at),
+            the intermediate states still vary smoothly, which the joint stage's Jacobian needs. Stage 1 still
+            minimises the end-point error; ``error`` stays that, ``loss`` is the mixed objective.
+        trajectory_weight: weight of the trajectory term (>= 0).
         cond: denoiser conditioning.
 
     Returns:
@@ -211,11 +227,17 @@ def calibrate(
     opts: dict[str, Any] = {**all_knobs, "check_finite": False}
     if afs_enabled(afs):
         opts["afs"] = afs
+    trajectory_weight = check_float(trajectory_weight, "trajectory_weight", nonnegative=True)
+    traj, end = _trajectory(trajectory, denoiser, x, hi, cond)
     if reference is None:
-        with torch.no_grad():
-            reference = heun_sample(
-                denoiser, x, karras_sigmas(512, min(0.002, hi / 2), hi), cond=cond, dtype=x.dtype, check_finite=False
-            )
+        if end is not None:
+            reference = end  # the trajectory computed here ends in the converged sample
+        else:
+            with torch.no_grad():
+                reference = heun_sample(
+                    denoiser, x, karras_sigmas(512, min(0.002, hi / 2), hi), cond=cond, dtype=x.dtype,
+                    check_finite=False,
+                )  # fmt: skip
     ref = reference.detach()
     if starts > 1:
         lo = 0.002 if sigma_min is None else float(sigma_min)
@@ -226,7 +248,8 @@ def calibrate(
                 denoiser, x, nfe, sampler=name, afs=afs, reference=ref, init=i, sigma_max=sigma_max,
                 sigma_min=sigma_min, fit_scales=fit_scales, fit_shifts=fit_shifts, max_evals=max_evals,
                 schedule_evals=schedule_evals, max_gap=max_gap, features=features, moment_weight=moment_weight,
-                cond=cond, **all_knobs,
+                trajectory=False if traj is None else traj, trajectory_weight=trajectory_weight, cond=cond,
+                **all_knobs,
             ))  # fmt: skip
         win = min(runs, key=lambda c: c.loss)  # the calibration objective only
         return replace(
@@ -266,13 +289,21 @@ def calibrate(
         if sh is not None:
             extra["sigma_scale"] = sh
         memo.start()
+        states: list[tuple[float, Tensor]] = []
+        if traj is not None:
+            extra["callback"] = lambda info: states.append((info.sigma_next, info.x_next))
         with torch.no_grad():
             out = run(memo, x, s, cond=cond, **opts, **extra)
-        res = (out.to(ref.dtype) - ref).reshape(-1)
-        if features is None:
-            return res * pix_scale
-        mu, cov = moments(out, features)
-        return torch.cat([res * pix_scale, (mu - mu_ref) * mu_scale, (cov - cov_ref).reshape(-1) * cov_scale])
+        parts = [(out.to(ref.dtype) - ref).reshape(-1) * pix_scale]
+        if traj is not None:
+            inner = [(sig, st) for sig, st in states if sig > 0]  # the levels after sigma_max, but 0
+            for sig, st in inner:
+                w = math.sqrt(trajectory_weight * s2 / (s2 + sig * sig) / len(inner))
+                parts.append((st.to(ref.dtype) - _interp(traj, sig)).reshape(-1) * (pix_scale * w))
+        if features is not None:
+            mu, cov = moments(out, features)
+            parts += [(mu - mu_ref) * mu_scale, (cov - cov_ref).reshape(-1) * cov_scale]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def moments(y: Tensor, fn: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
         with torch.no_grad():
@@ -290,6 +321,7 @@ def calibrate(
 
     n_pix = ref.numel()
     pix_scale = 1 / math.sqrt(n_pix)
+    s2 = max(float(torch.mean(ref.double() ** 2)), 1e-300)
     if features is not None:
         mu_ref, cov_ref = moments(ref, features)
         if not (bool(torch.isfinite(mu_ref).all()) and bool(torch.isfinite(cov_ref).all())):
@@ -353,6 +385,84 @@ def calibrate(
         pixel_mse(r), search.initial_error, evals, time.perf_counter() - t0, time.process_time() - c0, b, need, gap,
         history, best, search.network_calls + memo.calls, search.reused_calls + memo.hits,
     )  # fmt: skip
+
+
+def _trajectory(
+    trajectory: object, denoiser: Denoiser, x: Tensor, hi: float, cond: Mapping[str, Any] | None
+) -> tuple[tuple[Tensor, Tensor] | None, Tensor | None]:
+    """``calibrate``'s ``trajectory=``: ((levels [L] float64 decreasing, states [L, *x.shape]) or None, the end
+    point at sigma = 0 when computed here, else None)."""
+    if trajectory is False or trajectory is None:
+        return None, None
+    if isinstance(trajectory, tuple):
+        if len(trajectory) != 2 or not all(isinstance(t, Tensor) for t in trajectory):
+            raise TypeError("trajectory must be True, a number of Heun steps, or a (sigmas, states) pair of tensors")
+        sig, st = trajectory
+        sig = sig.detach().to(torch.float64).reshape(-1)
+        if sig.numel() < 2 or not bool((sig > 0).all()) or not bool((sig[1:] < sig[:-1]).all()):
+            raise ValueError("trajectory sigmas must be >= 2 strictly decreasing positive levels (no final 0)")
+        if tuple(st.shape) != (sig.numel(), *x.shape) or not bool(torch.isfinite(st).all()):
+            raise ValueError(
+                f"trajectory states must be finite, of shape [len(sigmas), *x.shape] = {[sig.numel(), *x.shape]}, "
+                f"got {list(st.shape)}"
+            )
+        return (sig, st.detach()), None
+    steps = 64 if trajectory is True else check_int(trajectory, "trajectory", minimum=2)
+    sig, st, end = reference_trajectory(denoiser, x, steps, sigma_max=hi, sigma_min=min(0.002, hi / 2), cond=cond)
+    return (sig, st), end
+
+
+def reference_trajectory(
+    denoiser: Denoiser,
+    x: Tensor,
+    steps: int = 64,
+    *,
+    sigma_max: float = 80.0,
+    sigma_min: float = 0.002,
+    cond: Mapping[str, Any] | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The converged trajectory of ``x`` for :func:`calibrate`'s ``trajectory=`` (computed once, shared by calls).
+
+    Heun on ``karras_sigmas(steps, sigma_min, sigma_max)`` from ``x`` at ``sigma_max``, every state kept.
+
+    Returns:
+        ``(sigmas, states, end)``: the positive levels ``[steps]`` (float64, decreasing, from ``sigma_max``), the
+        states there ``[steps, *x.shape]`` (``states[0]`` is ``x``) and the end point at sigma = 0 (the reference):
+        ``calibrate(..., reference=end, trajectory=(sigmas, states))``.
+    """
+    check_x(x)
+    steps = check_int(steps, "steps", minimum=2)
+    hi = check_float(sigma_max, "sigma_max", positive=True)
+    lo = check_float(sigma_min, "sigma_min", positive=True)
+    if not lo < hi:
+        raise ValueError(f"sigma_min must be below sigma_max, got {lo} and {hi}")
+    levels: list[float] = [hi]
+    states: list[Tensor] = [x.detach().clone()]
+
+    def keep(info: StepInfo) -> None:
+        levels.append(info.sigma_next)
+        states.append(info.x_next.detach().clone())
+
+    with torch.no_grad():
+        heun_sample(denoiser, x, karras_sigmas(steps, lo, hi), cond=cond, dtype=x.dtype, check_finite=False,
+                    callback=keep)  # fmt: skip
+    # the positive levels; the last entry, at 0, is the end point (the reference)
+    return torch.tensor(levels[:-1], dtype=torch.float64), torch.stack(states[:-1]), states[-1]
+
+
+def _interp(traj: tuple[Tensor, Tensor], sigma: float) -> Tensor:
+    """The trajectory's state at ``sigma``: linear in sigma between the two nearest levels (clamped at the ends)."""
+    sig, st = traj
+    n = sig.numel()
+    # sig is decreasing: the first index whose level is <= sigma
+    j = int(torch.searchsorted(-sig, torch.tensor(-sigma, dtype=torch.float64)))
+    if j <= 0:
+        return st[0]
+    if j >= n:
+        return st[n - 1]
+    a, b = float(sig[j - 1]), float(sig[j])
+    t = (a - sigma) / (a - b)
+    return st[j - 1] * (1 - t) + st[j] * t
 
 
 def save_calibration(path: str | os.PathLike[str], cal: Calibration, **meta: Any) -> None:
