@@ -13,8 +13,10 @@ sampling runs) and the batch-size rule's verdict are printed with each row.
 Run: ``python benchmarks/calibrated_exact.py [--nfe 3 4 5 6 8 10] [--starts 3] [--trajectory] [--batch 256]
 [--json out.json]`` (CPU, float64; ``--starts``: multi-start calibration, the start with the lowest calibration
 error is kept; ``--trajectory``: the calibration also matches the exact ODE states at every level it lands on;
-``--batch``: evaluation samples). The ratio's 95 % bootstrap interval (paired resampling of the evaluation
-samples) is printed beside it.
+``--batch``: evaluation samples, drawn apart so that the problems stay the same; ``--rule-batch CAP``: where a
+calibration's batch-size rule (``Calibration.min_batch``) asks for more samples than it had, calibrate again on
+that many, rounded up to a power of 2 and capped at CAP: the rule applied by the search's user, as docs/api.md
+describes). The ratio's 95 % bootstrap interval (paired resampling of the evaluation samples) is printed beside it.
 """
 
 from __future__ import annotations
@@ -95,6 +97,12 @@ def main() -> None:
         "--trajectory", action="store_true",
         help="calibrate(trajectory=...): also match the exact ODE states at the levels (exact solution on 64 levels)",
     )  # fmt: skip
+    ap.add_argument(
+        "--rule-batch", type=int, default=0, metavar="CAP",
+        help="apply the batch-size rule: where a calibration's min_batch exceeds its batch, calibrate again on "
+        "min(the rule's size rounded up to a power of 2, CAP) samples (the first --calib-batch the same, the rest "
+        "from seed 100 + problem index); 0: off",
+    )  # fmt: skip
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -109,29 +117,51 @@ def main() -> None:
     # The problems' data come from solvers_accuracy's one generator, which also draws their 256-sample batches:
     # build them at 256 always (the same problems whatever --batch), and draw another evaluation batch apart.
     g_eval = torch.Generator().manual_seed(10)
-    for pname, (den, z) in sa.problems(256).items():
+    for k_problem, (pname, (den, z)) in enumerate(sa.problems(256).items()):
         if args.batch != 256:
             z = torch.randn((args.batch, *z.shape[1:]), generator=g_eval, dtype=z.dtype)
+        # drawn for every problem in turn, selected or not: a subset run calibrates on the full run's batches
+        zc = torch.randn((args.calib_batch, *z.shape[1:]), generator=g, dtype=z.dtype)
         if args.problems and pname not in args.problems:
             continue
-        zc = torch.randn((args.calib_batch, *z.shape[1:]), generator=g, dtype=z.dtype)
-        x0, xc = z * SIG_MAX, zc * SIG_MAX
+        x0 = z * SIG_MAX
         ref = ode_reference(den, x0, [SIG_MAX, SIG_MIN, 0.0])
-        ref_c = ode_reference(den, xc, [SIG_MAX, SIG_MIN, 0.0])
         afs = closed_form(den)
-        traj_opts: dict[str, Any] = {}
-        if args.trajectory:
-            traj_opts["trajectory"] = exact_trajectory(den, xc, 64)
+        batches: dict[int, tuple[torch.Tensor, dict[str, Any]]] = {}
+
+        def calibration_batch(b: int, den: Any = den, zc: torch.Tensor = zc, k: int = k_problem,
+                              batches: dict = batches) -> tuple[torch.Tensor, dict[str, Any]]:  # fmt: skip
+            """The first b calibration samples: the --calib-batch from seed 1, then more from seed 100 + k."""
+            if b not in batches:
+                more = max(b - zc.shape[0], 0)
+                g_more = torch.Generator().manual_seed(100 + k)
+                z_all = torch.cat([zc, torch.randn((more, *zc.shape[1:]), generator=g_more, dtype=zc.dtype)])
+                xb = z_all[:b] * SIG_MAX
+                opts_b: dict[str, Any] = {"reference": ode_reference(den, xb, [SIG_MAX, SIG_MIN, 0.0])}
+                if args.trajectory:
+                    opts_b["trajectory"] = exact_trajectory(den, xb, 64)
+                batches[b] = (xb, opts_b)
+            return batches[b]
+
         rows: dict[str, Any] = {}
-        print(f"\n## {pname} (RMS error on the evaluation batch; calibration batch {args.calib_batch})")
-        print("| NFE | calibrated | best peer | peer error | ratio (95 % bootstrap) | calib. s | runs | B_min (rule) |")
-        print("|---|---|---|---|---|---|---|---|")
+        print(f"\n## {pname} (RMS error on the {z.shape[0]} evaluation samples; B: calibration samples)")
+        print("| NFE | calibrated | best peer | peer error | ratio (95 % bootstrap) | calib. s | runs | B | B_min |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for nfe in args.nfe:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                cal = es.calibrate(den, xc, nfe, sampler=name, afs=afs, reference=ref_c, sigma_min=SIG_MIN,
-                                   fit_shifts=not args.no_shifts, max_evals=args.max_evals, starts=args.starts,
-                                   **traj_opts, **knobs)  # fmt: skip
+            b = args.calib_batch
+            first = None
+            while True:
+                xc, copts = calibration_batch(b)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    cal = es.calibrate(den, xc, nfe, sampler=name, afs=afs, sigma_min=SIG_MIN,
+                                       fit_shifts=not args.no_shifts, max_evals=args.max_evals, starts=args.starts,
+                                       **copts, **knobs)  # fmt: skip
+                first = first or cal
+                want = min(1 << max(cal.min_batch - 1, 1).bit_length(), args.rule_batch)
+                if cal.min_batch <= b or want <= b:
+                    break
+                b = want
             opts = cal.run_options(afs)
             ours_out = f(den, x0.clone(), cal.sigmas, **cal.knobs, **opts).double()
             ours = peer_error(lambda d, x, s, o=ours_out: o, den, x0, cal.sigmas, ref)
@@ -153,12 +183,13 @@ def main() -> None:
                 "runs": cal.evaluations, "network_calls": cal.network_calls, "reused_calls": cal.reused_calls,
                 "min_batch": cal.min_batch, "gap": cal.gap, "sigmas": cal.sigmas.tolist(),
                 "direction_scale": cal.direction_scale, "sigma_scale": cal.sigma_scale, "peers": prow,
-                "warned": bool(caught), "ratio_95": list(lo_hi),
+                "warned": bool(caught), "ratio_95": list(lo_hi), "calib_batch": b,
+                "first_batch_min": first.min_batch, "first_batch_calib_rms": math.sqrt(first.error),
             }  # fmt: skip
             print(
                 f"| {nfe} | {ours:.2e} | {best[1]} | {best[0]:.2e} | "
                 f"{ours / best[0]:.2f} ({lo_hi[0]:.2f}-{lo_hi[1]:.2f}) | {cal.seconds:.0f} | "
-                f"{cal.evaluations} | {cal.min_batch} |",
+                f"{cal.evaluations} | {b} | {cal.min_batch} |",
                 flush=True,
             )
         peer5 = min(rows["5"]["peers"].values()) if "5" in rows else math.nan
