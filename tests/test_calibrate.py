@@ -178,23 +178,17 @@ def test_call_memo_reuses_exactly_the_unchanged_prefix() -> None:
     base = es.dpmpp_2m_sample(memo, x, sig, direction_scale=[1.0] * 5)
     memo.keep()
     assert (memo.calls, memo.hits) == (5, 0)
-    for j in range(5):
-        # call j's direction scale acts on its output: calls 0..j repeat the base run bitwise
-        scale = [1.0] * 5
-        scale[j] = 1.01
-        memo.start()
-        hits = memo.hits
-        out = es.dpmpp_2m_sample(memo, x, sig, direction_scale=scale)
-        assert torch.equal(out, es.dpmpp_2m_sample(gm, x, sig, direction_scale=scale))
-        assert memo.hits - hits == j + 1
-        # call j's sigma multiplier changes call j itself: calls 0..j-1 are re-used
-        shift = [1.0] * 5
-        shift[j] = 1.01
-        memo.start()
-        hits = memo.hits
-        out = es.dpmpp_2m_sample(memo, x, sig, sigma_scale=shift)
-        assert torch.equal(out, es.dpmpp_2m_sample(gm, x, sig, sigma_scale=shift))
-        assert memo.hits - hits == j
+    # call j's direction scale acts on its output: calls 0..j repeat the base run bitwise; its sigma multiplier
+    # changes call j itself: calls 0..j-1 are re-used
+    for option, reused in (("direction_scale", 1), ("sigma_scale", 0)):
+        for j in range(5):
+            coef = [1.0] * 5
+            coef[j] = 1.01
+            memo.start()
+            hits = memo.hits
+            out = es.dpmpp_2m_sample(memo, x, sig, **{option: coef})
+            assert torch.equal(out, es.dpmpp_2m_sample(gm, x, sig, **{option: coef}))
+            assert memo.hits - hits == j + reused
     memo.start()
     hits = memo.hits
     es.dpmpp_2m_sample(memo, x + 1e-9, sig)  # another input: nothing is re-used
