@@ -37,7 +37,9 @@ import digits_low_nfe as dl
 import edm_samplers as es
 import solvers_accuracy as sa
 from _harness import finish_report
+from edm_samplers._safetensors import save_file
 from edm_samplers.models import digits, digits_features
+from edm_samplers.models.calibrations import CALIBRATIONS_DIR, MOMENTS_FILE
 from edm_samplers.models.digits import load_digits_images
 from edm_samplers.solvers.api import sampler_function
 
@@ -65,6 +67,11 @@ def main() -> None:
         "--calib-threads", type=int, default=1,
         help="threads of the calibration (1: its CPU seconds are its cost, not thread spin)",
     )  # fmt: skip
+    ap.add_argument(
+        "--ship", action="store_true",
+        help="write each calibration into the package (models/digits_calibrations/nfeN.json) and the training "
+        "digits' moments (models/digits_moments.safetensors): what models.digits_calibration serves",
+    )  # fmt: skip
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -72,6 +79,10 @@ def main() -> None:
     den = digits()
     real = cast(torch.Tensor, load_digits_images())
     afs = es.GaussianDenoiser.from_data(real, full_cov=True)  # the training set's moments
+    if args.ship:  # the same moments, as from_data computes them, for models.digits_afs()
+        d = real.to(torch.float64)
+        flat = (d - d.mean(0)).reshape(d.shape[0], -1)
+        save_file({"mean": d.mean(0), "cov": flat.T @ flat / (d.shape[0] - 1)}, MOMENTS_FILE)
     perm = torch.randperm(real.shape[0], generator=torch.Generator().manual_seed(0))
     feats_a = digits_features(real[perm[:899]])
     real_fd = es.evaluation.frechet_distance(digits_features(real[perm[899:]]), feats_a)
@@ -130,6 +141,12 @@ def main() -> None:
                 fd(dl.run(pf, den, x0, es.loglinear_sigmas(n, SIG_MIN, SIG_MAX))),
             )
         best = min(((v, k) for k, v in prow.items()), default=(math.nan, "-"))
+        if args.ship:
+            es.save_calibration(
+                CALIBRATIONS_DIR / f"nfe{nfe}.json", cal, command="python " + " ".join(sys.argv),
+                frechet_distance=ours, converged=converged, held_out_seeds=f"0..{args.samples - 1}",
+                calibration_seeds=f"100000..{100_000 + args.calib_batch - 1}", torch=torch.__version__,
+            )  # fmt: skip
         results["rows"][str(nfe)] = {
             "calibrated": ours, "seconds": cal.seconds, "cpu_seconds": cal.cpu_seconds, "runs": cal.evaluations,
             "network_calls": cal.network_calls, "reused_calls": cal.reused_calls,

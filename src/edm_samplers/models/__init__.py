@@ -9,6 +9,9 @@
   :func:`~edm_samplers.evaluation.frechet_distance` compares generated and real digits.
 """
 
+from .calibrations import digits_afs as digits_afs
+from .calibrations import digits_calibration as digits_calibration
+from .calibrations import digits_calibrations as digits_calibrations
 from .digits import digits as digits
 from .digits import digits_classifier as digits_classifier
 from .digits import digits_features as digits_features
@@ -21,6 +24,9 @@ __all__ = [
     "FourierEmbedding",
     "UNet",
     "digits",
+    "digits_afs",
+    "digits_calibration",
+    "digits_calibrations",
     "digits_classifier",
     "digits_features",
     "digits_schedule",
