@@ -38,6 +38,7 @@ import edm_samplers as es
 import solvers_accuracy as sa
 from _harness import finish_report
 from edm_samplers._safetensors import save_file
+from edm_samplers.afs import data_moments
 from edm_samplers.models import digits, digits_features
 from edm_samplers.models.calibrations import CALIBRATIONS_DIR, MOMENTS_FILE
 from edm_samplers.models.digits import load_digits_images
@@ -79,10 +80,9 @@ def main() -> None:
     den = digits()
     real = cast(torch.Tensor, load_digits_images())
     afs = es.GaussianDenoiser.from_data(real, full_cov=True)  # the training set's moments
-    if args.ship:  # the same moments, as from_data computes them, for models.digits_afs()
-        d = real.to(torch.float64)
-        flat = (d - d.mean(0)).reshape(d.shape[0], -1)
-        save_file({"mean": d.mean(0), "cov": flat.T @ flat / (d.shape[0] - 1)}, MOMENTS_FILE)
+    if args.ship:  # the moments from_data built it from, for models.digits_afs()
+        mean, cov = data_moments(real)
+        save_file({"mean": mean, "cov": cov}, MOMENTS_FILE)
     perm = torch.randperm(real.shape[0], generator=torch.Generator().manual_seed(0))
     feats_a = digits_features(real[perm[:899]])
     real_fd = es.evaluation.frechet_distance(digits_features(real[perm[899:]]), feats_a)

@@ -70,14 +70,19 @@ def ratio_interval(ours: torch.Tensor, peer: torch.Tensor, ref: torch.Tensor, re
     return float(q[0]), float(q[1])
 
 
-def peer_error(f: Any, den: Any, x0: torch.Tensor, sig: torch.Tensor, ref: torch.Tensor) -> float:
+def sample(f: Any, den: Any, x0: torch.Tensor, sig: torch.Tensor) -> torch.Tensor | None:
+    """A sampler's float64 output from ``x0`` (None where it raises: a peer that refuses a schedule)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            e = sa.rms(f(den, x0.clone(), sig).double(), ref)
+            return f(den, x0.clone(), sig).double()
     except Exception:
-        e = float("inf")
-    return e if math.isfinite(e) else float("inf")
+        return None
+
+
+def error(out: torch.Tensor | None, ref: torch.Tensor) -> float:
+    e = math.inf if out is None else sa.rms(out, ref)
+    return e if math.isfinite(e) else math.inf
 
 
 def main() -> None:
@@ -163,20 +168,22 @@ def main() -> None:
                     break
                 b = want
             opts = cal.run_options(afs)
-            ours_out = f(den, x0.clone(), cal.sigmas, **cal.knobs, **opts).double()
-            ours = peer_error(lambda d, x, s, o=ours_out: o, den, x0, cal.sigmas, ref)
-            prow, pout = {}, {}
+            ours_out = sample(lambda d, x, s, c=cal, o=opts: f(d, x, s, **c.knobs, **o), den, x0, cal.sigmas)
+            ours = error(ours_out, ref)
+            prow: dict[str, float] = {}
+            pout: dict[str, torch.Tensor] = {}  # each peer's better output, kept for the interval
             for k, (pf, per) in peers.items():
                 n = sa.steps_for(nfe, per)
                 for sig in (es.karras_sigmas(n, SIG_MIN, SIG_MAX), es.loglinear_sigmas(n, SIG_MIN, SIG_MAX)):
-                    e = peer_error(pf, den, x0, sig, ref)
-                    if e < prow.get(k, math.inf):
-                        prow[k], pout[k] = e, (pf, sig)
+                    out = sample(pf, den, x0, sig)
+                    e = error(out, ref)
+                    if out is not None and e < prow.get(k, math.inf):
+                        prow[k], pout[k] = e, out
+                prow.setdefault(k, math.inf)
             best = min(((v, k) for k, v in prow.items()), default=(math.nan, "-"))
             lo_hi = (math.nan, math.nan)
-            if best[1] in pout:
-                pf, sig = pout[best[1]]
-                lo_hi = ratio_interval(ours_out, pf(den, x0.clone(), sig).double(), ref)
+            if ours_out is not None and best[1] in pout:
+                lo_hi = ratio_interval(ours_out, pout[best[1]], ref)
             rows[str(nfe)] = {
                 "calibrated": ours, "calib_rms": math.sqrt(cal.error), "seconds": cal.seconds,
                 "cpu_seconds": cal.cpu_seconds,

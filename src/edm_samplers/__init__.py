@@ -24,12 +24,12 @@ from .ays import AYS_SIGMAS as AYS_SIGMAS
 from .ays import AYS_TIMESTEPS as AYS_TIMESTEPS
 from .ays import ays_sigmas as ays_sigmas
 from .ays import loglinear_interp as loglinear_interp
-from .calibrate import Calibration as Calibration
 from .calibrate import calibrate as calibrate
-from .calibrate import load_calibration as load_calibration
-from .calibrate import reference_trajectory as reference_trajectory
-from .calibrate import save_calibration as save_calibration
 from .calibration_batch import min_calibration_batch as min_calibration_batch
+from .calibration_file import Calibration as Calibration
+from .calibration_file import load_calibration as load_calibration
+from .calibration_file import save_calibration as save_calibration
+from .calibration_trajectory import reference_trajectory as reference_trajectory
 from .diffusers_adapter import from_diffusers as from_diffusers
 from .diffusers_adapter import scheduler_sigmas as scheduler_sigmas
 from .diffusers_adapter import start_state as start_state

@@ -82,12 +82,11 @@ class GaussianDenoiser:
         """Moments of ``data`` ``[M, *sample_shape]``: per-element mean and variance, or the full covariance."""
         if not isinstance(data, Tensor) or not data.is_floating_point() or data.ndim < 2 or data.shape[0] < 2:
             raise ValueError("data must be a floating tensor [M, *sample_shape] with M >= 2 samples")
-        d = data.detach().to(dtype=torch.float64, device="cpu")
-        mean = d.mean(0)
         if not full_cov:
-            return cls(mean, d.var(0))
-        flat = (d - mean).reshape(d.shape[0], -1)
-        return cls(mean, cov=flat.T @ flat / (d.shape[0] - 1))
+            d = data.detach().to(dtype=torch.float64, device="cpu")
+            return cls(d.mean(0), d.var(0))
+        mean, cov = data_moments(data)
+        return cls(mean, cov=cov)
 
     @classmethod
     def from_stats(cls, stats: Any, sample_shape: Sequence[int] | None = None) -> GaussianDenoiser:
@@ -122,6 +121,15 @@ class GaussianDenoiser:
 
     def __call__(self, x: Tensor, sigma: Tensor, /, **cond: Any) -> Tensor:
         return self.bind(x.dtype, x.device)(x, sigma, **cond)
+
+
+def data_moments(data: Tensor) -> tuple[Tensor, Tensor]:
+    """float64 mean (one sample's shape) and full covariance ``[d, d]`` of ``data`` ``[M, *sample_shape]``:
+    what ``GaussianDenoiser.from_data(data, full_cov=True)`` is built from (e.g. to store them)."""
+    d = data.detach().to(dtype=torch.float64, device="cpu")
+    mean = d.mean(0)
+    flat = (d - mean).reshape(d.shape[0], -1)
+    return mean, flat.T @ flat / (d.shape[0] - 1)
 
 
 def _moment(v: object, name: str) -> Tensor:

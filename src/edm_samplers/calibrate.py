@@ -8,117 +8,43 @@ converged reference. Stage 1 is the schedule search of :func:`~edm_samplers.opti
 (derivative-free, global along each level); stage 2 refines schedule and scales *jointly* by
 Levenberg-Marquardt on the residual vector (sample - reference), its Jacobian taken by forward differences
 (one sampling run per parameter). Every sampling run is counted and timed: the result reports the
-calibration cost. Results save and load as plain JSON (:func:`save_calibration`, :func:`load_calibration`;
-the file is also a schedule file that :func:`~edm_samplers.load_schedule` reads).
+calibration cost.
 
-The calibration batch size: :func:`~edm_samplers.min_calibration_batch` (:mod:`edm_samplers.calibration_batch`).
+Beside it: the result and its JSON file (:mod:`edm_samplers.calibration_file`), the ``trajectory=`` objective's
+converged paths (:mod:`edm_samplers.calibration_trajectory`), the batch-size rule
+(:mod:`edm_samplers.calibration_batch`).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from ._memo import CallMemo
-from ._safetensors import write_atomic
-from ._types import Denoiser, StepInfo
-from ._validate import check_float, check_int, check_path, check_sigmas, check_x
+from ._types import Denoiser
+from ._validate import check_float, check_int, check_x
 from .afs import afs_enabled, closed_form
 from .calibration_batch import warn_if_small
+from .calibration_file import Calibration, afs_json
+from .calibration_trajectory import resolve as resolve_trajectory
 from .schedule_opt import optimize_schedule, schedule_from_params, schedule_params
 from .schedules import karras_sigmas
 from .solvers import heun_sample
 from .solvers.api import sampler_function
 from .solvers.registry import get, label, parse_label
 
-__all__ = ["Calibration", "calibrate", "load_calibration", "reference_trajectory", "save_calibration"]
+__all__ = ["calibrate"]
 
 # rho of the further starts of ``calibrate(starts=...)``: after the usual 7, one flatter and one steeper
 # schedule, then further out on either side (log-linear is rho -> infinity)
 _START_RHOS = (3.0, 15.0, 1.5, 30.0, 5.0, 10.0, 2.0, 60.0)
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """Result of :func:`calibrate`: what to pass to the sampler, the objective and the cost.
-
-    Use: ``sampler_fn(den, x, cal.sigmas, **cal.knobs, **cal.run_options())`` (or ``generate(..., sampler=
-    cal.sampler, **cal.knobs, **cal.run_options())``).
-
-    Attributes:
-        sampler: registry name; knobs: its knobs (as fitted).
-        sigmas: the schedule (float64, levels then 0).
-        direction_scale: one scale per denoiser evaluation (None if not fitted).
-        sigma_scale: one sigma multiplier per denoiser evaluation (None if not fitted).
-        afs: the ``afs=`` value used (None, True, a float sigma_data, or ``"external"`` for a closed-form
-            object, which must be passed again to :meth:`run_options`).
-        nfe: network evaluations of one run.
-        error, initial_error: calibration objective (mean squared error per element vs the reference) after /
-            before (the initial schedule with unit scales).
-        evaluations, seconds, cpu_seconds: the calibration cost (sampling runs; wall-clock and this process's
-            CPU seconds, including the reference solution when it is computed here).
-        batch, min_batch: calibration batch size and the minimum of the batch-size rule
-            (:func:`~edm_samplers.min_calibration_batch`); gap: its predicted relative held-out excess at ``batch``.
-        history: the objective after each accepted move.
-        network_calls, reused_calls: denoiser calls made (the reference's excluded), and calls re-used instead:
-            a run that changes only parameters acting from call j on (a Jacobian column of call j's scale or
-            sigma multiplier, a candidate level) repeats the base run's calls before j bitwise, so their
-            recorded results are returned (the results are identical; only network time is saved).
-        loss: the objective the joint stage minimised (``error`` without ``features``; with them the mix of
-            relative squared error and relative feature-moment error described in :func:`calibrate`).
-    """
-
-    sampler: str
-    knobs: dict[str, Any]
-    sigmas: Tensor
-    direction_scale: list[float] | None
-    sigma_scale: list[float] | None
-    afs: Any
-    nfe: int
-    error: float
-    initial_error: float
-    evaluations: int
-    seconds: float
-    cpu_seconds: float
-    batch: int
-    min_batch: int
-    gap: float = math.nan
-    history: list[float] = field(default_factory=list)
-    loss: float = math.nan
-    network_calls: int = 0
-    reused_calls: int = 0
-
-    def run_options(self, afs: object = None) -> dict[str, Any]:
-        """The run options to sample with: ``direction_scale`` and ``afs`` (pass ``afs`` for ``"external"``)."""
-        opts: dict[str, Any] = {}
-        if self.direction_scale is not None:
-            opts["direction_scale"] = list(self.direction_scale)
-        if self.sigma_scale is not None:
-            opts["sigma_scale"] = list(self.sigma_scale)
-        if self.afs == "external":
-            if not afs_enabled(afs):
-                raise ValueError("this calibration used a closed-form afs object: pass it again, run_options(afs=...)")
-            opts["afs"] = afs
-        elif afs_enabled(self.afs):
-            opts["afs"] = self.afs
-        return opts
-
-
-def _afs_json(afs: object) -> Any:
-    if afs is None or afs is False:
-        return None
-    if afs is True or (isinstance(afs, (int, float)) and not isinstance(afs, bool)):
-        return afs
-    return "external"
 
 
 def calibrate(
@@ -228,7 +154,7 @@ def calibrate(
     if afs_enabled(afs):
         opts["afs"] = afs
     trajectory_weight = check_float(trajectory_weight, "trajectory_weight", nonnegative=True)
-    traj, end = _trajectory(trajectory, denoiser, x, hi, cond)
+    traj, end = resolve_trajectory(trajectory, denoiser, x, hi, cond)
     if reference is None:
         if end is not None:
             reference = end  # the trajectory computed here ends in the converged sample
@@ -248,7 +174,7 @@ def calibrate(
                 denoiser, x, nfe, sampler=name, afs=afs, reference=ref, init=i, sigma_max=sigma_max,
                 sigma_min=sigma_min, fit_scales=fit_scales, fit_shifts=fit_shifts, max_evals=max_evals,
                 schedule_evals=schedule_evals, max_gap=max_gap, features=features, moment_weight=moment_weight,
-                trajectory=False if traj is None else traj, trajectory_weight=trajectory_weight, cond=cond,
+                trajectory=False if traj is None else traj.pair(), trajectory_weight=trajectory_weight, cond=cond,
                 **all_knobs,
             ))  # fmt: skip
         win = min(runs, key=lambda c: c.loss)  # the calibration objective only
@@ -299,7 +225,7 @@ def calibrate(
             inner = [(sig, st) for sig, st in states if sig > 0]  # the levels after sigma_max, but 0
             for sig, st in inner:
                 w = math.sqrt(trajectory_weight * s2 / (s2 + sig * sig) / len(inner))
-                parts.append((st.to(ref.dtype) - _interp(traj, sig)).reshape(-1) * (pix_scale * w))
+                parts.append((st.to(ref.dtype) - traj.at(sig)).reshape(-1) * (pix_scale * w))
         if features is not None:
             mu, cov = moments(out, features)
             parts += [(mu - mu_ref) * mu_scale, (cov - cov_ref).reshape(-1) * cov_scale]
@@ -381,142 +307,7 @@ def calibrate(
     need, gap = warn_if_small(r[:n_pix].reshape(b, -1), jac[:n_pix].reshape(b, -1, theta.numel()), max_gap, "calibrate")
     full_knobs = dict(parse_label(label(name, values, full=True))[1])
     return Calibration(
-        name, full_knobs, sigmas, scales, shifts, _afs_json(afs), spec.count(sigmas, values, afs=afs),
+        name, full_knobs, sigmas, scales, shifts, afs_json(afs), spec.count(sigmas, values, afs=afs),
         pixel_mse(r), search.initial_error, evals, time.perf_counter() - t0, time.process_time() - c0, b, need, gap,
         history, best, search.network_calls + memo.calls, search.reused_calls + memo.hits,
-    )  # fmt: skip
-
-
-def _trajectory(
-    trajectory: object, denoiser: Denoiser, x: Tensor, hi: float, cond: Mapping[str, Any] | None
-) -> tuple[tuple[Tensor, Tensor] | None, Tensor | None]:
-    """``calibrate``'s ``trajectory=``: ((levels [L] float64 decreasing, states [L, *x.shape]) or None, the end
-    point at sigma = 0 when computed here, else None)."""
-    if trajectory is False or trajectory is None:
-        return None, None
-    if isinstance(trajectory, tuple):
-        if len(trajectory) != 2 or not all(isinstance(t, Tensor) for t in trajectory):
-            raise TypeError("trajectory must be True, a number of Heun steps, or a (sigmas, states) pair of tensors")
-        sig, st = trajectory
-        sig = sig.detach().to(torch.float64).reshape(-1)
-        if sig.numel() < 2 or not bool((sig > 0).all()) or not bool((sig[1:] < sig[:-1]).all()):
-            raise ValueError("trajectory sigmas must be >= 2 strictly decreasing positive levels (no final 0)")
-        if tuple(st.shape) != (sig.numel(), *x.shape) or not bool(torch.isfinite(st).all()):
-            raise ValueError(
-                f"trajectory states must be finite, of shape [len(sigmas), *x.shape] = {[sig.numel(), *x.shape]}, "
-                f"got {list(st.shape)}"
-            )
-        return (sig, st.detach()), None
-    steps = 64 if trajectory is True else check_int(trajectory, "trajectory", minimum=2)
-    sig, st, end = reference_trajectory(denoiser, x, steps, sigma_max=hi, sigma_min=min(0.002, hi / 2), cond=cond)
-    return (sig, st), end
-
-
-def reference_trajectory(
-    denoiser: Denoiser,
-    x: Tensor,
-    steps: int = 64,
-    *,
-    sigma_max: float = 80.0,
-    sigma_min: float = 0.002,
-    cond: Mapping[str, Any] | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """The converged trajectory of ``x`` for :func:`calibrate`'s ``trajectory=`` (computed once, shared by calls).
-
-    Heun on ``karras_sigmas(steps, sigma_min, sigma_max)`` from ``x`` at ``sigma_max``, every state kept.
-
-    Returns:
-        ``(sigmas, states, end)``: the positive levels ``[steps]`` (float64, decreasing, from ``sigma_max``), the
-        states there ``[steps, *x.shape]`` (``states[0]`` is ``x``) and the end point at sigma = 0 (the reference):
-        ``calibrate(..., reference=end, trajectory=(sigmas, states))``.
-    """
-    check_x(x)
-    steps = check_int(steps, "steps", minimum=2)
-    hi = check_float(sigma_max, "sigma_max", positive=True)
-    lo = check_float(sigma_min, "sigma_min", positive=True)
-    if not lo < hi:
-        raise ValueError(f"sigma_min must be below sigma_max, got {lo} and {hi}")
-    levels: list[float] = [hi]
-    states: list[Tensor] = [x.detach().clone()]
-
-    def keep(info: StepInfo) -> None:
-        levels.append(info.sigma_next)
-        states.append(info.x_next.detach().clone())
-
-    with torch.no_grad():
-        heun_sample(denoiser, x, karras_sigmas(steps, lo, hi), cond=cond, dtype=x.dtype, check_finite=False,
-                    callback=keep)  # fmt: skip
-    # the positive levels; the last entry, at 0, is the end point (the reference)
-    return torch.tensor(levels[:-1], dtype=torch.float64), torch.stack(states[:-1]), states[-1]
-
-
-def _interp(traj: tuple[Tensor, Tensor], sigma: float) -> Tensor:
-    """The trajectory's state at ``sigma``: linear in sigma between the two nearest levels (clamped at the ends)."""
-    sig, st = traj
-    n = sig.numel()
-    # sig is decreasing: the first index whose level is <= sigma
-    j = int(torch.searchsorted(-sig, torch.tensor(-sigma, dtype=torch.float64)))
-    if j <= 0:
-        return st[0]
-    if j >= n:
-        return st[n - 1]
-    a, b = float(sig[j - 1]), float(sig[j])
-    t = (a - sigma) / (a - b)
-    return st[j - 1] * (1 - t) + st[j] * t
-
-
-def save_calibration(path: str | os.PathLike[str], cal: Calibration, **meta: Any) -> None:
-    """Write ``cal`` as plain JSON (``{"sigmas": [...], "direction_scale": [...], "sampler": ..., ...}``).
-
-    The file is also a schedule file (:func:`~edm_samplers.load_schedule` reads its ``"sigmas"``). Written
-    atomically; ``meta`` (JSON values) is stored beside, e.g. the command that made it.
-    """
-    check_path(path)
-    if not isinstance(cal, Calibration):
-        raise TypeError(f"cal must be a Calibration (from calibrate), got {type(cal).__name__}")
-    data = {
-        "sigmas": check_sigmas(cal.sigmas).tolist(), "direction_scale": cal.direction_scale,
-        "sigma_scale": cal.sigma_scale, "sampler": cal.sampler,
-        "knobs": cal.knobs, "afs": cal.afs, "nfe": cal.nfe, "error": cal.error, "initial_error": cal.initial_error,
-        "evaluations": cal.evaluations, "seconds": cal.seconds,
-        "cpu_seconds": cal.cpu_seconds, "batch": cal.batch, "min_batch": cal.min_batch,
-        "gap": cal.gap, "meta": meta,
-    }  # fmt: skip
-    try:
-        text = json.dumps(data, indent=1, allow_nan=False)
-    except (TypeError, ValueError) as e:
-        raise type(e)(f"save_calibration: the metadata must be plain JSON: {e}; nothing written") from None
-    write_atomic(path, text.encode("utf-8"))
-
-
-def load_calibration(path: str | os.PathLike[str]) -> Calibration:
-    """Read a file written by :func:`save_calibration` (validated: schedule, scales' count, sampler and knobs)."""
-    check_path(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            d = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{os.fspath(path)!r} is not a JSON calibration file: {e}") from None
-    keys = ("sigmas", "direction_scale", "sampler", "knobs", "afs")
-    if not isinstance(d, dict) or any(k not in d for k in keys):
-        raise ValueError(f"{os.fspath(path)!r} is not a calibration file: it needs the keys {list(keys)}")
-    spec = get(d["sampler"])
-    values = spec.resolve(d["knobs"])
-    sig = check_sigmas(d["sigmas"], name=f"sigmas in {os.fspath(path)!r}")
-    calls = spec.nfe(sig.numel() - 1, bool(sig[-1] == 0), values)
-    lists = {}
-    for key in ("direction_scale", "sigma_scale"):
-        v = d.get(key)
-        if v is not None and (not isinstance(v, list) or len(v) != calls or not all(
-            isinstance(e, (int, float)) and not isinstance(e, bool) for e in v
-        )):  # fmt: skip
-            raise ValueError(f"{key} in {os.fspath(path)!r} must be {calls} numbers, got {v!r}"[:300])
-        lists[key] = None if v is None else [float(e) for e in v]
-    afs = d["afs"]
-    return Calibration(
-        spec.name, dict(d["knobs"]), sig, lists["direction_scale"], lists["sigma_scale"], afs,
-        spec.count(sig, values, afs=None if afs is None else True), float(d.get("error", math.nan)),
-        float(d.get("initial_error", math.nan)), int(d.get("evaluations", 0)), float(d.get("seconds", 0.0)),
-        float(d.get("cpu_seconds", 0.0)), int(d.get("batch", 0)), int(d.get("min_batch", 0)),
-        float(d.get("gap", math.nan)),
     )  # fmt: skip

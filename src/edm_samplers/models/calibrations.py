@@ -18,7 +18,7 @@ from pathlib import Path
 from .._safetensors import load_file
 from .._validate import check_int
 from ..afs import GaussianDenoiser
-from ..calibrate import Calibration, load_calibration
+from ..calibration_file import Calibration, load_calibration
 
 __all__ = ["digits_afs", "digits_calibration", "digits_calibrations"]
 
