@@ -217,7 +217,8 @@ def calibrate(
         memo.start()
         states: list[tuple[float, Tensor]] = []
         if traj is not None:
-            extra["callback"] = lambda info: states.append((info.sigma_next, info.x_next))
+            # a copy: StepInfo does not promise that a later step leaves x_next's buffer alone
+            extra["callback"] = lambda info: states.append((info.sigma_next, info.x_next.clone()))
         with torch.no_grad():
             out = run(memo, x, s, cond=cond, **opts, **extra)
         parts = [(out.to(ref.dtype) - ref).reshape(-1) * pix_scale]
